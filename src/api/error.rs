@@ -1,0 +1,163 @@
+//! The one place that decides status codes and error bodies for each protocol.
+//!
+//! Prometheus query/metadata API: JSON envelope `{"status":"error","errorType":...,"error":...}` with
+//! the status of Prometheus's `getDefaultErrorCode`. Remote write: plain text like Go's `http.Error`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Prometheus API error types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    BadData,
+    Execution,
+    Timeout,
+    Canceled,
+    Internal,
+    Unavailable,
+    NotFound,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::BadData => "bad_data",
+            ErrorType::Execution => "execution",
+            ErrorType::Timeout => "timeout",
+            ErrorType::Canceled => "canceled",
+            ErrorType::Internal => "internal",
+            ErrorType::Unavailable => "unavailable",
+            ErrorType::NotFound => "not_found",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorType::BadData => StatusCode::BAD_REQUEST,
+            ErrorType::Execution => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            // 499 "client closed request", as Prometheus answers.
+            ErrorType::Canceled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            ErrorType::Internal | ErrorType::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorType::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+/// An error of the Prometheus JSON API.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub kind: ErrorType,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_data(msg: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorType::BadData,
+            message: msg.into(),
+        }
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorType::Internal,
+            message: msg.into(),
+        }
+    }
+}
+
+impl From<crate::storage::metrics::StorageError> for ApiError {
+    fn from(e: crate::storage::metrics::StorageError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "status": "error",
+            "errorType": self.kind.as_str(),
+            "error": self.message,
+        });
+        let mut r = (self.kind.status(), body.to_string()).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    }
+}
+
+/// Remote-write failures, answered in plain text like Go's `http.Error`.
+#[derive(Debug)]
+pub enum WriteError {
+    /// Content-Type or Content-Encoding not accepted: 415.
+    Unsupported(String),
+    /// Body over the configured limit: 413.
+    TooLarge(String),
+    /// Malformed body or rejected data: 400 (senders do not retry).
+    BadRequest(String),
+    /// Storage failure a retry can fix: 500.
+    Internal(String),
+    /// Shutting down: 503.
+    Unavailable(String),
+}
+
+impl WriteError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WriteError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WriteError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WriteError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WriteError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WriteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Label for the failed-requests counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WriteError::Unsupported(_) => "unsupported_media_type",
+            WriteError::TooLarge(_) => "too_large",
+            WriteError::BadRequest(_) => "bad_request",
+            WriteError::Internal(_) => "internal",
+            WriteError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<crate::ingest::IngestError> for WriteError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        match e {
+            crate::ingest::IngestError::Storage(crate::storage::metrics::StorageError::Closed) => {
+                WriteError::Unavailable("the metrics store is shutting down".into())
+            }
+            other => WriteError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Go's `http.Error`: text/plain body with a trailing newline and `nosniff`.
+pub fn plain_text(status: StatusCode, msg: &str) -> Response {
+    let mut r = (status, format!("{msg}\n")).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    r
+}
+
+impl IntoResponse for WriteError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let msg = match &self {
+            WriteError::Unsupported(m)
+            | WriteError::TooLarge(m)
+            | WriteError::BadRequest(m)
+            | WriteError::Internal(m)
+            | WriteError::Unavailable(m) => m.clone(),
+        };
+        plain_text(status, &msg)
+    }
+}

@@ -1,0 +1,58 @@
+//! HTTP surface: the Prometheus API family (`/api/v1/...`), remote write, and the process endpoints
+//! (`/metrics`, `/-/ready`, `/-/healthy`). The only user of axum.
+//!
+//! Owns: routing, parameter parsing, response shapes. Never touches: storage internals (it reads
+//! through `MetricsReader` and writes through `ingest`), or status-code policy outside `error.rs`.
+
+pub mod error;
+pub mod params;
+mod prom;
+mod remote_write;
+
+use crate::ingest::MetricsIngester;
+use crate::storage::metrics::MetricsDb;
+use crate::telemetry::Registry;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+pub use remote_write::WriteStats;
+
+/// Everything the handlers share.
+pub struct ApiState {
+    pub db: Arc<MetricsDb>,
+    pub ingester: Arc<MetricsIngester>,
+    pub registry: Registry,
+    /// Decompressed and compressed remote-write body limit in bytes.
+    pub max_write_body: usize,
+    pub write_stats: Arc<WriteStats>,
+    pub http_requests: AtomicU64,
+}
+
+/// The router serving both API families on every listener.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/write", post(remote_write::handle))
+        .route("/api/v1/push", post(remote_write::handle))
+        .route("/api/v1/series", get(prom::series).post(prom::series))
+        .route("/api/v1/labels", get(prom::label_names).post(prom::label_names))
+        .route("/api/v1/label/{name}/values", get(prom::label_values))
+        .route("/api/v1/metadata", get(prom::metadata))
+        .route("/metrics", get(prom::self_metrics))
+        .route("/-/ready", get(prom::ready))
+        .route("/-/healthy", get(prom::healthy))
+        // Remote write enforces its own (configurable) limit with Prometheus-shaped errors.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,323 @@
+//! Request parameters the way Prometheus reads them: Go's `r.Form` (form body values first, then the
+//! URL query), times as float seconds or RFC3339, `match[]` selectors, `limit`.
+
+use super::error::ApiError;
+use crate::model::{MatchOp, Matcher};
+use axum::http::{HeaderMap, header};
+
+/// Timestamps Prometheus uses for an absent `start` / `end` (its MinTime/MaxTime, in ms).
+pub const MIN_TIME_MS: i64 = -9_223_309_901_257_974;
+pub const MAX_TIME_MS: i64 = 9_223_309_901_257_974;
+
+/// Merged form values in Go's order: body values before URL values for each key.
+#[derive(Debug, Default)]
+pub struct Form {
+    pairs: Vec<(String, String)>,
+}
+
+impl Form {
+    pub fn parse(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Form, ApiError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let is_form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim_start().starts_with("application/x-www-form-urlencoded"));
+        if is_form && !body.is_empty() {
+            let b: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+                .map_err(|e| ApiError::bad_data(format!("error parsing form values: {e}")))?;
+            pairs.extend(b);
+        }
+        if let Some(q) = query {
+            let u: Vec<(String, String)> = serde_urlencoded::from_str(q)
+                .map_err(|e| ApiError::bad_data(format!("error parsing form values: {e}")))?;
+            pairs.extend(u);
+        }
+        // Stable sort by key keeps body-before-URL order within a key, like url.Values merging.
+        let mut keyed: Vec<(usize, (String, String))> = pairs.into_iter().enumerate().collect();
+        keyed.sort_by(|a, b| a.1.0.cmp(&b.1.0).then(a.0.cmp(&b.0)));
+        Ok(Form {
+            pairs: keyed.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+
+    /// First value of `key`, or "" (Go's `FormValue`).
+    pub fn value(&self, key: &str) -> &str {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    pub fn values(&self, key: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// `parseTimeParam`: absent means `default`.
+pub fn time_param(form: &Form, name: &str, default: i64) -> Result<i64, ApiError> {
+    let v = form.value(name);
+    if v.is_empty() {
+        return Ok(default);
+    }
+    parse_time(v).map_err(|e| {
+        ApiError::bad_data(format!(
+            "invalid parameter {name:?}: Invalid time value for '{name}': {e}"
+        ))
+    })
+}
+
+/// Prometheus's `parseTime`: float unix seconds (rounded to ms) or RFC3339Nano; returns ms.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+    {
+        let secs = f.trunc();
+        let frac = ((f - secs) * 1000.0).round();
+        return Ok((secs as i64).saturating_mul(1000).saturating_add(frac as i64));
+    }
+    if let Some(ms) = parse_rfc3339(s) {
+        return Ok(ms);
+    }
+    match s {
+        "-292273086-05-16T16:47:06Z" => Ok(MIN_TIME_MS),
+        "292277025-08-18T07:12:54.999999999Z" => Ok(MAX_TIME_MS),
+        _ => Err(format!("cannot parse {s:?} to a valid timestamp")),
+    }
+}
+
+/// RFC3339 with optional fraction and `Z` or `±HH:MM`; returns unix ms (truncated).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut ms: i64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let frac = &s[start..i];
+        let mut digits = frac.bytes().take(3).map(|c| i64::from(c - b'0')).collect::<Vec<_>>();
+        digits.resize(3, 0);
+        ms = digits[0] * 100 + digits[1] * 10 + digits[2];
+    }
+    let offset_min: i64 = match b.get(i) {
+        Some(b'Z') | Some(b'z') if i + 1 == b.len() => 0,
+        Some(c @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let sign = if *c == b'+' { 1 } else { -1 };
+            sign * (oh * 60 + om)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Some(secs * 1000 + ms)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `parseLimitParam`: "" = 0 (no limit).
+pub fn limit_param(form: &Form) -> Result<usize, ApiError> {
+    let s = form.value("limit");
+    if s.is_empty() {
+        return Ok(0);
+    }
+    let n: i64 = s.parse().map_err(|_| {
+        ApiError::bad_data(format!(
+            "invalid parameter \"limit\": strconv.Atoi: parsing {s:?}: invalid syntax"
+        ))
+    })?;
+    if n < 0 {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"limit\": limit must be non-negative",
+        ));
+    }
+    Ok(n as usize)
+}
+
+/// Parses a series selector such as `up{job="x"}` into matchers.
+pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, ApiError> {
+    use promql_parser::label::MatchOp as P;
+    use promql_parser::parser::Expr;
+    let expr = promql_parser::parser::parse(s).map_err(|e| {
+        // Prometheus's ParseMetricSelector does not run this check; its API then reports it in its
+        // own words (parseMatchersParam), which is what clients see.
+        if e.contains("at least one non-empty matcher") {
+            ApiError::bad_data("match[] must contain at least one non-empty matcher")
+        } else {
+            ApiError::bad_data(e)
+        }
+    })?;
+    let Expr::VectorSelector(vs) = expr else {
+        return Err(ApiError::bad_data(format!(
+            "1:1: parse error: expected a series selector, got {s:?}"
+        )));
+    };
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(ApiError::bad_data(
+            "1:1: parse error: `or` in a series selector is not supported",
+        ));
+    }
+    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    if let Some(name) = &vs.name {
+        out.push(Matcher::eq(crate::model::METRIC_NAME, name.clone()));
+    }
+    for m in &vs.matchers.matchers {
+        let op = match m.op {
+            P::Equal => MatchOp::Equal,
+            P::NotEqual => MatchOp::NotEqual,
+            P::Re(_) => MatchOp::Regex,
+            P::NotRe(_) => MatchOp::NotRegex,
+        };
+        out.push(Matcher::new(op, m.name.clone(), m.value.clone()).map_err(|e| ApiError::bad_data(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+/// `parseMatchersParam`: every set must have a matcher that does not match the empty string.
+pub fn matcher_sets(values: &[&str]) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let mut sets = Vec::with_capacity(values.len());
+    for v in values {
+        sets.push(parse_selector(v)?);
+    }
+    for set in &sets {
+        if !set.iter().any(|m| !m.matches_empty()) {
+            return Err(ApiError::bad_data(
+                "match[] must contain at least one non-empty matcher",
+            ));
+        }
+    }
+    Ok(sets)
+}
+
+/// Undoes Prometheus's `U__` value-encoding escaping of label names in URL paths
+/// (`U__http_2e_status` -> `http.status`, `__` -> `_`). Invalid escapes return the input unchanged.
+pub fn unescape_label_name(name: &str) -> String {
+    let Some(rest) = name.strip_prefix("U__") else {
+        return name.to_string();
+    };
+    let mut out = String::with_capacity(rest.len());
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'_') {
+            chars.next();
+            out.push('_');
+            continue;
+        }
+        let mut hex = String::new();
+        loop {
+            match chars.next() {
+                Some('_') => break,
+                Some(h) if h.is_ascii_hexdigit() => hex.push(h),
+                _ => return name.to_string(),
+            }
+        }
+        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+            Some(ch) => out.push(ch),
+            None => return name.to_string(),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_time(s: &str, want: Option<i64>) {
+        assert_eq!(parse_time(s).ok(), want, "{s}");
+    }
+
+    #[test]
+    fn times() {
+        check_time("1700000000", Some(1_700_000_000_000));
+        check_time("1700000000.123", Some(1_700_000_000_123));
+        check_time("1.5", Some(1500));
+        check_time("2023-11-14T22:13:20Z", Some(1_700_000_000_000));
+        check_time("2023-11-14T22:13:20.5Z", Some(1_700_000_000_500));
+        check_time("2023-11-14T23:13:20+01:00", Some(1_700_000_000_000));
+        check_time("yesterday", None);
+        check_time("2023-13-14T22:13:20Z", None);
+    }
+
+    #[test]
+    fn unescape() {
+        for (i, o) in [
+            ("U__http_2e_status", "http.status"),
+            ("U__a__b", "a_b"),
+            ("plain", "plain"),
+            ("U__bad_zz_", "U__bad_zz_"),
+        ] {
+            assert_eq!(unescape_label_name(i), o);
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        let m = parse_selector(r#"up{job=~"a|b",x!="1"}"#).unwrap();
+        assert_eq!(format!("{m:?}"), r#"[__name__="up", job=~"a|b", x!="1"]"#);
+        assert!(parse_selector("up{").is_err());
+        assert!(parse_selector("1+1").is_err());
+        assert!(matcher_sets(&[r#"{job=~".*"}"#]).is_err());
+    }
+
+    #[test]
+    fn form_merge_body_first() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let f = Form::parse(Some("a=url&b=2"), &h, b"a=body").unwrap();
+        assert_eq!(f.value("a"), "body");
+        assert_eq!(f.values("a"), vec!["body", "url"]);
+        assert_eq!(f.value("b"), "2");
+        assert_eq!(f.value("c"), "");
+    }
+}

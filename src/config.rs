@@ -1,0 +1,389 @@
+//! Configuration: serde structs with `deny_unknown_fields`, the embedded defaults, and validation that
+//! names the offending key.
+//!
+//! Owns: the YAML schema and its defaults. Never touches: I/O beyond reading the one config file,
+//! storage, HTTP. Other modules receive plain option structs built from here by `app`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The configuration used when no `--config` is given. Kept as YAML so that `--print-default-config`
+/// shows exactly what runs.
+pub const DEFAULT_CONFIG_YAML: &str = r#"# monitoring-rs embedded default configuration.
+# Both API families are served on every listen address: Prometheus (/api/v1/...) and Loki (/loki/api/v1/...).
+listen: ["0.0.0.0:9090", "0.0.0.0:3100"]
+data_dir: ./data
+log_level: info
+storage:
+  metrics:
+    retention_time: 15d       # blocks older than this (relative to the newest data) are deleted
+    retention_size: 0         # bytes of blocks+WAL to keep; 0 = unlimited. Accepts 512MB, 10GiB, ...
+    block_duration: 2h        # head data is cut into immutable blocks of this span
+    out_of_order_time_window: 0s   # like Prometheus's storage.tsdb.out_of_order_time_window
+    wal_segment_size: 64MiB
+    wal_fsync: 1s             # fsync interval; "always" fsyncs before every acknowledgement
+    too_far_in_future: 10m    # samples further ahead of the wall clock are rejected ("out of bounds")
+limits:
+  remote_write_max_body: 64MiB    # decompressed; the compressed body has the same limit
+  max_label_name_length: 1024
+  max_label_value_length: 2048
+  max_labels_per_series: 64
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Vec<String>,
+    pub data_dir: PathBuf,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub metrics: MetricsStorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsStorageConfig {
+    pub retention_time: DurationStr,
+    pub retention_size: ByteSize,
+    pub block_duration: DurationStr,
+    pub out_of_order_time_window: DurationStr,
+    pub wal_segment_size: ByteSize,
+    pub wal_fsync: FsyncSetting,
+    pub too_far_in_future: DurationStr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub remote_write_max_body: ByteSize,
+    pub max_label_name_length: usize,
+    pub max_label_value_length: usize,
+    pub max_labels_per_series: usize,
+}
+
+/// A Prometheus-style duration (`15d`, `2h`, `1m30s`, `500ms`) or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+/// A byte size: a plain integer or with a unit (`KB`, `MB`, `GB`, `TB` are powers of 1000,
+/// `KiB`, `MiB`, `GiB`, `TiB` powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+/// `always`, or an interval between fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncSetting {
+    Always,
+    Interval(Duration),
+}
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_yaml::Value::deserialize(d)?;
+        let s = match &v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => format!("{n}s"),
+            _ => return Err(serde::de::Error::custom("expected a duration such as 15d, 2h or 30s")),
+        };
+        parse_duration(&s).map(DurationStr).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_yaml::Value::deserialize(d)?;
+        match &v {
+            serde_yaml::Value::Number(n) => n
+                .as_u64()
+                .map(ByteSize)
+                .ok_or_else(|| serde::de::Error::custom("expected a non-negative byte count")),
+            serde_yaml::Value::String(s) => parse_bytes(s).map(ByteSize).map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom("expected a byte size such as 64MiB")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FsyncSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_yaml::Value::deserialize(d)?;
+        match &v {
+            serde_yaml::Value::String(s) if s == "always" => Ok(FsyncSetting::Always),
+            serde_yaml::Value::String(s) => parse_duration(s)
+                .map(FsyncSetting::Interval)
+                .map_err(|e| serde::de::Error::custom(format!("expected \"always\" or a duration: {e}"))),
+            _ => Err(serde::de::Error::custom("expected \"always\" or a duration such as 1s")),
+        }
+    }
+}
+
+/// Parses Prometheus's duration syntax: one or more `<int><unit>` with units y, w, d, h, m, s, ms
+/// in decreasing order, or a plain (float) number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    if let Ok(f) = s.parse::<f64>() {
+        if !f.is_finite() || f < 0.0 {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        return Ok(Duration::from_secs_f64(f));
+    }
+    const UNITS: [(&str, u64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("ms", 1),
+        ("m", 60_000),
+        ("s", 1000),
+    ];
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut total_ms: u64 = 0;
+    let mut last_rank = usize::MAX;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        let n: u64 = s[start..i].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let rest = &s[i..];
+        let (rank, (unit, mult)) = UNITS
+            .iter()
+            .enumerate()
+            .find(|(_, (u, _))| rest.starts_with(u) && !(*u == "m" && rest.starts_with("ms")))
+            .ok_or_else(|| format!("invalid duration {s:?}: unknown unit"))?;
+        // Order in Prometheus is y w d h m s ms; our table lists ms before m only for prefix matching.
+        let order = match *unit {
+            "y" => 0,
+            "w" => 1,
+            "d" => 2,
+            "h" => 3,
+            "m" => 4,
+            "s" => 5,
+            _ => 6,
+        };
+        let _ = rank;
+        if last_rank != usize::MAX && order <= last_rank {
+            return Err(format!("invalid duration {s:?}: units out of order"));
+        }
+        last_rank = order;
+        total_ms = n
+            .checked_mul(*mult)
+            .and_then(|v| total_ms.checked_add(v))
+            .ok_or_else(|| format!("duration {s:?} is too large"))?;
+        i += unit.len();
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+/// Parses `64MiB`, `512MB`, `1024`, `10GiB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid byte size {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => return Err(format!("invalid byte size {s:?}: unknown unit {other:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("byte size {s:?} is too large"))
+}
+
+impl Config {
+    /// Parses YAML over the embedded defaults: every key present in `text` replaces the default, keys
+    /// absent keep it (maps are merged key by key).
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut base: serde_yaml::Value =
+            serde_yaml::from_str(DEFAULT_CONFIG_YAML).map_err(|e| ConfigError::Parse {
+                path: "<embedded default>".to_string(),
+                message: e.to_string(),
+            })?;
+        let user: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        if !user.is_null() {
+            if !user.is_mapping() {
+                return Err(ConfigError::Parse {
+                    path: origin.to_string(),
+                    message: "the top level must be a mapping of keys".to_string(),
+                });
+            }
+            merge(&mut base, user);
+        }
+        // serde_path_to_error names the key (`storage.metrics.block_duration: ...`), not just the problem.
+        let cfg: Config = serde_path_to_error::deserialize(base).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: format!("key `{}`: {}", e.path(), e.inner()),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::from_yaml("", "<embedded default>")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "listen",
+                message: "at least one address is needed".to_string(),
+            });
+        }
+        for a in &self.listen {
+            a.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid {
+                key: "listen",
+                message: format!("{a:?} is not an ADDR:PORT socket address: {e}"),
+            })?;
+        }
+        let m = &self.storage.metrics;
+        let bd = m.block_duration.0;
+        if bd < Duration::from_secs(60) || !bd.as_millis().is_multiple_of(60_000) {
+            return Err(ConfigError::Invalid {
+                key: "storage.metrics.block_duration",
+                message: format!("must be a whole number of minutes, at least 1m (got {bd:?})"),
+            });
+        }
+        if m.wal_segment_size.0 < 1 << 20 {
+            return Err(ConfigError::Invalid {
+                key: "storage.metrics.wal_segment_size",
+                message: "must be at least 1MiB".to_string(),
+            });
+        }
+        if m.retention_time.0 < bd {
+            return Err(ConfigError::Invalid {
+                key: "storage.metrics.retention_time",
+                message: format!("must be at least storage.metrics.block_duration ({bd:?})"),
+            });
+        }
+        if self.limits.remote_write_max_body.0 < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.remote_write_max_body",
+                message: "must be at least 1KiB".to_string(),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                message: format!("{:?} is not a level (error, warn, info, debug, trace)", self.log_level),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        // Validated in `validate`.
+        self.listen.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+}
+
+fn merge(base: &mut serde_yaml::Value, over: serde_yaml::Value) {
+    match (base, over) {
+        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_mapping() && v.is_mapping() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_duration(s: &str, want: Option<u64>) {
+        assert_eq!(parse_duration(s).ok().map(|d| d.as_millis() as u64), want, "{s}");
+    }
+
+    #[test]
+    fn durations() {
+        check_duration("15d", Some(15 * 86_400_000));
+        check_duration("1m30s", Some(90_000));
+        check_duration("100ms", Some(100));
+        check_duration("1h30m", Some(5_400_000));
+        check_duration("1.5", Some(1500));
+        check_duration("30s1m", None);
+        check_duration("5x", None);
+        check_duration("", None);
+    }
+
+    fn check_config(yaml: &str, want_err: Option<&str>) {
+        match (Config::from_yaml(yaml, "test.yaml"), want_err) {
+            (Ok(_), None) => {}
+            (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{yaml:?}: error {e} lacks {w:?}"),
+            (Ok(_), Some(w)) => panic!("{yaml:?}: accepted, wanted error with {w:?}"),
+            (Err(e), None) => panic!("{yaml:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn config_validation_names_the_key() {
+        check_config("", None);
+        check_config("storage:\n  metrics:\n    block_duration: 30m\n", None);
+        check_config(
+            "storage:\n  metrics:\n    block_duration: 10s\n",
+            Some("storage.metrics.block_duration"),
+        );
+        check_config("listen: [\"nope\"]\n", Some("listen"));
+        check_config("bogus: 1\n", Some("bogus"));
+        check_config("storage:\n  metrics:\n    retention_tme: 1d\n", Some("retention_tme"));
+        check_config(
+            "limits:\n  remote_write_max_body: 12QB\n",
+            Some("remote_write_max_body"),
+        );
+        check_config("log_level: [1]\n", Some("log_level"));
+        check_config("- a\n", Some("mapping"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.storage.metrics.retention_time.0, Duration::from_secs(15 * 86_400));
+        assert_eq!(c.limits.remote_write_max_body.0, 64 << 20);
+        assert_eq!(c.listen_addrs().len(), 2);
+    }
+}

@@ -1,0 +1,17 @@
+//! The single write path: validation, limits and rejection counters between a decoded request and
+//! the store.
+//!
+//! Owns: the rules that decide whether a series or sample is accepted, and the counters that say
+//! why one was not. Never touches: HTTP (status codes are decided in `api::error`), wire decoding
+//! (`proto`), or storage internals beyond the `Appender` contract.
+
+mod remote_write;
+
+pub use remote_write::{IngestStats, Limits, MetricsIngester, SeriesRejection, WriteOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A failure a retry can fix (disk full, WAL write error): maps to 5xx.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::metrics::StorageError),
+}

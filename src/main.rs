@@ -1,0 +1,71 @@
+//! Flags, config load, telemetry init, `app::run`; nothing else.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use monitoring_rs::{app, config, telemetry};
+
+/// A small cluster's whole monitoring stack in one process: Prometheus remote write and query APIs,
+/// Loki push and query APIs, local compressed storage.
+#[derive(Parser, Debug)]
+#[command(name = "monitoring-rs", version, about)]
+struct Flags {
+    /// YAML configuration file; keys it sets override the embedded defaults (see --print-default-config).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to serve both API families on, ADDR:PORT; repeat for several (overrides `listen`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<String>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if flags.print_default_config {
+        print!("{}", config::DEFAULT_CONFIG_YAML);
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match load_config(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("monitoring-rs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(&cfg.log_level);
+    match app::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "monitoring-rs stopped with an error.");
+            eprintln!("monitoring-rs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(flags: &Flags) -> Result<config::Config, config::ConfigError> {
+    let mut cfg = match &flags.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| config::ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            config::Config::from_yaml(&text, &path.display().to_string())?
+        }
+        None => config::Config::embedded_default()?,
+    };
+    if let Some(d) = &flags.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if !flags.listen.is_empty() {
+        cfg.listen = flags.listen.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}

@@ -1,0 +1,545 @@
+//! The head: every series registered once (label hash -> ref), samples appended to the series' open
+//! chunk, closed chunks moved out of the heap into `chunks_head/` files read back with `pread`.
+//!
+//! Chunks never straddle a multiple of the block duration, so cutting a block takes whole chunks.
+//! The head is rebuilt from the WAL on start (the `chunks_head/` files are scratch space and are
+//! wiped at open), which keeps one source of truth for durability.
+//!
+//! ```text
+//! chunks_head/NNNNNNNN: [magic "MRHC"][version u8 = 1][3 zero bytes] then chunk bytes back to back.
+//! A chunk is addressed by (segment, offset, len) held in memory only; files never outlive the process
+//! in any meaningful way, so no per-chunk framing is needed.
+//! ```
+
+use super::block::ChunkMeta;
+use super::chunk::{ChunkAppender, MAX_SAMPLES};
+use super::read::LoadedChunk;
+use super::{StorageError, io_err};
+use crate::model::{Labels, Matcher};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const HEAD_CHUNKS_MAGIC: &[u8; 8] = b"MRHC\x01\x00\x00\x00";
+/// Head chunk files roll over at this size; a file is deleted once every chunk in it is truncated away.
+const HEAD_CHUNK_FILE_SIZE: u64 = 32 << 20;
+/// Closed chunks are buffered and written in batches of this size: one `write` per ~1 MiB instead of
+/// one per ~300-byte chunk.
+const HEAD_CHUNK_WRITE_BUF: usize = 1 << 20;
+
+/// Why one sample was not appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendError {
+    OutOfOrder,
+    Duplicate,
+    OutOfBounds,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadChunk {
+    pub meta: ChunkMeta,
+    pub file: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+pub(crate) struct MemSeries {
+    pub labels: Labels,
+    pub closed: Vec<HeadChunk>,
+    pub open: Option<ChunkAppender>,
+    /// The open chunk must be closed before a sample at or after this time (next block boundary).
+    open_bound: i64,
+    pub min_t: i64,
+    pub max_t: i64,
+    last_v_bits: u64,
+}
+
+impl MemSeries {
+    fn new(labels: Labels) -> Self {
+        MemSeries {
+            labels,
+            closed: Vec::new(),
+            open: None,
+            open_bound: i64::MIN,
+            min_t: i64::MAX,
+            max_t: i64::MIN,
+            last_v_bits: 0,
+        }
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.max_t != i64::MIN
+    }
+}
+
+/// Append-only files holding closed head chunks.
+struct ChunkFiles {
+    dir: PathBuf,
+    /// (file number, open file, bytes written incl. header, max chunk time in it)
+    files: BTreeMap<u32, (File, u64, i64)>,
+    current: u32,
+    buf: Vec<u8>,
+    /// Offset in the current file where `buf` starts.
+    buf_start: u64,
+}
+
+impl ChunkFiles {
+    fn open(dir: &Path) -> Result<Self, StorageError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
+        }
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let mut cf = ChunkFiles {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+            current: 0,
+            buf: Vec::with_capacity(HEAD_CHUNK_WRITE_BUF),
+            buf_start: 0,
+        };
+        cf.new_file()?;
+        Ok(cf)
+    }
+
+    fn new_file(&mut self) -> Result<(), StorageError> {
+        self.flush()?;
+        self.current += 1;
+        let path = self.dir.join(format!("{:08}", self.current));
+        let mut f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        f.write_all(HEAD_CHUNKS_MAGIC).map_err(io_err("write", &path))?;
+        self.files
+            .insert(self.current, (f, HEAD_CHUNKS_MAGIC.len() as u64, i64::MIN));
+        self.buf_start = HEAD_CHUNKS_MAGIC.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some((f, _, _)) = self.files.get_mut(&self.current) {
+            f.write_all_at(&self.buf, self.buf_start)
+                .map_err(io_err("write", &self.dir))?;
+        }
+        self.buf_start += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8], max_t: i64) -> Result<(u32, u32, u32), StorageError> {
+        let size = self.files.get(&self.current).map_or(0, |f| f.1);
+        if size + data.len() as u64 > HEAD_CHUNK_FILE_SIZE {
+            self.new_file()?;
+        }
+        let Some(entry) = self.files.get_mut(&self.current) else {
+            return Err(StorageError::BadRecord("head chunk file missing"));
+        };
+        let offset = entry.1;
+        entry.1 += data.len() as u64;
+        entry.2 = entry.2.max(max_t);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= HEAD_CHUNK_WRITE_BUF {
+            self.flush()?;
+        }
+        Ok((self.current, offset as u32, data.len() as u32))
+    }
+
+    fn read(&self, c: &HeadChunk, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        out.clear();
+        let off = u64::from(c.offset);
+        if c.file == self.current && off >= self.buf_start {
+            let s = (off - self.buf_start) as usize;
+            let data = self
+                .buf
+                .get(s..s + c.len as usize)
+                .ok_or(StorageError::BadRecord("head chunk out of range"))?;
+            out.extend_from_slice(data);
+            return Ok(());
+        }
+        let (f, _, _) = self
+            .files
+            .get(&c.file)
+            .ok_or(StorageError::BadRecord("head chunk file gone"))?;
+        out.resize(c.len as usize, 0);
+        f.read_exact_at(out, off).map_err(io_err("read", &self.dir))?;
+        Ok(())
+    }
+
+    /// Deletes files whose chunks all end before `mint` (never the current one).
+    fn truncate(&mut self, mint: i64) -> Result<(), StorageError> {
+        let dead: Vec<u32> = self
+            .files
+            .iter()
+            .filter(|(n, (_, _, max_t))| **n != self.current && *max_t < mint)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in dead {
+            self.files.remove(&n);
+            let path = self.dir.join(format!("{n:08}"));
+            std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.1).sum()
+    }
+}
+
+/// The in-memory head. Not synchronised itself: the DB wraps it in one mutex with the WAL, so the
+/// order of records in the WAL is the order of appends in the head.
+pub(crate) struct Head {
+    /// Indexed by ref; boxed so that the slots of removed series cost 8 bytes, not a whole series.
+    pub series: Vec<Option<Box<MemSeries>>>,
+    /// stable label hash -> refs with that hash (almost always one).
+    by_hash: HashMap<u64, Vec<u32>>,
+    /// label name -> value -> sorted refs.
+    postings: HashMap<String, HashMap<String, Vec<u32>>>,
+    chunks: ChunkFiles,
+    block_ms: i64,
+    pub live_series: usize,
+    /// Lowest and highest sample time in the head (i64::MAX / MIN when empty).
+    pub min_t: i64,
+    pub max_t: i64,
+    /// Samples before this are in blocks (or were truncated): appends below it are out of bounds.
+    pub min_valid_t: i64,
+    read_buf: Vec<u8>,
+    pub chunks_created: u64,
+    /// Refs are never reused (a WAL segment kept after a checkpoint may still name an old ref).
+    next_ref: u32,
+}
+
+impl Head {
+    pub fn open(dir: &Path, block_ms: i64) -> Result<Head, StorageError> {
+        Ok(Head {
+            series: Vec::new(),
+            by_hash: HashMap::new(),
+            postings: HashMap::new(),
+            chunks: ChunkFiles::open(&dir.join("chunks_head"))?,
+            block_ms,
+            live_series: 0,
+            min_t: i64::MAX,
+            max_t: i64::MIN,
+            min_valid_t: i64::MIN,
+            read_buf: Vec::new(),
+            chunks_created: 0,
+            next_ref: 0,
+        })
+    }
+
+    pub fn next_ref(&self) -> u32 {
+        self.next_ref
+    }
+
+    /// Notes a ref seen in the WAL so that new series never reuse it.
+    pub fn saw_ref(&mut self, r: u32) {
+        self.next_ref = self.next_ref.max(r.saturating_add(1));
+    }
+
+    /// Finds a series by stable hash and a label comparison.
+    pub fn lookup(&self, hash: u64, eq: impl Fn(&Labels) -> bool) -> Option<u32> {
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .copied()
+            .find(|r| self.series[*r as usize].as_ref().is_some_and(|s| eq(&s.labels)))
+    }
+
+    /// Registers `labels` under `r` (a ref from the WAL or `next_ref`). Idempotent for a live ref.
+    pub fn create(&mut self, r: u32, labels: Labels) -> u32 {
+        let idx = r as usize;
+        self.saw_ref(r);
+        if idx < self.series.len() && self.series[idx].is_some() {
+            return r;
+        }
+        if idx >= self.series.len() {
+            self.series.resize_with(idx + 1, || None);
+        }
+        let hash = labels.stable_hash();
+        self.by_hash.entry(hash).or_default().push(r);
+        for l in &labels {
+            let list = self
+                .postings
+                .entry(l.name.clone())
+                .or_default()
+                .entry(l.value.clone())
+                .or_default();
+            // Refs are mostly created in increasing order; keep the list sorted regardless.
+            match list.last() {
+                Some(last) if *last > r => {
+                    let pos = list.partition_point(|x| *x < r);
+                    list.insert(pos, r);
+                }
+                _ => list.push(r),
+            }
+        }
+        self.series[idx] = Some(Box::new(MemSeries::new(labels)));
+        self.live_series += 1;
+        r
+    }
+
+    /// Checks whether `(t, v)` may be appended to series `r` without changing anything.
+    /// `Ok(false)` means an exact duplicate that is silently dropped, as Prometheus does.
+    pub fn check(&self, r: u32, t: i64, v: f64) -> Result<bool, AppendError> {
+        if t < self.min_valid_t {
+            return Err(AppendError::OutOfBounds);
+        }
+        let Some(s) = self.series.get(r as usize).and_then(|s| s.as_ref()) else {
+            return Ok(true);
+        };
+        if s.has_data() {
+            if t < s.max_t {
+                return Err(AppendError::OutOfOrder);
+            }
+            if t == s.max_t {
+                return if v.to_bits() == s.last_v_bits {
+                    Ok(false)
+                } else {
+                    Err(AppendError::Duplicate)
+                };
+            }
+        }
+        Ok(true)
+    }
+
+    /// Appends a sample already accepted by [`Head::check`].
+    pub fn append(&mut self, r: u32, t: i64, v: f64) -> Result<(), StorageError> {
+        let block_ms = self.block_ms;
+        let Some(s) = self.series.get_mut(r as usize).and_then(|s| s.as_mut()) else {
+            return Err(StorageError::BadRecord("sample for unknown series"));
+        };
+        let must_cut = match &s.open {
+            Some(c) => c.num_samples() >= MAX_SAMPLES || t >= s.open_bound,
+            None => false,
+        };
+        if must_cut {
+            close_open(s, &mut self.chunks)?;
+        }
+        if s.open.is_none() {
+            s.open = Some(ChunkAppender::new());
+            s.open_bound = (t.div_euclid(block_ms) + 1).saturating_mul(block_ms);
+            self.chunks_created += 1;
+        }
+        if let Some(c) = s.open.as_mut() {
+            c.append(t, v);
+        }
+        s.min_t = s.min_t.min(t);
+        s.max_t = t;
+        s.last_v_bits = v.to_bits();
+        self.min_t = self.min_t.min(t);
+        self.max_t = self.max_t.max(t);
+        Ok(())
+    }
+
+    /// Refs of live series matching every matcher (unsorted order not guaranteed: sorted by ref).
+    pub fn matching(&self, matchers: &[Matcher]) -> Vec<u32> {
+        let mut candidates: Option<Vec<u32>> = None;
+        for m in matchers.iter().filter(|m| !m.matches_empty()) {
+            let mut ids: Vec<u32> = Vec::new();
+            if let Some(values) = self.postings.get(&m.name) {
+                if m.op == crate::model::MatchOp::Equal {
+                    if let Some(l) = values.get(&m.value) {
+                        ids.extend_from_slice(l);
+                    }
+                } else {
+                    for (v, l) in values {
+                        if m.matches(v) {
+                            ids.extend_from_slice(l);
+                        }
+                    }
+                    ids.sort_unstable();
+                    ids.dedup();
+                }
+            }
+            candidates = Some(match candidates {
+                None => ids,
+                Some(prev) => intersect(&prev, &ids),
+            });
+            if candidates.as_ref().is_some_and(|c| c.is_empty()) {
+                return Vec::new();
+            }
+        }
+        let all = || {
+            self.series
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_some())
+                .map(|(i, _)| i as u32)
+                .collect()
+        };
+        let cand: Vec<u32> = candidates.unwrap_or_else(all);
+        cand.into_iter()
+            .filter(|r| {
+                self.series[*r as usize]
+                    .as_ref()
+                    .is_some_and(|s| matchers.iter().all(|m| m.matches(s.labels.get_or_empty(&m.name))))
+            })
+            .collect()
+    }
+
+    pub fn series(&self, r: u32) -> Option<&MemSeries> {
+        self.series.get(r as usize).and_then(|s| s.as_deref())
+    }
+
+    /// Copies the chunks of `r` overlapping `[mint, maxt]`.
+    pub fn load_chunks(
+        &mut self,
+        r: u32,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<LoadedChunk>,
+    ) -> Result<(), StorageError> {
+        let Some(s) = self.series.get(r as usize).and_then(|s| s.as_ref()) else {
+            return Ok(());
+        };
+        for c in &s.closed {
+            if c.meta.max_time < mint || c.meta.min_time > maxt {
+                continue;
+            }
+            self.chunks.read(c, &mut self.read_buf)?;
+            out.push(LoadedChunk {
+                min_t: c.meta.min_time,
+                max_t: c.meta.max_time,
+                data: self.read_buf.clone(),
+            });
+        }
+        if let Some(o) = &s.open
+            && let (Some(a), Some(b)) = (o.first_time(), o.last_time())
+            && b >= mint
+            && a <= maxt
+        {
+            out.push(LoadedChunk {
+                min_t: a,
+                max_t: b,
+                data: o.bytes().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a closed head chunk's bytes.
+    pub fn read_chunk(&mut self, c: &HeadChunk, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        self.chunks.read(c, out)
+    }
+
+    /// Closes every open chunk that ends before `before` (series that stopped receiving samples), so
+    /// that all data below `before` is in closed chunks.
+    pub fn close_chunks_before(&mut self, before: i64) -> Result<(), StorageError> {
+        for s in self.series.iter_mut().flatten() {
+            if s.open.as_ref().and_then(|o| o.last_time()).is_some_and(|t| t < before) {
+                close_open(s, &mut self.chunks)?;
+            }
+        }
+        self.chunks.flush()
+    }
+
+    /// Drops all data before `mint` (now in a block), garbage-collects series left empty, and deletes
+    /// head chunk files no longer referenced. Returns the number of series removed.
+    pub fn truncate(&mut self, mint: i64) -> Result<usize, StorageError> {
+        self.min_valid_t = self.min_valid_t.max(mint);
+        let mut removed: Vec<u32> = Vec::new();
+        let mut new_min = i64::MAX;
+        for (i, slot) in self.series.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            s.closed.retain(|c| c.meta.max_time >= mint);
+            let open_alive = s.open.as_ref().and_then(|o| o.last_time()).is_some_and(|t| t >= mint);
+            if !open_alive {
+                s.open = None;
+            }
+            let first = s
+                .closed
+                .first()
+                .map(|c| c.meta.min_time)
+                .or_else(|| s.open.as_ref().and_then(|o| o.first_time()));
+            match first {
+                Some(f) => {
+                    s.min_t = f;
+                    new_min = new_min.min(f);
+                }
+                None => {
+                    removed.push(i as u32);
+                    *slot = None;
+                }
+            }
+        }
+        if !removed.is_empty() {
+            self.live_series -= removed.len();
+            let dead: std::collections::HashSet<u32> = removed.iter().copied().collect();
+            self.by_hash.retain(|_, refs| {
+                refs.retain(|r| !dead.contains(r));
+                !refs.is_empty()
+            });
+            self.postings.retain(|_, values| {
+                values.retain(|_, refs| {
+                    refs.retain(|r| !dead.contains(r));
+                    !refs.is_empty()
+                });
+                !values.is_empty()
+            });
+        }
+        self.min_t = new_min;
+        if new_min == i64::MAX {
+            self.max_t = i64::MIN;
+        }
+        self.chunks.truncate(mint)?;
+        Ok(removed.len())
+    }
+
+    pub fn chunk_file_bytes(&self) -> u64 {
+        self.chunks.disk_bytes()
+    }
+
+    /// Bytes of open chunks held in memory.
+    pub fn open_chunk_bytes(&self) -> usize {
+        self.series
+            .iter()
+            .flatten()
+            .filter_map(|s| s.open.as_ref())
+            .map(|o| o.heap_bytes())
+            .sum()
+    }
+}
+
+fn close_open(s: &mut MemSeries, files: &mut ChunkFiles) -> Result<(), StorageError> {
+    let Some(o) = s.open.take() else { return Ok(()) };
+    let (Some(min_time), Some(max_time)) = (o.first_time(), o.last_time()) else {
+        return Ok(());
+    };
+    let num_samples = o.num_samples() as u32;
+    let (file, offset, len) = files.write(o.bytes(), max_time)?;
+    s.closed.push(HeadChunk {
+        meta: ChunkMeta {
+            min_time,
+            max_time,
+            num_samples,
+        },
+        file,
+        offset,
+        len,
+    });
+    Ok(())
+}
+
+pub(crate) fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(a.len().min(b.len()));
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
