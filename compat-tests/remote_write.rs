@@ -569,3 +569,40 @@ fn bad_config_names_the_key_and_exits_2() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// Known series are found by their raw key bytes without re-validation: an unsorted copy of a known
+/// series must land in the same series, and raw bytes that only look like a known key (a value
+/// holding the 0xff separators) must be refused, not appended to it.
+#[test]
+fn raw_key_fast_path_is_exact() {
+    let (_d, s) = start();
+    let t = t0();
+    let appended = |s: &Server| s.metric("monitoring_rs_metrics_samples_appended_total");
+    assert_eq!(
+        s.write_v1(&write_request(vec![series(
+            &[("__name__", "m"), ("a", "1")],
+            &[(t, 1.0)]
+        )]))
+        .status,
+        204
+    );
+    let unsorted = write_request(vec![series(&[("a", "1"), ("__name__", "m")], &[(t + 1000, 2.0)])]);
+    assert_eq!(s.write_v1(&unsorted).status, 204);
+    assert_eq!(series_names(&s, "m"), vec![r#"{"__name__":"m","a":"1"}"#]);
+    assert_eq!(appended(&s), 2.0);
+    // One pair whose value is "m\xffa\xff1": its raw key bytes equal the key of {__name__="m", a="1"}.
+    let mut raw = write_request(vec![series(&[("__name__", "m\u{1}a\u{1}1")], &[(t + 2000, 3.0)])]).encode_to_vec();
+    for b in raw.iter_mut() {
+        if *b == 1 {
+            *b = 0xff;
+        }
+    }
+    let r = s.post("/api/v1/write", RW1_HEADERS, &snappy(&raw));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("invalid UTF-8"), "{}", r.text());
+    assert_eq!(
+        appended(&s),
+        2.0,
+        "the look-alike must not be appended to the known series"
+    );
+}

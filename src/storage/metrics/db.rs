@@ -6,7 +6,7 @@
 //! the fsync interval (`wal_fsync`, default 1 s, or nothing with `always`).
 
 use super::block::{self, Block, BlockWriter};
-use super::head::{AppendError, Head, HeadChunk};
+use super::head::{AppendError, Head, HeadChunk, LabelKey};
 use super::read::{LoadedChunk, MetricMetadata, MetricsReader, SelectedSeries};
 use super::walrec::{self, MetaEntry};
 use super::{StorageError, io_err};
@@ -123,15 +123,23 @@ impl DbStats {
     }
 }
 
-/// How a series is named in an append: borrowed from the request (sorted, no empty values, with its
-/// stable hash computed by the decoder) or an owned, normalised label set.
+/// How a series is named in an append.
 pub enum SeriesKey<'a> {
-    Borrowed {
-        hash: u64,
-        labels: &'a [(&'a str, &'a str)],
-    },
+    /// Key bytes `name 0xff value 0xff ...` exactly as received, not validated, with their FNV hash
+    /// and the number of pairs. A key equal to a stored series' key (same bytes, same pair count)
+    /// names that series; any other goes through the commit's validator.
+    Raw { hash: u64, key: &'a [u8], pairs: u32 },
+    /// A validated label set.
     Owned(Labels),
 }
+
+/// Called by [`Appender::commit_with`] for a raw key the head does not know, with the series index:
+/// returns the validated, normalised label set, or `None` to drop the series' samples (the caller
+/// counts and reports why).
+pub type Validator<'v> = dyn FnMut(usize) -> Option<Labels> + 'v;
+
+/// Ref marking a series the validator refused.
+const REFUSED: u32 = u32::MAX;
 
 /// Result of a commit: appended count and rejections (the first few kept with their series index).
 #[derive(Debug, Default)]
@@ -215,7 +223,7 @@ impl MetricsDb {
             };
             match ty {
                 walrec::REC_SERIES => walrec::decode_series(body, |r, ls| {
-                    head.create(r, ls);
+                    head.create(r, &ls);
                 }),
                 walrec::REC_SAMPLES => {
                     let mut res = Ok(());
@@ -408,24 +416,26 @@ impl MetricsDb {
             let cut_end = cut_start + bd;
             inner.head.min_valid_t = inner.head.min_valid_t.max(cut_end);
             inner.head.close_chunks_before(cut_end)?;
-            let mut snap: Vec<(Labels, Vec<HeadChunk>)> = Vec::new();
+            // Compact keys (~150 B per series), not label sets (~900 B): this snapshot covers every
+            // series and used to dominate peak RSS during a cut.
+            let mut snap: Vec<(LabelKey, Vec<HeadChunk>)> = Vec::new();
             for s in inner.head.series.iter().flatten() {
                 let chunks: Vec<HeadChunk> = s.closed.iter().filter(|c| c.meta.max_time < cut_end).copied().collect();
                 if !chunks.is_empty() {
-                    snap.push((s.labels.clone(), chunks));
+                    snap.push((s.key.clone(), chunks));
                 }
             }
             // Start a new segment so that older segments can be dropped once this range is in a block.
             inner.wal.cut_segment()?;
             (cut_start, cut_end, snap)
         };
-        snapshot.sort_by(|a, b| a.0.cmp(&b.0));
+        snapshot.sort_by(|a, b| a.0.cmp_labels(&b.0));
         let mut meta = None;
         if !snapshot.is_empty() {
             let mut w = BlockWriter::create(&self.blocks_dir, cut_start, cut_end)?;
             let mut bufs: Vec<Vec<u8>> = Vec::new();
             for batch in snapshot.chunks(256) {
-                for (labels, chunks) in batch {
+                for (key, chunks) in batch {
                     {
                         let mut inner = self.inner.lock();
                         bufs.resize_with(chunks.len(), Vec::new);
@@ -438,7 +448,7 @@ impl MetricsDb {
                         .zip(bufs.iter())
                         .map(|(c, b)| (c.meta, b.as_slice()))
                         .collect();
-                    w.add_series(labels, &list)?;
+                    w.add_series(&key.to_labels(), &list)?;
                 }
             }
             let m = w.finish(1, Vec::new())?;
@@ -490,16 +500,16 @@ impl MetricsDb {
         }
         let Some(upto) = upto else { return Ok(()) };
         let mut recs: Vec<Vec<u8>> = Vec::new();
-        let live: Vec<(u32, &Labels)> = inner
+        let live: Vec<(u32, &super::head::MemSeries)> = inner
             .head
             .series
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, &s.labels)))
+            .filter_map(|(i, s)| s.as_deref().map(|s| (i as u32, s)))
             .collect();
         for part in live.chunks(4096) {
             let mut r = Vec::new();
-            walrec::encode_series(&mut r, part.iter().copied());
+            walrec::encode_series_pairs(&mut r, part.iter().map(|(i, s)| (*i, s.pairs as usize, s.key.pairs())));
             recs.push(r);
         }
         {
@@ -637,7 +647,7 @@ impl MetricsDb {
         self.inner.lock().head.open_chunk_bytes()
     }
 
-    fn commit(&self, app: &mut Appender<'_>) -> Result<CommitResult, StorageError> {
+    fn commit(&self, app: &mut Appender<'_>, validate: &mut Validator<'_>) -> Result<CommitResult, StorageError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StorageError::Closed);
         }
@@ -648,27 +658,41 @@ impl MetricsDb {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         // 1. Resolve every series to a ref, creating new ones.
+        let mut new_labels: Vec<(u32, Labels)> = Vec::new();
         inner.refs.clear();
         inner.new_refs.clear();
-        for key in &app.series {
+        for (idx, key) in app.series.iter().enumerate() {
             let found = match key {
-                SeriesKey::Borrowed { hash, labels } => inner.head.lookup(*hash, |ls| eq_pairs(ls, labels)),
-                SeriesKey::Owned(ls) => inner.head.lookup(ls.stable_hash(), |x| x == ls),
+                SeriesKey::Raw { hash, key, pairs } => inner
+                    .head
+                    .lookup(*hash, |s| s.key.as_bytes() == *key && s.pairs == *pairs),
+                SeriesKey::Owned(ls) => inner.head.lookup(ls.stable_hash(), |s| s.key.eq_labels(ls)),
             };
             let r = match found {
                 Some(r) => r,
                 None => {
                     let ls = match key {
-                        SeriesKey::Borrowed { labels, .. } => {
-                            Labels::from_sorted(labels.iter().map(|(n, v)| crate::model::Label::new(*n, *v)).collect())
-                                .map_err(|_| StorageError::BadRecord("borrowed labels must be sorted and unique"))?
-                        }
+                        SeriesKey::Raw { .. } => match validate(idx) {
+                            Some(ls) => ls,
+                            None => {
+                                inner.refs.push(REFUSED);
+                                continue;
+                            }
+                        },
                         SeriesKey::Owned(ls) => ls.clone(),
                     };
-                    let r = inner.head.next_ref();
-                    inner.head.create(r, ls);
-                    inner.new_refs.push(r);
-                    r
+                    // A raw key can miss only because it was unsorted or had empty values: the
+                    // normalised set may still be known.
+                    match inner.head.lookup(ls.stable_hash(), |s| s.key.eq_labels(&ls)) {
+                        Some(r) => r,
+                        None => {
+                            let r = inner.head.next_ref();
+                            inner.head.create(r, &ls);
+                            inner.new_refs.push(r);
+                            new_labels.push((r, ls));
+                            r
+                        }
+                    }
                 }
             };
             inner.refs.push(r);
@@ -679,6 +703,9 @@ impl MetricsDb {
         let mut batch_max = i64::MIN;
         for &(si, t, v) in &app.samples {
             let r = inner.refs[si];
+            if r == REFUSED {
+                continue;
+            }
             let outcome = if t > future_limit {
                 Err(RejectReason::TooFarInFuture)
             } else if t < min_valid {
@@ -718,12 +745,13 @@ impl MetricsDb {
         let mut pending: Vec<u32> = std::mem::take(&mut inner.unlogged);
         pending.extend_from_slice(&inner.new_refs);
         if !pending.is_empty() {
-            let head = &inner.head;
-            let list: Vec<(u32, &Labels)> = pending
-                .iter()
-                .filter_map(|r| head.series(*r).map(|s| (*r, &s.labels)))
-                .collect();
-            walrec::encode_series(&mut inner.scratch_series, list.into_iter());
+            // Series left unlogged by an earlier failed write are rebuilt from the head (rare).
+            for r in &pending[..pending.len() - new_labels.len()] {
+                if let Some(s) = inner.head.series(*r) {
+                    new_labels.push((*r, s.labels()));
+                }
+            }
+            walrec::encode_series(&mut inner.scratch_series, new_labels.iter().map(|(r, l)| (*r, l)));
         }
         if !inner.accepted.is_empty() {
             walrec::encode_samples(&mut inner.scratch_samples, &inner.accepted);
@@ -798,7 +826,7 @@ impl MetricsDb {
             if !s.has_data() || s.max_t < mint || s.min_t > maxt {
                 continue;
             }
-            let labels = s.labels.clone();
+            let labels = s.labels();
             let mut chunks = Vec::new();
             if with_data {
                 inner.head.load_chunks(r, mint, maxt, &mut chunks)?;
@@ -920,10 +948,6 @@ pub fn metric_type_name(kind: u8) -> &'static str {
     }
 }
 
-fn eq_pairs(ls: &Labels, pairs: &[(&str, &str)]) -> bool {
-    ls.len() == pairs.len() && ls.iter().zip(pairs).all(|(l, (n, v))| l.name == *n && l.value == *v)
-}
-
 fn load_blocks(dir: &Path) -> Result<Vec<Block>, StorageError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io_err("read", dir))? {
@@ -1012,10 +1036,16 @@ impl<'a> Appender<'a> {
     }
 
     /// Validates and appends everything, writes the WAL, and returns what was appended and rejected.
-    /// Rejected samples never fail the others.
-    pub fn commit(mut self) -> Result<CommitResult, StorageError> {
+    /// Rejected samples never fail the others. Raw keys the head does not know are refused (use
+    /// [`Appender::commit_with`] to validate them).
+    pub fn commit(self) -> Result<CommitResult, StorageError> {
+        self.commit_with(&mut |_| None)
+    }
+
+    /// As [`Appender::commit`], calling `validate` for each raw key the head does not know.
+    pub fn commit_with(mut self, validate: &mut Validator<'_>) -> Result<CommitResult, StorageError> {
         let db = self.db;
-        db.commit(&mut self)
+        db.commit(&mut self, validate)
     }
 
     /// Discards everything collected.

@@ -45,8 +45,111 @@ pub(crate) struct HeadChunk {
     pub len: u32,
 }
 
+/// A series' labels in one allocation: `name 0xff value 0xff ...`, the exact bytes
+/// `Labels::stable_hash` hashes. 0xff never occurs in UTF-8, so the encoding is unambiguous.
+/// Measured on the rwload benchmark (20,000 series × 8 labels): comparing an incoming series with
+/// `Vec<Label>` took 34% of ingest CPU (one cache miss per String); one contiguous key is a single
+/// memcmp, and 150 B instead of ~900 B of heap per series.
+#[derive(Clone)]
+pub(crate) struct LabelKey(Box<[u8]>);
+
+impl LabelKey {
+    pub fn new(ls: &Labels) -> LabelKey {
+        let mut v = Vec::with_capacity(ls.byte_size() + 2 * ls.len());
+        for l in ls {
+            v.extend_from_slice(l.name.as_bytes());
+            v.push(0xff);
+            v.extend_from_slice(l.value.as_bytes());
+            v.push(0xff);
+        }
+        LabelKey(v.into_boxed_slice())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// (name, value) pairs in label order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self.0.split(|b| *b == 0xff);
+        std::iter::from_fn(move || {
+            let n = parts.next()?;
+            let v = parts.next()?;
+            // Built from valid `Labels`, so both halves are UTF-8.
+            Some((
+                std::str::from_utf8(n).unwrap_or_default(),
+                std::str::from_utf8(v).unwrap_or_default(),
+            ))
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn to_labels(&self) -> Labels {
+        Labels::from_sorted(self.pairs().map(|(n, v)| crate::model::Label::new(n, v)).collect()).unwrap_or_default()
+    }
+
+    /// The order of the label sets (as `Labels`' `Ord`), without building them.
+    pub fn cmp_labels(&self, other: &LabelKey) -> std::cmp::Ordering {
+        self.pairs().cmp(other.pairs())
+    }
+
+    pub fn eq_labels(&self, ls: &Labels) -> bool {
+        let mut n = 0;
+        let mut it = self.pairs();
+        for l in ls {
+            match it.next() {
+                Some((a, b)) if a == l.name && b == l.value => n += 1,
+                _ => return false,
+            }
+        }
+        it.next().is_none() && n == ls.len()
+    }
+}
+
+/// The head's hash index is keyed by a 64-bit FNV hash already: hashing it again with SipHash only
+/// costs time.
+#[derive(Default)]
+pub(crate) struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type IdHashMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdentityHasher>>;
+
+/// Refs sharing one label hash: almost always exactly one, kept inline.
+enum HashRefs {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl HashRefs {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            HashRefs::One(r) => std::slice::from_ref(r),
+            HashRefs::Many(v) => v,
+        }
+    }
+}
+
 pub(crate) struct MemSeries {
-    pub labels: Labels,
+    pub key: LabelKey,
+    /// Number of label pairs in `key` (a raw key with a 0xff inside a name or value has more
+    /// separators than pairs, so it can never equal a stored key with the same pair count).
+    pub pairs: u32,
     pub closed: Vec<HeadChunk>,
     pub open: Option<ChunkAppender>,
     /// The open chunk must be closed before a sample at or after this time (next block boundary).
@@ -57,9 +160,10 @@ pub(crate) struct MemSeries {
 }
 
 impl MemSeries {
-    fn new(labels: Labels) -> Self {
+    fn new(labels: &Labels) -> Self {
         MemSeries {
-            labels,
+            key: LabelKey::new(labels),
+            pairs: labels.len() as u32,
             closed: Vec::new(),
             open: None,
             open_bound: i64::MIN,
@@ -71,6 +175,10 @@ impl MemSeries {
 
     pub fn has_data(&self) -> bool {
         self.max_t != i64::MIN
+    }
+
+    pub fn labels(&self) -> Labels {
+        self.key.to_labels()
     }
 }
 
@@ -199,7 +307,7 @@ pub(crate) struct Head {
     /// Indexed by ref; boxed so that the slots of removed series cost 8 bytes, not a whole series.
     pub series: Vec<Option<Box<MemSeries>>>,
     /// stable label hash -> refs with that hash (almost always one).
-    by_hash: HashMap<u64, Vec<u32>>,
+    by_hash: IdHashMap<HashRefs>,
     /// label name -> value -> sorted refs.
     postings: HashMap<String, HashMap<String, Vec<u32>>>,
     chunks: ChunkFiles,
@@ -220,7 +328,7 @@ impl Head {
     pub fn open(dir: &Path, block_ms: i64) -> Result<Head, StorageError> {
         Ok(Head {
             series: Vec::new(),
-            by_hash: HashMap::new(),
+            by_hash: IdHashMap::default(),
             postings: HashMap::new(),
             chunks: ChunkFiles::open(&dir.join("chunks_head"))?,
             block_ms,
@@ -244,16 +352,17 @@ impl Head {
     }
 
     /// Finds a series by stable hash and a label comparison.
-    pub fn lookup(&self, hash: u64, eq: impl Fn(&Labels) -> bool) -> Option<u32> {
+    pub fn lookup(&self, hash: u64, eq: impl Fn(&MemSeries) -> bool) -> Option<u32> {
         self.by_hash
             .get(&hash)?
+            .as_slice()
             .iter()
             .copied()
-            .find(|r| self.series[*r as usize].as_ref().is_some_and(|s| eq(&s.labels)))
+            .find(|r| self.series[*r as usize].as_ref().is_some_and(|s| eq(s)))
     }
 
     /// Registers `labels` under `r` (a ref from the WAL or `next_ref`). Idempotent for a live ref.
-    pub fn create(&mut self, r: u32, labels: Labels) -> u32 {
+    pub fn create(&mut self, r: u32, labels: &Labels) -> u32 {
         let idx = r as usize;
         self.saw_ref(r);
         if idx < self.series.len() && self.series[idx].is_some() {
@@ -263,8 +372,17 @@ impl Head {
             self.series.resize_with(idx + 1, || None);
         }
         let hash = labels.stable_hash();
-        self.by_hash.entry(hash).or_default().push(r);
-        for l in &labels {
+        match self.by_hash.get_mut(&hash) {
+            None => {
+                self.by_hash.insert(hash, HashRefs::One(r));
+            }
+            Some(HashRefs::One(other)) => {
+                let other = *other;
+                self.by_hash.insert(hash, HashRefs::Many(vec![other, r]));
+            }
+            Some(HashRefs::Many(v)) => v.push(r),
+        }
+        for l in labels {
             let list = self
                 .postings
                 .entry(l.name.clone())
@@ -379,7 +497,7 @@ impl Head {
             .filter(|r| {
                 self.series[*r as usize]
                     .as_ref()
-                    .is_some_and(|s| matchers.iter().all(|m| m.matches(s.labels.get_or_empty(&m.name))))
+                    .is_some_and(|s| matchers.iter().all(|m| m.matches(s.key.get(&m.name).unwrap_or(""))))
             })
             .collect()
     }
@@ -472,9 +590,12 @@ impl Head {
         if !removed.is_empty() {
             self.live_series -= removed.len();
             let dead: std::collections::HashSet<u32> = removed.iter().copied().collect();
-            self.by_hash.retain(|_, refs| {
-                refs.retain(|r| !dead.contains(r));
-                !refs.is_empty()
+            self.by_hash.retain(|_, refs| match refs {
+                HashRefs::One(r) => !dead.contains(r),
+                HashRefs::Many(v) => {
+                    v.retain(|r| !dead.contains(r));
+                    !v.is_empty()
+                }
             });
             self.postings.retain(|_, values| {
                 values.retain(|_, refs| {

@@ -110,14 +110,25 @@ impl<'a> Reader<'a> {
 
 /// Appends a series record for `series` (ref, labels).
 pub fn encode_series<'a>(out: &mut Vec<u8>, series: impl ExactSizeIterator<Item = (u32, &'a Labels)>) {
+    encode_series_pairs(
+        out,
+        series.map(|(r, ls)| (r, ls.len(), ls.iter().map(|l| (l.name.as_str(), l.value.as_str())))),
+    );
+}
+
+/// Appends a series record from (ref, number of pairs, pairs) without building label sets.
+pub fn encode_series_pairs<'a, P>(out: &mut Vec<u8>, series: impl ExactSizeIterator<Item = (u32, usize, P)>)
+where
+    P: Iterator<Item = (&'a str, &'a str)>,
+{
     out.push(REC_SERIES);
     put_uvarint(out, series.len() as u64);
-    for (r, ls) in series {
+    for (r, n, pairs) in series {
         put_uvarint(out, u64::from(r));
-        put_uvarint(out, ls.len() as u64);
-        for l in ls {
-            put_bytes(out, l.name.as_bytes());
-            put_bytes(out, l.value.as_bytes());
+        put_uvarint(out, n as u64);
+        for (name, value) in pairs {
+            put_bytes(out, name.as_bytes());
+            put_bytes(out, value.as_bytes());
         }
     }
 }
