@@ -21,7 +21,6 @@ storage:
     retention_time: 15d       # blocks older than this (relative to the newest data) are deleted
     retention_size: 0         # bytes of blocks+WAL to keep; 0 = unlimited. Accepts 512MB, 10GiB, ...
     block_duration: 2h        # head data is cut into immutable blocks of this span
-    out_of_order_time_window: 0s   # like Prometheus's storage.tsdb.out_of_order_time_window
     wal_segment_size: 64MiB
     wal_fsync: 1s             # fsync interval; "always" fsyncs before every acknowledgement
     too_far_in_future: 10m    # samples further ahead of the wall clock are rejected ("out of bounds")
@@ -69,7 +68,6 @@ pub struct MetricsStorageConfig {
     pub retention_time: DurationStr,
     pub retention_size: ByteSize,
     pub block_duration: DurationStr,
-    pub out_of_order_time_window: DurationStr,
     pub wal_segment_size: ByteSize,
     pub wal_fsync: FsyncSetting,
     pub too_far_in_future: DurationStr,
