@@ -367,12 +367,20 @@ impl MetricsDb {
                 return;
             }
             if self.opts.fsync_interval.is_some() {
-                let mut inner = self.inner.lock();
-                if inner.dirty {
-                    inner.dirty = false;
-                    if let Err(e) = inner.wal.sync() {
-                        tracing::error!(error = %e, "Write-ahead log fsync failed.");
+                // The fsync itself runs outside the head lock: with ~1 s of appends behind it, it can take tens of
+                // milliseconds that ingestion should not wait for.
+                let handle = {
+                    let mut inner = self.inner.lock();
+                    if inner.dirty {
+                        inner.dirty = false;
+                        Some(inner.wal.sync_handle())
+                    } else {
+                        None
                     }
+                };
+                if let Some(Err(e)) = handle.map(|h| h.and_then(|h| h.sync())) {
+                    tracing::error!(error = %e, "Write-ahead log fsync failed.");
+                    let _ = self.inner.lock().wal.sync();
                 }
             }
             if self.head_needs_compaction() || last_maintenance.elapsed() > Duration::from_secs(60) {

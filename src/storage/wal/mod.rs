@@ -285,6 +285,30 @@ impl SegmentFile {
     }
 }
 
+/// Syncs the segment that was current when it was taken, without holding the [`Wal`], so that appends go on
+/// while the disk flushes. (A segment rolled since then was synced when it was closed; syncing it again is
+/// harmless.)
+#[derive(Debug)]
+pub struct SyncHandle {
+    file: File,
+    path: PathBuf,
+    stats: Arc<WalStats>,
+}
+
+impl SyncHandle {
+    /// `fdatasync`. On failure the caller must not trust the segment's unsynced data: call [`Wal::sync`] under
+    /// its own lock, which fails again and poisons the WAL if the error persists.
+    pub fn sync(&self) -> Result<(), WalError> {
+        self.file.sync_data().map_err(|source| WalError::Io {
+            op: "fdatasync segment",
+            path: self.path.clone(),
+            source,
+        })?;
+        WalStats::add(&self.stats.fsyncs, 1);
+        Ok(())
+    }
+}
+
 /// A write-ahead log in one directory. See the module documentation for the format and the recovery rules.
 #[derive(Debug)]
 pub struct Wal {
@@ -376,6 +400,21 @@ impl Wal {
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.usable()?;
         self.segment.sync(&self.stats)
+    }
+
+    /// A handle to sync the current segment outside of whatever lock guards this `Wal`.
+    pub fn sync_handle(&self) -> Result<SyncHandle, WalError> {
+        self.usable()?;
+        let file = self.segment.file.try_clone().map_err(|source| WalError::Io {
+            op: "dup segment handle",
+            path: self.segment.path.clone(),
+            source,
+        })?;
+        Ok(SyncHandle {
+            file,
+            path: self.segment.path.clone(),
+            stats: Arc::clone(&self.stats),
+        })
     }
 
     /// Closes the current segment (syncing it) and starts a new one. Returns the number of the segment just closed,
