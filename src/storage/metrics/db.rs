@@ -6,7 +6,7 @@
 //! the fsync interval (`wal_fsync`, default 1 s, or nothing with `always`).
 
 use super::block::{self, Block, BlockWriter};
-use super::head::{AppendError, Head, HeadChunk, LabelKey};
+use super::head::{AppendError, ChunkLoc, Head, HeadChunk, LabelKey};
 use super::read::{LoadedChunk, MetricMetadata, MetricsReader, SelectedSeries};
 use super::walrec::{self, MetaEntry};
 use super::{StorageError, io_err};
@@ -819,25 +819,40 @@ impl MetricsDb {
         maxt: i64,
         with_data: bool,
     ) -> Result<(Vec<SelectedSeries>, Vec<Arc<Block>>), StorageError> {
-        let mut inner = self.inner.lock();
-        let blocks: Vec<Arc<Block>> = self
-            .blocks
-            .read()
-            .iter()
-            .filter(|b| b.meta().max_time > mint && b.meta().min_time <= maxt)
-            .cloned()
-            .collect();
-        let refs = inner.head.matching(matchers);
-        let mut out = Vec::new();
-        for r in refs {
-            let Some(s) = inner.head.series(r) else { continue };
-            if !s.has_data() || s.max_t < mint || s.min_t > maxt {
-                continue;
+        // Under the lock only find what to read; chunk files are read after it is released, so a large
+        // query does not hold up ingestion.
+        let mut found: Vec<(Labels, Vec<(i64, i64, ChunkLoc)>)> = Vec::new();
+        let (blocks, dir) = {
+            let inner = self.inner.lock();
+            let blocks: Vec<Arc<Block>> = self
+                .blocks
+                .read()
+                .iter()
+                .filter(|b| b.meta().max_time > mint && b.meta().min_time <= maxt)
+                .cloned()
+                .collect();
+            for r in inner.head.matching(matchers) {
+                let Some(s) = inner.head.series(r) else { continue };
+                if !s.has_data() || s.max_t < mint || s.min_t > maxt {
+                    continue;
+                }
+                let mut locs = Vec::new();
+                if with_data {
+                    inner.head.locate_chunks(r, mint, maxt, &mut locs)?;
+                }
+                found.push((s.labels(), locs));
             }
-            let labels = s.labels();
-            let mut chunks = Vec::new();
-            if with_data {
-                inner.head.load_chunks(r, mint, maxt, &mut chunks)?;
+            (blocks, inner.head.chunk_dir().to_path_buf())
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for (labels, locs) in found {
+            let mut chunks = Vec::with_capacity(locs.len());
+            for (min_t, max_t, loc) in locs {
+                chunks.push(LoadedChunk {
+                    min_t,
+                    max_t,
+                    data: loc.load(&dir)?,
+                });
             }
             out.push(SelectedSeries { labels, chunks });
         }

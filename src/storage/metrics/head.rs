@@ -13,7 +13,6 @@
 
 use super::block::ChunkMeta;
 use super::chunk::{ChunkAppender, MAX_SAMPLES};
-use super::read::LoadedChunk;
 use super::{StorageError, io_err};
 use crate::model::{Labels, Matcher};
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +20,26 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A head chunk found under the head lock, read after it is released.
+pub(crate) enum ChunkLoc {
+    Bytes(Vec<u8>),
+    File(Arc<File>, u64, u32),
+}
+
+impl ChunkLoc {
+    pub fn load(self, dir: &Path) -> Result<Vec<u8>, StorageError> {
+        match self {
+            ChunkLoc::Bytes(b) => Ok(b),
+            ChunkLoc::File(f, off, len) => {
+                let mut out = vec![0u8; len as usize];
+                f.read_exact_at(&mut out, off).map_err(io_err("read head chunk", dir))?;
+                Ok(out)
+            }
+        }
+    }
+}
 
 const HEAD_CHUNKS_MAGIC: &[u8; 8] = b"MRHC\x01\x00\x00\x00";
 /// Head chunk files roll over at this size; a file is deleted once every chunk in it is truncated away.
@@ -186,7 +205,9 @@ impl MemSeries {
 struct ChunkFiles {
     dir: PathBuf,
     /// (file number, open file, bytes written incl. header, max chunk time in it)
-    files: BTreeMap<u32, (File, u64, i64)>,
+    /// Shared with readers, who `pread` outside the head lock: a file truncated away meanwhile stays
+    /// readable through their handle.
+    files: BTreeMap<u32, (Arc<File>, u64, i64)>,
     current: u32,
     buf: Vec<u8>,
     /// Offset in the current file where `buf` starts.
@@ -223,7 +244,7 @@ impl ChunkFiles {
             .map_err(io_err("create", &path))?;
         f.write_all(HEAD_CHUNKS_MAGIC).map_err(io_err("write", &path))?;
         self.files
-            .insert(self.current, (f, HEAD_CHUNKS_MAGIC.len() as u64, i64::MIN));
+            .insert(self.current, (Arc::new(f), HEAD_CHUNKS_MAGIC.len() as u64, i64::MIN));
         self.buf_start = HEAD_CHUNKS_MAGIC.len() as u64;
         Ok(())
     }
@@ -257,6 +278,25 @@ impl ChunkFiles {
             self.flush()?;
         }
         Ok((self.current, offset as u32, data.len() as u32))
+    }
+
+    /// Where a chunk's bytes are: copied now if still in the write buffer, else a file handle to read
+    /// later without the head lock.
+    fn locate(&self, c: &HeadChunk) -> Result<ChunkLoc, StorageError> {
+        let off = u64::from(c.offset);
+        if c.file == self.current && off >= self.buf_start {
+            let s = (off - self.buf_start) as usize;
+            let data = self
+                .buf
+                .get(s..s + c.len as usize)
+                .ok_or(StorageError::BadRecord("head chunk out of range"))?;
+            return Ok(ChunkLoc::Bytes(data.to_vec()));
+        }
+        let (f, _, _) = self
+            .files
+            .get(&c.file)
+            .ok_or(StorageError::BadRecord("head chunk file gone"))?;
+        Ok(ChunkLoc::File(Arc::clone(f), off, c.len))
     }
 
     fn read(&self, c: &HeadChunk, out: &mut Vec<u8>) -> Result<(), StorageError> {
@@ -318,7 +358,6 @@ pub(crate) struct Head {
     pub max_t: i64,
     /// Samples before this are in blocks (or were truncated): appends below it are out of bounds.
     pub min_valid_t: i64,
-    read_buf: Vec<u8>,
     pub chunks_created: u64,
     /// Refs are never reused (a WAL segment kept after a checkpoint may still name an old ref).
     next_ref: u32,
@@ -336,7 +375,6 @@ impl Head {
             min_t: i64::MAX,
             max_t: i64::MIN,
             min_valid_t: i64::MIN,
-            read_buf: Vec::new(),
             chunks_created: 0,
             next_ref: 0,
         })
@@ -506,13 +544,14 @@ impl Head {
         self.series.get(r as usize).and_then(|s| s.as_deref())
     }
 
-    /// Copies the chunks of `r` overlapping `[mint, maxt]`.
-    pub fn load_chunks(
-        &mut self,
+    /// Locates the chunks of `r` overlapping `[mint, maxt]`: (min_t, max_t, where). The open chunk and
+    /// buffered chunks are copied; flushed ones are read later, outside the head lock.
+    pub fn locate_chunks(
+        &self,
         r: u32,
         mint: i64,
         maxt: i64,
-        out: &mut Vec<LoadedChunk>,
+        out: &mut Vec<(i64, i64, ChunkLoc)>,
     ) -> Result<(), StorageError> {
         let Some(s) = self.series.get(r as usize).and_then(|s| s.as_ref()) else {
             return Ok(());
@@ -521,25 +560,20 @@ impl Head {
             if c.meta.max_time < mint || c.meta.min_time > maxt {
                 continue;
             }
-            self.chunks.read(c, &mut self.read_buf)?;
-            out.push(LoadedChunk {
-                min_t: c.meta.min_time,
-                max_t: c.meta.max_time,
-                data: self.read_buf.clone(),
-            });
+            out.push((c.meta.min_time, c.meta.max_time, self.chunks.locate(c)?));
         }
         if let Some(o) = &s.open
             && let (Some(a), Some(b)) = (o.first_time(), o.last_time())
             && b >= mint
             && a <= maxt
         {
-            out.push(LoadedChunk {
-                min_t: a,
-                max_t: b,
-                data: o.bytes().to_vec(),
-            });
+            out.push((a, b, ChunkLoc::Bytes(o.bytes().to_vec())));
         }
         Ok(())
+    }
+
+    pub fn chunk_dir(&self) -> &Path {
+        &self.chunks.dir
     }
 
     /// Reads a closed head chunk's bytes.
