@@ -54,7 +54,7 @@ pub fn logs_options(cfg: &Config) -> LogsOptions {
             Compression::Snappy => Codec::Snappy,
             Compression::None => Codec::None,
         },
-        block_size: usize::try_from(l.block_size.0).unwrap_or(64 << 10),
+        block_size: usize::try_from(l.block_size.0).unwrap_or(32 << 10),
         chunk_target_size: l.chunk_target_size.0,
         max_chunk_age: l.max_chunk_age.0,
         chunk_idle_period: l.chunk_idle_period.0,
