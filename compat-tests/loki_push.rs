@@ -77,7 +77,8 @@ fn stats(s: &Server, tenant: &str, query: &str) -> serde_json::Value {
         .replace('{', "%7B")
         .replace('}', "%7D")
         .replace('"', "%22")
-        .replace('=', "%3D").replace('+', "%2B");
+        .replace('=', "%3D")
+        .replace('+', "%2B");
     let r = request(
         s.addr,
         "GET",

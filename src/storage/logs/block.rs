@@ -437,6 +437,8 @@ pub fn for_each_entry<'a>(
             }
         });
         f(ts[i], line, &mut it);
+        // The callback may skip the metadata; the reader must still pass over it.
+        for _ in it.by_ref() {}
         drop(it);
         if err {
             return Err(TRUNC);
@@ -651,6 +653,22 @@ mod tests {
         let mut all = Vec::new();
         buf.decode_from(0, &mut all).unwrap();
         assert_eq!(got, all[from..].to_vec());
+    }
+
+    /// A caller that ignores the metadata of some entries still gets the right later entries.
+    #[test]
+    fn skipping_metadata_keeps_the_reader_in_step() {
+        let e = sample_entries();
+        let mut raw = Vec::new();
+        e.encode_from(0, &mut raw);
+        let mut seen = Vec::new();
+        for_each_entry(&raw, |ts, _line, meta| {
+            if ts > 0 {
+                seen.push(meta.count());
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, vec![0, 1]);
     }
 
     #[test]
