@@ -13,11 +13,14 @@ use std::io::Write;
 const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
 const PROTO: &[(&str, &str)] = &[("Content-Type", "application/x-protobuf")];
 
+/// (labels text, [(ts, line)]) per stream.
+type Streams<'a> = [(&'a str, Vec<(i64, &'a [u8])>)];
+
 fn now_ns() -> i64 {
     now_ms() * 1_000_000
 }
 
-fn proto_body(streams: &[(&str, Vec<(i64, &[u8])>)]) -> Vec<u8> {
+fn proto_body(streams: &Streams<'_>) -> Vec<u8> {
     let req = PushRequest {
         streams: streams
             .iter()
@@ -374,7 +377,7 @@ fn a_million_tiny_streams_hit_the_stream_limit() {
     let s = Server::start(&dir.path().join("data"), None);
     let t = now_ns();
     let labels: Vec<String> = (0..1_000_000).map(|i| format!("{{s=\"{i}\"}}")).collect();
-    let streams: Vec<(&str, Vec<(i64, &[u8])>)> = labels.iter().map(|l| (l.as_str(), vec![(t, &b"x"[..])])).collect();
+    let streams: Vec<_> = labels.iter().map(|l| (l.as_str(), vec![(t, &b"x"[..])])).collect();
     let body = proto_body(&streams);
     let r = s.post("/loki/api/v1/push", PROTO, &body);
     assert_eq!(r.status, 429, "{}", &r.text()[..r.text().len().min(500)]);
