@@ -27,6 +27,9 @@ impl Rng {
     }
 }
 
+/// (ts, line, metadata) of an entry to push.
+type ModelEntry = (i64, String, Vec<(String, String)>);
+
 /// (tenant, stream) -> [(ts, seq, line, metadata)] in arrival order.
 type Model = BTreeMap<(String, String), Vec<(i64, u64, String, Vec<(String, String)>)>>;
 
@@ -118,7 +121,7 @@ fn run(seed: u64, codec: Codec) {
             _ => {
                 let tenant = tenants[rng.below(2) as usize];
                 let n_streams = 1 + rng.below(3) as usize;
-                let mut owned: Vec<(String, Vec<(i64, String, Vec<(String, String)>)>)> = Vec::new();
+                let mut owned: Vec<(String, Vec<ModelEntry>)> = Vec::new();
                 for _ in 0..n_streams {
                     let s = format!("s{}", rng.below(5));
                     let mut es = Vec::new();
@@ -400,7 +403,10 @@ fn needle_queries_skip_chunks_by_their_filter() {
     let mut it = store.select(&req).unwrap();
     let got: Vec<_> = it.by_ref().map(|e| e.unwrap().entry.line).collect();
     assert_eq!(got.len(), 1);
-    println!("needle: {} of 50 chunks skipped, {} blocks read", it.chunks_skipped, it.blocks_read);
+    println!(
+        "needle: {} of 50 chunks skipped, {} blocks read",
+        it.chunks_skipped, it.blocks_read
+    );
     assert!(
         it.chunks_skipped >= 45,
         "only {} of 50 chunks skipped",
