@@ -4,9 +4,12 @@
 //! shutdown (stop accepting, finish in-flight requests, close the store). Never touches: protocol
 //! details or storage formats.
 
-use crate::api::{self, ApiState, WriteStats};
-use crate::config::{Config, FsyncSetting};
-use crate::ingest::{IngestStats, Limits, MetricsIngester, SeriesRejection};
+use crate::api::{self, ApiState, PushStats, WriteStats};
+use crate::config::{Compression, Config, FsyncSetting};
+use crate::ingest::{
+    Discard, IngestStats, Limits, LokiIngester, LokiLimits, LokiStats, MetricsIngester, SeriesRejection,
+};
+use crate::storage::logs::{Codec, LogStore, LogsOptions, LogsStats};
 use crate::storage::metrics::{DbStats, MetricsDb, MetricsOptions, RejectReason};
 use crate::storage::wal::WalStats;
 use crate::telemetry::Registry;
@@ -40,6 +43,47 @@ pub fn metrics_options(cfg: &Config) -> MetricsOptions {
     }
 }
 
+pub fn logs_options(cfg: &Config) -> LogsOptions {
+    let l = &cfg.storage.logs;
+    LogsOptions {
+        dir: cfg.data_dir.join("logs"),
+        retention: l.retention_time.0,
+        retention_bytes: l.retention_size.0,
+        codec: match l.compression {
+            Compression::Zstd => Codec::Zstd(l.compression_level),
+            Compression::Snappy => Codec::Snappy,
+            Compression::None => Codec::None,
+        },
+        block_size: usize::try_from(l.block_size.0).unwrap_or(32 << 10),
+        chunk_target_size: l.chunk_target_size.0,
+        max_chunk_age: l.max_chunk_age.0,
+        chunk_idle_period: l.chunk_idle_period.0,
+        wal_segment_size: l.wal_segment_size.0,
+        data_segment_size: 16 << 20,
+        fsync_interval: match l.wal_fsync {
+            FsyncSetting::Always => None,
+            FsyncSetting::Interval(d) => Some(d),
+        },
+        wal_checkpoint_size: l.wal_checkpoint_size.0,
+        max_streams_per_tenant: cfg.limits.logs.max_streams_per_tenant,
+    }
+}
+
+pub fn loki_limits(cfg: &Config) -> LokiLimits {
+    let l = &cfg.limits.logs;
+    LokiLimits {
+        max_label_names_per_series: l.max_label_names_per_series,
+        max_label_name_length: l.max_label_name_length,
+        max_label_value_length: l.max_label_value_length,
+        max_line_size: usize::try_from(l.max_line_size.0).unwrap_or(usize::MAX),
+        max_line_size_truncate: l.max_line_size_truncate,
+        reject_old_samples_max_age: l.reject_old_samples.then_some(l.reject_old_samples_max_age.0),
+        creation_grace_period: l.creation_grace_period.0,
+        discover_service_name: l.discover_service_name.clone(),
+        discover_log_levels: l.discover_log_levels,
+    }
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let opts = metrics_options(&cfg);
     let dir = opts.dir.clone();
@@ -53,9 +97,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_labels_per_series: cfg.limits.max_labels_per_series,
     };
     let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), limits));
+    let lopts = logs_options(&cfg);
+    let ldir = lopts.dir.clone();
+    let logs = tokio::task::spawn_blocking(move || LogStore::open(lopts))
+        .await
+        .context("opening the log store")?
+        .with_context(|| format!("opening the log store in {}", ldir.display()))?;
+    let loki = Arc::new(LokiIngester::new(Arc::clone(&logs), loki_limits(&cfg)));
+    let push_stats = Arc::new(PushStats::default());
     let registry = Registry::new();
     let write_stats = Arc::new(WriteStats::default());
     register_metrics(&registry, db.stats(), db.wal_stats(), ingester.stats(), &write_stats);
+    register_log_metrics(&registry, &logs, loki.stats(), &push_stats);
     let state = Arc::new(ApiState {
         db: Arc::clone(&db),
         ingester,
@@ -63,6 +116,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_write_body: usize::try_from(cfg.limits.remote_write_max_body.0).unwrap_or(usize::MAX),
         write_stats,
         http_requests: AtomicU64::new(0),
+        logs: Arc::clone(&logs),
+        loki,
+        max_push_body: usize::try_from(cfg.limits.logs.max_push_body.0).unwrap_or(usize::MAX),
+        push_stats,
     });
     let router = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -93,6 +150,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("closing the metrics store")??;
     tracing::info!("Metrics store closed cleanly.");
+    let logs2 = Arc::clone(&logs);
+    tokio::task::spawn_blocking(move || logs2.close())
+        .await
+        .context("closing the log store")??;
+    tracing::info!("Log store flushed and closed cleanly.");
     Ok(())
 }
 
@@ -111,6 +173,140 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiStats>, push: &Arc<PushStats>) {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let st: Arc<LogsStats> = Arc::clone(logs.stats());
+    let (wal, data) = (Arc::clone(logs.wal_stats()), Arc::clone(logs.data_stats()));
+    let (loki, push) = (Arc::clone(loki), Arc::clone(push));
+    reg.register(move |w| {
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "monitoring_rs_logs_entries_appended_total",
+                "Log entries stored.",
+                &st.entries_appended,
+            ),
+            (
+                "monitoring_rs_logs_bytes_appended_total",
+                "Bytes of log lines stored.",
+                &st.bytes_appended,
+            ),
+            (
+                "monitoring_rs_logs_streams_created_total",
+                "Log streams created.",
+                &st.streams_created,
+            ),
+            (
+                "monitoring_rs_logs_blocks_written_total",
+                "Compressed blocks written to the data log.",
+                &st.blocks_written,
+            ),
+            (
+                "monitoring_rs_logs_block_raw_bytes_total",
+                "Raw bytes of the blocks written.",
+                &st.block_raw_bytes,
+            ),
+            (
+                "monitoring_rs_logs_block_compressed_bytes_total",
+                "Compressed bytes of the blocks written.",
+                &st.block_compressed_bytes,
+            ),
+            (
+                "monitoring_rs_logs_chunks_closed_total",
+                "Chunks closed.",
+                &st.chunks_closed,
+            ),
+            (
+                "monitoring_rs_logs_wal_checkpoints_total",
+                "Log WAL checkpoints.",
+                &st.wal_checkpoints,
+            ),
+            (
+                "monitoring_rs_logs_retention_segments_deleted_total",
+                "Data log segments deleted by retention.",
+                &st.retention_segments_deleted,
+            ),
+        ];
+        for (name, help, v) in counters {
+            w.single(name, "counter", help, g(v));
+        }
+        w.single(
+            "monitoring_rs_logs_streams",
+            "gauge",
+            "Log streams held.",
+            g(&st.streams),
+        );
+        w.single(
+            "monitoring_rs_logs_wal_bytes",
+            "gauge",
+            "Bytes of the log WAL on disk.",
+            wal.bytes_on_disk() as f64,
+        );
+        w.single(
+            "monitoring_rs_logs_data_bytes",
+            "gauge",
+            "Bytes of the log data log on disk.",
+            data.bytes_on_disk() as f64,
+        );
+        w.single(
+            "monitoring_rs_logs_replay_seconds",
+            "gauge",
+            "Time the last start spent opening the log store.",
+            g(&st.replay_micros) / 1e6,
+        );
+        w.header(
+            "monitoring_rs_loki_discarded_samples_total",
+            "counter",
+            "Pushed log entries discarded, by Loki's reason.",
+        );
+        for r in Discard::ALL {
+            w.sample(
+                "monitoring_rs_loki_discarded_samples_total",
+                &[("reason", r.as_str())],
+                g(&loki.discarded_entries[r as usize]),
+            );
+        }
+        w.header(
+            "monitoring_rs_loki_discarded_bytes_total",
+            "counter",
+            "Bytes of pushed log lines discarded, by Loki's reason.",
+        );
+        for r in Discard::ALL {
+            w.sample(
+                "monitoring_rs_loki_discarded_bytes_total",
+                &[("reason", r.as_str())],
+                g(&loki.discarded_bytes[r as usize]),
+            );
+        }
+        w.single(
+            "monitoring_rs_loki_lines_truncated_total",
+            "counter",
+            "Log lines cut to max_line_size.",
+            g(&loki.lines_truncated),
+        );
+        w.single(
+            "monitoring_rs_loki_invalid_utf8_replaced_total",
+            "counter",
+            "Log lines whose invalid UTF-8 was replaced with U+FFFD.",
+            g(&loki.invalid_utf8_replaced),
+        );
+        w.header(
+            "monitoring_rs_loki_push_requests_total",
+            "counter",
+            "Loki push requests by result.",
+        );
+        for (r, v) in [
+            ("ok", &push.ok),
+            ("partial", &push.partial),
+            ("bad_request", &push.bad_request),
+            ("too_large", &push.too_large),
+            ("rate_limited", &push.rate_limited),
+            ("failed", &push.failed),
+        ] {
+            w.sample("monitoring_rs_loki_push_requests_total", &[("result", r)], g(v));
+        }
+    });
 }
 
 fn register_metrics(

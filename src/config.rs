@@ -24,11 +24,36 @@ storage:
     wal_segment_size: 64MiB
     wal_fsync: 1s             # fsync interval; "always" fsyncs before every acknowledgement
     too_far_in_future: 10m    # samples further ahead of the wall clock are rejected ("out of bounds")
+  logs:
+    retention_time: 30d       # entries older than this (by their timestamp, vs the wall clock) are deleted
+    retention_size: 0         # bytes of data+WAL to keep; 0 = unlimited
+    compression: zstd         # block codec: zstd, snappy or none (every block records its codec)
+    compression_level: 3      # zstd level
+    block_size: 32KiB         # raw bytes per compressed block; 500 streams hold 500 head blocks in memory
+    chunk_target_size: 1536KiB  # raw bytes at which a stream's chunk is closed
+    max_chunk_age: 2h         # a chunk open this long is closed
+    chunk_idle_period: 30m    # a stream silent this long has its chunk closed
+    wal_segment_size: 64MiB
+    wal_fsync: 1s             # fsync interval; "always" fsyncs before every acknowledgement
+    wal_checkpoint_size: 128MiB  # the WAL is cut down to the head blocks when it grows past this
 limits:
   remote_write_max_body: 64MiB    # decompressed; the compressed body has the same limit
   max_label_name_length: 1024
   max_label_value_length: 2048
   max_labels_per_series: 64
+  logs:                           # Loki push limits, with Loki 3.4's defaults
+    max_push_body: 64MiB          # decompressed; the compressed body has the same limit
+    max_label_names_per_series: 15
+    max_label_name_length: 1024
+    max_label_value_length: 2048
+    max_line_size: 256KB
+    max_line_size_truncate: false # true: cut long lines to max_line_size instead of rejecting them
+    reject_old_samples: false
+    reject_old_samples_max_age: 1w
+    creation_grace_period: 10m    # entries further ahead of the wall clock are rejected
+    max_streams_per_tenant: 5000  # new streams beyond this answer 429
+    discover_service_name: [service_name, service, app, application, name, app_kubernetes_io_name, container, container_name, k8s_container_name, component, workload, job, k8s_job_name]
+    discover_log_levels: true     # add detected_level as structured metadata
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +85,48 @@ fn default_log_level() -> String {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub metrics: MetricsStorageConfig,
+    pub logs: LogsStorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsStorageConfig {
+    pub retention_time: DurationStr,
+    pub retention_size: ByteSize,
+    pub compression: Compression,
+    pub compression_level: i32,
+    pub block_size: ByteSize,
+    pub chunk_target_size: ByteSize,
+    pub max_chunk_age: DurationStr,
+    pub chunk_idle_period: DurationStr,
+    pub wal_segment_size: ByteSize,
+    pub wal_fsync: FsyncSetting,
+    pub wal_checkpoint_size: ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Snappy,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsLimitsConfig {
+    pub max_push_body: ByteSize,
+    pub max_label_names_per_series: usize,
+    pub max_label_name_length: usize,
+    pub max_label_value_length: usize,
+    pub max_line_size: ByteSize,
+    pub max_line_size_truncate: bool,
+    pub reject_old_samples: bool,
+    pub reject_old_samples_max_age: DurationStr,
+    pub creation_grace_period: DurationStr,
+    pub max_streams_per_tenant: usize,
+    pub discover_service_name: Vec<String>,
+    pub discover_log_levels: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +147,7 @@ pub struct LimitsConfig {
     pub max_label_name_length: usize,
     pub max_label_value_length: usize,
     pub max_labels_per_series: usize,
+    pub logs: LogsLimitsConfig,
 }
 
 /// A Prometheus-style duration (`15d`, `2h`, `1m30s`, `500ms`) or a number of seconds.
@@ -298,6 +366,37 @@ impl Config {
                 message: "must be at least 1KiB".to_string(),
             });
         }
+        let lg = &self.storage.logs;
+        if lg.block_size.0 < 1024 || lg.block_size.0 > 16 << 20 {
+            return Err(ConfigError::Invalid {
+                key: "storage.logs.block_size",
+                message: "must be between 1KiB and 16MiB".to_string(),
+            });
+        }
+        if lg.chunk_target_size.0 < lg.block_size.0 {
+            return Err(ConfigError::Invalid {
+                key: "storage.logs.chunk_target_size",
+                message: "must be at least storage.logs.block_size".to_string(),
+            });
+        }
+        if lg.wal_segment_size.0 < 1 << 20 {
+            return Err(ConfigError::Invalid {
+                key: "storage.logs.wal_segment_size",
+                message: "must be at least 1MiB".to_string(),
+            });
+        }
+        if !(-7..=22).contains(&lg.compression_level) {
+            return Err(ConfigError::Invalid {
+                key: "storage.logs.compression_level",
+                message: "zstd levels run from -7 to 22".to_string(),
+            });
+        }
+        if self.limits.logs.max_push_body.0 < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.logs.max_push_body",
+                message: "must be at least 1KiB".to_string(),
+            });
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(ConfigError::Invalid {
                 key: "log_level",
@@ -375,6 +474,19 @@ mod tests {
         );
         check_config("log_level: [1]\n", Some("log_level"));
         check_config("- a\n", Some("mapping"));
+        check_config(
+            "storage:\n  logs:\n    compression: lz4\n",
+            Some("storage.logs.compression"),
+        );
+        check_config(
+            "storage:\n  logs:\n    block_size: 10\n",
+            Some("storage.logs.block_size"),
+        );
+        check_config(
+            "limits:\n  logs:\n    max_line_size: 1MB\n    max_line_size_truncate: true\n",
+            None,
+        );
+        check_config("limits:\n  logs:\n    max_line_sise: 1MB\n", Some("max_line_sise"));
     }
 
     #[test]

@@ -136,6 +136,47 @@ impl From<crate::ingest::IngestError> for WriteError {
     }
 }
 
+/// Loki API errors: plain text like Loki's `WriteError` (API.md §3.7).
+#[derive(Debug)]
+pub enum LokiError {
+    /// Parse errors, validation, limits: 400.
+    BadRequest(String),
+    /// Body over the limit: 413.
+    TooLarge(String),
+    /// Stream limit (Loki's ingester answers 429 so that clients retry later).
+    RateLimited(String),
+    /// Storage failure: 500.
+    Internal(String),
+    /// Shutting down: 503.
+    Unavailable(String),
+}
+
+impl LokiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            LokiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            LokiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            LokiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            LokiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            LokiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for LokiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let msg = match self {
+            LokiError::BadRequest(m)
+            | LokiError::TooLarge(m)
+            | LokiError::RateLimited(m)
+            | LokiError::Internal(m)
+            | LokiError::Unavailable(m) => m,
+        };
+        plain_text(status, &msg)
+    }
+}
+
 /// Go's `http.Error`: text/plain body with a trailing newline and `nosniff`.
 pub fn plain_text(status: StatusCode, msg: &str) -> Response {
     let mut r = (status, format!("{msg}\n")).into_response();

@@ -1,15 +1,18 @@
-//! HTTP surface: the Prometheus API family (`/api/v1/...`), remote write, and the process endpoints
+//! HTTP surface: the Prometheus API family (`/api/v1/...`), remote write, Loki push and metadata
+//! (`/loki/api/v1/...`), and the process endpoints
 //! (`/metrics`, `/-/ready`, `/-/healthy`). The only user of axum.
 //!
 //! Owns: routing, parameter parsing, response shapes. Never touches: storage internals (it reads
 //! through `MetricsReader` and writes through `ingest`), or status-code policy outside `error.rs`.
 
 pub mod error;
+mod loki;
 pub mod params;
 mod prom;
 mod remote_write;
 
-use crate::ingest::MetricsIngester;
+use crate::ingest::{LokiIngester, MetricsIngester};
+use crate::storage::logs::LogStore;
 use crate::storage::metrics::MetricsDb;
 use crate::telemetry::Registry;
 use axum::Router;
@@ -18,6 +21,7 @@ use axum::routing::{get, post};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+pub use loki::{DEFAULT_TENANT, PushStats};
 pub use remote_write::WriteStats;
 
 /// Everything the handlers share.
@@ -29,6 +33,11 @@ pub struct ApiState {
     pub max_write_body: usize,
     pub write_stats: Arc<WriteStats>,
     pub http_requests: AtomicU64,
+    pub logs: Arc<LogStore>,
+    pub loki: Arc<LokiIngester>,
+    /// Decompressed and compressed Loki push body limit in bytes.
+    pub max_push_body: usize,
+    pub push_stats: Arc<PushStats>,
 }
 
 /// The router serving both API families on every listener.
@@ -40,6 +49,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/labels", get(prom::label_names).post(prom::label_names))
         .route("/api/v1/label/{name}/values", get(prom::label_values))
         .route("/api/v1/metadata", get(prom::metadata))
+        .route("/loki/api/v1/push", post(loki::push))
+        .route("/api/prom/push", post(loki::push_legacy))
+        .route("/loki/api/v1/labels", get(loki::labels).post(loki::labels))
+        .route("/loki/api/v1/label", get(loki::labels))
+        .route("/loki/api/v1/label/{name}/values", get(loki::label_values))
+        .route("/loki/api/v1/series", get(loki::series).post(loki::series))
+        .route(
+            "/loki/api/v1/index/stats",
+            get(loki::index_stats).post(loki::index_stats),
+        )
+        .route("/ready", get(loki::loki_ready))
         .route("/metrics", get(prom::self_metrics))
         .route("/-/ready", get(prom::ready))
         .route("/-/healthy", get(prom::healthy))

@@ -5,7 +5,10 @@
 //! why one was not. Never touches: HTTP (status codes are decided in `api::error`), wire decoding
 //! (`proto`), or storage internals beyond the `Appender` contract.
 
+mod loki;
 mod remote_write;
+
+pub use loki::{DEFAULT_SERVICE_NAME_LABELS, Discard, LokiIngester, LokiLimits, LokiStats, PushOutcome};
 
 pub use remote_write::{IngestStats, Limits, MetricsIngester, SeriesRejection, WriteOutcome};
 
@@ -14,4 +17,10 @@ pub enum IngestError {
     /// A failure a retry can fix (disk full, WAL write error): maps to 5xx.
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::metrics::StorageError),
+    /// The log store failed (disk full, WAL write error): maps to 5xx.
+    #[error("log store: {0}")]
+    Logs(#[from] crate::storage::logs::LogsError),
+    /// The push body could not be decoded: 400.
+    #[error("{0}")]
+    Decode(#[from] crate::proto::ProtoError),
 }

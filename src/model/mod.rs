@@ -6,6 +6,7 @@
 
 mod labels;
 mod matcher;
+pub mod text;
 
 pub use labels::{Label, Labels, LabelsError, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};

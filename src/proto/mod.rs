@@ -1,4 +1,4 @@
-//! Remote-write wire decoding: the snappy block layer and the protobuf messages of Prometheus remote write
+//! Wire decoding of pushed data. Loki push (`logproto.PushRequest`) is in [`loki`]. Remote-write decoding: the snappy block layer and the protobuf messages of Prometheus remote write
 //! 1.0 (`prometheus.WriteRequest`) and 2.0 (`io.prometheus.write.v2.Request`), as specified in API.md §4.2/§4.3.
 //!
 //! Owns: the prost structs clients and tests use to *encode* requests ([`v1`], [`v2`]), the hand-written
@@ -10,6 +10,7 @@
 //! deciding what is a valid series is the caller's job, done per series so one bad series can be rejected
 //! without failing the whole request.
 
+pub mod loki;
 pub mod remote_write;
 
 pub use remote_write::{
@@ -58,6 +59,9 @@ pub enum ProtoError {
     /// A 2.0 `labels_refs` list that is not made of (name, value) pairs.
     #[error("proto: odd number of labels_refs ({0})")]
     OddLabelRefs(usize),
+    /// A Loki push message prost could not decode (its own error text).
+    #[error("{0}")]
+    Loki(String),
 }
 
 /// Decompresses a snappy *block* (not framed) body into `scratch`, refusing before any allocation when the

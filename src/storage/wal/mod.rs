@@ -216,6 +216,43 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
     }
 }
 
+/// Where a record lies: segment number, offset of its frame (the `len` field) and payload length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordPos {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Reads the record at `pos` of the log in `dir` into `buf` (cleared first) with one positioned read, checking
+/// its length and CRC. Safe while a [`Wal`] appends to the same directory: closed bytes never change. A segment
+/// removed by a checkpoint in the meantime gives an `Io` error (not found).
+pub fn read_record_at(dir: &Path, pos: RecordPos, buf: &mut Vec<u8>) -> Result<(), WalError> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(segment_name(pos.segment));
+    let file = File::open(&path).map_err(io_err("open segment", &path))?;
+    let total = RECORD_HEADER_LEN as usize + pos.len as usize;
+    buf.clear();
+    buf.resize(total, 0);
+    file.read_exact_at(buf, pos.offset)
+        .map_err(io_err("read record", &path))?;
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let bad = |what: &str| WalError::Io {
+        op: "check record",
+        path: path.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("{what} at offset {}", pos.offset)),
+    };
+    if len != pos.len {
+        return Err(bad("record length mismatch"));
+    }
+    if crc32fast::hash(&buf[RECORD_HEADER_LEN as usize..]) != stored {
+        return Err(bad("record CRC mismatch"));
+    }
+    buf.drain(..RECORD_HEADER_LEN as usize);
+    Ok(())
+}
+
 /// A segment-format file being written: the current WAL segment, or one file of a checkpoint.
 #[derive(Debug)]
 struct SegmentFile {
@@ -330,7 +367,7 @@ impl Wal {
     /// module documentation). Earlier segments are not read; use [`Wal::open_and_replay`] to read and check them.
     /// Appends then go to a new segment, never into an old one.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<Wal, WalError> {
-        open_inner(dir, opts, ScanScope::LastSegment, |_| {
+        open_inner(dir, opts, ScanScope::LastSegment, |_, _| {
             Ok::<(), std::convert::Infallible>(())
         })
         .map(|(wal, _)| wal)
@@ -350,7 +387,42 @@ impl Wal {
         F: FnMut(&[u8]) -> Result<(), E>,
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
+        let mut on_record = on_record;
+        open_inner(dir, opts, ScanScope::All, |rec, _| on_record(rec))
+    }
+
+    /// Like [`Wal::open_and_replay`], and also hands over where each record lies, so that a store using the log
+    /// as its data file can read a record back later with [`read_record_at`]. Records of the checkpoint get
+    /// `None`: a checkpoint is replaced as a whole, so positions inside it are not stable.
+    pub fn open_and_replay_positioned<F, E>(
+        dir: &Path,
+        opts: WalOptions,
+        on_record: F,
+    ) -> Result<(Wal, ReplayStats), WalError>
+    where
+        F: FnMut(&[u8], Option<RecordPos>) -> Result<(), E>,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
         open_inner(dir, opts, ScanScope::All, on_record)
+    }
+
+    /// Appends one record like [`Wal::append`] and returns where it was written (for [`read_record_at`]).
+    pub fn append_positioned(&mut self, record: &[u8]) -> Result<RecordPos, WalError> {
+        self.usable()?;
+        let framed = framed_len(record)?;
+        if self.must_cut_before(self.segment.len, framed) {
+            self.roll()?;
+        }
+        let pos = RecordPos {
+            segment: self.segment.number,
+            offset: self.segment.len,
+            len: record.len() as u32,
+        };
+        self.scratch.clear();
+        frame_into(&mut self.scratch, record);
+        self.write_scratch(1)?;
+        self.after_append()?;
+        Ok(pos)
     }
 
     /// Appends one record with a single write(2) (framing and payload copied into a reused scratch buffer first).
@@ -831,7 +903,7 @@ fn open_inner<F, E>(
     mut on_record: F,
 ) -> Result<(Wal, ReplayStats), WalError>
 where
-    F: FnMut(&[u8]) -> Result<(), E>,
+    F: FnMut(&[u8], Option<RecordPos>) -> Result<(), E>,
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
     fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
@@ -915,7 +987,15 @@ where
             });
         }
         let scan = scan_segment(&buf, |payload, offset| match scope {
-            ScanScope::All => on_record(payload).map_err(|e| WalError::Replay {
+            ScanScope::All => on_record(
+                payload,
+                (!source.in_checkpoint).then_some(RecordPos {
+                    segment: source.number,
+                    offset,
+                    len: payload.len() as u32,
+                }),
+            )
+            .map_err(|e| WalError::Replay {
                 path: source.path.clone(),
                 offset,
                 source: e.into(),

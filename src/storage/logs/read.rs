@@ -1,0 +1,350 @@
+//! The read contract the query layer sees: select streams by matchers and a time range, then
+//! iterate their entries forward or backward, merged across streams, up to a limit. Blocks are read
+//! and decompressed lazily, in the order the merge needs them, so `limit=100` over a day of data
+//! reads a few blocks; chunks whose n-gram filter rules out a required substring are not read.
+
+use super::LogsError;
+use super::block::{self, Entry};
+use super::store::{BlockRef, LogStore};
+use crate::model::{Labels, Matcher};
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// What to select. Times are ns, `start` inclusive, `end` exclusive (Loki's convention).
+#[derive(Debug, Clone)]
+pub struct SelectRequest {
+    pub tenant: String,
+    pub matchers: Vec<Matcher>,
+    pub start: i64,
+    pub end: i64,
+    pub direction: Direction,
+    /// 0 = unlimited.
+    pub limit: usize,
+    /// Substrings every returned line must contain (`|= "x"` filters): used to skip chunks and
+    /// applied to lines, so the caller need not filter again.
+    pub line_contains: Vec<String>,
+}
+
+/// `/index/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IndexStats {
+    pub streams: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// An entry with its stream's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub labels: Arc<Labels>,
+    pub entry: Entry,
+}
+
+/// What query engines and the metadata endpoints need from the log store.
+pub trait LogReader: Send + Sync {
+    /// Entries of the matching streams in `direction` order, merged across streams.
+    fn select(&self, req: &SelectRequest) -> Result<EntryIter, LogsError>;
+    /// Label sets of the matching streams with data in `[start, end]`, sorted.
+    fn series(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Labels>, LogsError>;
+    /// Sorted label names (of all streams when `matchers` is empty).
+    fn label_names(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<String>, LogsError>;
+    /// Sorted values of `name`.
+    fn label_values(
+        &self,
+        tenant: &str,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, LogsError>;
+    fn index_stats(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<IndexStats, LogsError>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockSource {
+    pub stream: usize,
+    pub block: BlockRef,
+}
+
+/// What a select took from the store under its lock.
+#[derive(Debug, Default)]
+pub(crate) struct Selection {
+    pub dir: PathBuf,
+    pub labels: Vec<Arc<Labels>>,
+    pub blocks: Vec<BlockSource>,
+    /// (stream index, first seq, entries) of head blocks.
+    pub heads: Vec<(usize, u64, Vec<Entry>)>,
+    pub blooms_checked: u64,
+    pub chunks_skipped: u64,
+}
+
+/// Decoded entries of one block, ordered for popping from the end.
+struct Cursor {
+    stream: usize,
+    /// (ts, seq, entry), sorted so that the next one is last.
+    entries: Vec<(i64, u64, Entry)>,
+    forward: bool,
+}
+
+impl Cursor {
+    fn key(&self) -> Option<(i64, usize, u64)> {
+        self.entries.last().map(|(t, s, _)| {
+            if self.forward {
+                (*t, self.stream, *s)
+            } else {
+                // Reverse order by negating; seq reversed too so a stream's ties come newest first.
+                (t.saturating_neg(), usize::MAX - self.stream, u64::MAX - *s)
+            }
+        })
+    }
+}
+
+impl PartialEq for Cursor {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl Eq for Cursor {}
+impl PartialOrd for Cursor {
+    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cursor {
+    /// Reversed: `BinaryHeap` is a max-heap and the smallest key must come out first.
+    fn cmp(&self, o: &Self) -> CmpOrdering {
+        o.key().cmp(&self.key())
+    }
+}
+
+/// Entries of a select, lazily merged. Yields errors for blocks that cannot be read.
+pub struct EntryIter {
+    dir: PathBuf,
+    labels: Vec<Arc<Labels>>,
+    /// Blocks not opened yet, sorted so that the next to open is last.
+    pending: Vec<BlockSource>,
+    heap: BinaryHeap<Cursor>,
+    forward: bool,
+    start: i64,
+    end: i64,
+    remaining: usize,
+    needles: Vec<String>,
+    buf: Vec<u8>,
+    raw: Vec<u8>,
+    /// Blocks read from disk so far (for tests and query statistics).
+    pub blocks_read: u64,
+    /// Chunks whose filter ruled them out.
+    pub chunks_skipped: u64,
+}
+
+impl EntryIter {
+    fn start_key(&self, b: &BlockSource) -> i64 {
+        if self.forward {
+            b.block.min_t
+        } else {
+            b.block.max_t.saturating_neg()
+        }
+    }
+
+    fn keep(&self, ts: i64, line: &str) -> bool {
+        ts >= self.start && ts < self.end && self.needles.iter().all(|n| line.contains(n.as_str()))
+    }
+
+    fn push_cursor(&mut self, stream: usize, mut entries: Vec<(i64, u64, Entry)>) {
+        if self.forward {
+            entries.sort_by_key(|e| std::cmp::Reverse((e.0, e.1)));
+        } else {
+            entries.sort_by_key(|e| (e.0, e.1));
+        }
+        if !entries.is_empty() {
+            self.heap.push(Cursor {
+                stream,
+                entries,
+                forward: self.forward,
+            });
+        }
+    }
+
+    fn open(&mut self, b: BlockSource) -> Result<(), LogsError> {
+        crate::storage::wal::read_record_at(&self.dir, b.block.pos, &mut self.buf)?;
+        self.blocks_read += 1;
+        let (ty, mut r) = block::open_record(&self.buf)?;
+        if ty != block::REC_BLOCK {
+            return Err(LogsError::BadRecord("not a block"));
+        }
+        let (h, data) = block::decode_block_header(&mut r)?;
+        block::decompress(&h, data, &mut self.raw)?;
+        let mut out = Vec::with_capacity(h.entries as usize);
+        let mut seq = h.first_seq;
+        let raw = std::mem::take(&mut self.raw);
+        let res = block::for_each_entry(&raw, |ts, line, meta| {
+            let s = seq;
+            seq += 1;
+            let line = String::from_utf8_lossy(line);
+            if self.keep(ts, &line) {
+                out.push((
+                    ts,
+                    s,
+                    Entry {
+                        ts,
+                        line: line.into_owned(),
+                        metadata: meta
+                            .map(|(n, v)| {
+                                (
+                                    String::from_utf8_lossy(n).into_owned(),
+                                    String::from_utf8_lossy(v).into_owned(),
+                                )
+                            })
+                            .collect(),
+                    },
+                ));
+            }
+        });
+        self.raw = raw;
+        res?;
+        self.push_cursor(b.stream, out);
+        Ok(())
+    }
+}
+
+impl Iterator for EntryIter {
+    type Item = Result<StreamEntry, LogsError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        loop {
+            // Open every block that could hold an entry before the current best.
+            let next_block = self.pending.last().map(|b| self.start_key(b));
+            let top = self.heap.peek().and_then(|c| c.key()).map(|k| k.0);
+            match (next_block, top) {
+                (Some(nb), Some(t)) if nb > t => break,
+                (Some(_), _) => {
+                    let Some(b) = self.pending.pop() else { break };
+                    if let Err(e) = self.open(b) {
+                        return Some(Err(e));
+                    }
+                }
+                (None, _) => break,
+            }
+        }
+        let mut cur = self.heap.pop()?;
+        let (_, _, entry) = cur.entries.pop()?;
+        let labels = Arc::clone(&self.labels[cur.stream]);
+        if !cur.entries.is_empty() {
+            self.heap.push(cur);
+        }
+        self.remaining -= 1;
+        Some(Ok(StreamEntry { labels, entry }))
+    }
+}
+
+impl LogReader for LogStore {
+    fn select(&self, req: &SelectRequest) -> Result<EntryIter, LogsError> {
+        let sel = self.snapshot(
+            &req.tenant,
+            &req.matchers,
+            req.start,
+            req.end.saturating_sub(1),
+            &req.line_contains,
+        )?;
+        let forward = req.direction == Direction::Forward;
+        let mut it = EntryIter {
+            dir: sel.dir,
+            labels: sel.labels,
+            pending: sel.blocks,
+            heap: BinaryHeap::new(),
+            forward,
+            start: req.start,
+            end: req.end,
+            remaining: if req.limit == 0 { usize::MAX } else { req.limit },
+            needles: req.line_contains.clone(),
+            buf: Vec::new(),
+            raw: Vec::new(),
+            blocks_read: 0,
+            chunks_skipped: sel.chunks_skipped,
+        };
+        // Next to open last: forward by descending min_t, backward by ascending max_t.
+        let key = |b: &BlockSource| {
+            if forward {
+                b.block.min_t.saturating_neg()
+            } else {
+                b.block.max_t
+            }
+        };
+        it.pending.sort_by_key(key);
+        for (stream, first_seq, entries) in sel.heads {
+            let v: Vec<(i64, u64, Entry)> = entries
+                .into_iter()
+                .enumerate()
+                .filter(|(_, e)| it.keep(e.ts, &e.line))
+                .map(|(i, e)| (e.ts, first_seq + i as u64, e))
+                .collect();
+            it.push_cursor(stream, v);
+        }
+        Ok(it)
+    }
+
+    fn series(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Labels>, LogsError> {
+        let mut v: Vec<Labels> = self.with_matching(tenant, matchers, start, end, |s| {
+            s.iter().map(|s| (*s.labels).clone()).collect()
+        });
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    fn label_names(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<String>, LogsError> {
+        if matchers.is_empty() && start == i64::MIN && end == i64::MAX {
+            return Ok(self.tenant_label_names(tenant));
+        }
+        let names: BTreeSet<String> = self.with_matching(tenant, matchers, start, end, |s| {
+            let mut n = BTreeSet::new();
+            for st in s {
+                for l in st.labels.iter() {
+                    if !n.contains(&l.name) {
+                        n.insert(l.name.clone());
+                    }
+                }
+            }
+            n
+        });
+        Ok(names.into_iter().collect())
+    }
+
+    fn label_values(
+        &self,
+        tenant: &str,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, LogsError> {
+        let vals: BTreeSet<String> = self.with_matching(tenant, matchers, start, end, |s| {
+            let mut n = BTreeSet::new();
+            for st in s {
+                if let Some(v) = st.labels.get(name)
+                    && !n.contains(v)
+                {
+                    n.insert(v.to_string());
+                }
+            }
+            n
+        });
+        Ok(vals.into_iter().collect())
+    }
+
+    fn index_stats(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<IndexStats, LogsError> {
+        Ok(self.stats_over(tenant, matchers, start, end))
+    }
+}

@@ -1,0 +1,1251 @@
+//! The log store: stream registry and label index, head blocks, chunk cutting, WAL and data log,
+//! background fsync / flush / checkpoint / retention.
+//!
+//! Durability contract: [`LogStore::append`] returns after its WAL records were handed to the OS
+//! with one `write(2)`, so a killed process loses nothing acknowledged; a machine crash loses at
+//! most the fsync interval (`wal_fsync`, or nothing with `always`). Entries reach the data log when
+//! their head block fills; the WAL is checkpointed (cut down to the head blocks' content) only after
+//! the data log was fsynced. Replay skips entries whose sequence number is already in a block.
+
+use super::LogsError;
+use super::block::{self, Bloom, Codec, EntriesBuf};
+use super::read::{BlockSource, Selection};
+use crate::model::{Labels, MatchOp, Matcher};
+use crate::storage::wal::{RecordPos, SyncPolicy, Wal, WalOptions, WalStats};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Options built by `app` from the configuration.
+#[derive(Debug, Clone)]
+pub struct LogsOptions {
+    pub dir: PathBuf,
+    /// Data older than this (by entry time, relative to the wall clock) is deleted.
+    pub retention: Duration,
+    /// Bytes of data log + WAL to keep; 0 = unlimited.
+    pub retention_bytes: u64,
+    pub codec: Codec,
+    /// Raw bytes of a head block before it is compressed into the open chunk.
+    pub block_size: usize,
+    /// Raw bytes at which a chunk is closed.
+    pub chunk_target_size: u64,
+    /// A chunk open this long is closed.
+    pub max_chunk_age: Duration,
+    /// A stream that received nothing for this long has its head block and chunk closed.
+    pub chunk_idle_period: Duration,
+    pub wal_segment_size: u64,
+    pub data_segment_size: u64,
+    /// `None` = fsync before every acknowledgement.
+    pub fsync_interval: Option<Duration>,
+    /// The WAL is checkpointed when it grows past this many bytes.
+    pub wal_checkpoint_size: u64,
+    /// New streams beyond this many per tenant are refused; 0 = unlimited.
+    pub max_streams_per_tenant: usize,
+}
+
+impl LogsOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LogsOptions {
+            dir: dir.into(),
+            retention: Duration::from_secs(30 * 86_400),
+            retention_bytes: 0,
+            codec: Codec::Zstd(3),
+            block_size: 32 << 10,
+            chunk_target_size: 1536 << 10,
+            max_chunk_age: Duration::from_secs(7200),
+            chunk_idle_period: Duration::from_secs(1800),
+            wal_segment_size: 64 << 20,
+            data_segment_size: 16 << 20,
+            fsync_interval: Some(Duration::from_secs(1)),
+            wal_checkpoint_size: 128 << 20,
+            max_streams_per_tenant: 5000,
+        }
+    }
+}
+
+/// Counters read by `/metrics` (through `app`).
+#[derive(Debug, Default)]
+pub struct LogsStats {
+    pub entries_appended: AtomicU64,
+    pub bytes_appended: AtomicU64,
+    pub streams: AtomicU64,
+    pub streams_created: AtomicU64,
+    pub streams_refused_limit: AtomicU64,
+    pub blocks_written: AtomicU64,
+    pub block_raw_bytes: AtomicU64,
+    pub block_compressed_bytes: AtomicU64,
+    pub chunks_closed: AtomicU64,
+    pub wal_checkpoints: AtomicU64,
+    pub retention_segments_deleted: AtomicU64,
+    pub replayed_entries: AtomicU64,
+    pub replay_micros: AtomicU64,
+    pub background_failures: AtomicU64,
+}
+
+/// One entry of a push, borrowed from the request. `line` is valid UTF-8 (checked by `ingest`).
+#[derive(Debug, Clone, Copy)]
+pub struct PushEntry<'a> {
+    pub ts: i64,
+    pub line: &'a [u8],
+    pub meta: &'a [(&'a str, &'a str)],
+}
+
+/// How a pushed stream is named: an id from [`LogStore::resolve`], or a new label set with the
+/// client's spelling of it (`alias`, e.g. the raw `{a="b"}` string) for the next lookups.
+#[derive(Debug)]
+pub enum StreamKey<'a> {
+    Known(u32),
+    New { alias: &'a [u8], labels: Labels },
+}
+
+#[derive(Debug)]
+pub struct PushStream<'a> {
+    pub key: StreamKey<'a>,
+    pub entries: &'a [PushEntry<'a>],
+}
+
+/// What an append did. Streams refused for the per-tenant stream limit are listed by index.
+#[derive(Debug, Default)]
+pub struct AppendResult {
+    pub entries: u64,
+    pub bytes: u64,
+    pub refused_streams: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockRef {
+    pub pos: RecordPos,
+    pub first_seq: u64,
+    pub entries: u32,
+    pub raw_len: u32,
+    pub min_t: i64,
+    pub max_t: i64,
+}
+
+#[derive(Debug, Default)]
+struct OpenChunk {
+    blocks: Vec<BlockRef>,
+    /// `None` after a restart recovered the chunk's blocks without their filter.
+    bloom: Option<Bloom>,
+    entries: u64,
+    raw_bytes: u64,
+    min_t: i64,
+    max_t: i64,
+    opened: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ChunkMeta {
+    pub blocks: Vec<BlockRef>,
+    /// Where the chunk record (holding the filter) is, when it has a filter.
+    pub bloom_at: Option<RecordPos>,
+    pub entries: u64,
+    pub raw_bytes: u64,
+    pub min_t: i64,
+    pub max_t: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub id: u32,
+    pub tenant: Arc<str>,
+    pub labels: Arc<Labels>,
+    next_seq: u64,
+    head: EntriesBuf,
+    head_first_seq: u64,
+    open: OpenChunk,
+    pub closed: Vec<ChunkMeta>,
+    /// Its stream record is in the data log.
+    in_data: bool,
+    last_append: Instant,
+}
+
+impl Stream {
+    fn has_data(&self) -> bool {
+        !self.head.is_empty() || !self.open.blocks.is_empty() || !self.closed.is_empty()
+    }
+
+    /// (min, max) entry time over everything held, if anything.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        let mut r: Option<(i64, i64)> = None;
+        let mut add = |a: i64, b: i64| {
+            r = Some(r.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+        };
+        if !self.head.is_empty() {
+            add(self.head.min_t, self.head.max_t);
+        }
+        if !self.open.blocks.is_empty() {
+            add(self.open.min_t, self.open.max_t);
+        }
+        for c in &self.closed {
+            add(c.min_t, c.max_t);
+        }
+        r
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tenant {
+    streams: usize,
+    /// name -> value -> stream ids (ascending).
+    postings: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
+}
+
+struct Inner {
+    /// `None` only while the WAL itself is being replayed.
+    wal: Option<Wal>,
+    data: Wal,
+    streams: Vec<Option<Stream>>,
+    tenants: HashMap<Arc<str>, Tenant>,
+    /// tenant bytes, 0xff, client spelling of the labels -> stream id.
+    aliases: HashMap<Vec<u8>, u32>,
+    /// Data segment -> (newest entry time in its blocks, bytes).
+    segments: BTreeMap<u32, (i64, u64)>,
+    rec: Vec<u8>,
+    raw: Vec<u8>,
+    wal_batch: Vec<u8>,
+    wal_ends: Vec<usize>,
+    alias_key: Vec<u8>,
+    dirty: bool,
+}
+
+pub struct LogStore {
+    opts: LogsOptions,
+    data_dir: PathBuf,
+    inner: Mutex<Inner>,
+    stats: Arc<LogsStats>,
+    wal_stats: Arc<WalStats>,
+    data_stats: Arc<WalStats>,
+    wake: (Mutex<bool>, Condvar),
+    closed: AtomicBool,
+    bg: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn alias_key(out: &mut Vec<u8>, tenant: &str, alias: &[u8]) {
+    out.clear();
+    out.extend_from_slice(tenant.as_bytes());
+    out.push(0xff);
+    out.extend_from_slice(alias);
+}
+
+impl Inner {
+    fn stream(&mut self, id: u32) -> Option<&mut Stream> {
+        self.streams.get_mut(id as usize).and_then(|s| s.as_mut())
+    }
+
+    /// Adds a stream to the registry and index (no-op when the id is known).
+    fn register(&mut self, id: u32, tenant: &str, labels: Labels, stats: &LogsStats) -> u32 {
+        if self.stream(id).is_some() {
+            return id;
+        }
+        let i = id as usize;
+        if self.streams.len() <= i {
+            self.streams.resize_with(i + 1, || None);
+        }
+        let tenant: Arc<str> = match self.tenants.get_key_value(tenant) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(tenant),
+        };
+        let t = self.tenants.entry(Arc::clone(&tenant)).or_default();
+        t.streams += 1;
+        for l in &labels {
+            let ids = t
+                .postings
+                .entry(l.name.clone())
+                .or_default()
+                .entry(l.value.clone())
+                .or_default();
+            if let Err(at) = ids.binary_search(&id) {
+                ids.insert(at, id);
+            }
+        }
+        self.streams[i] = Some(Stream {
+            id,
+            tenant,
+            labels: Arc::new(labels),
+            next_seq: 0,
+            head: EntriesBuf::default(),
+            head_first_seq: 0,
+            open: OpenChunk::default(),
+            closed: Vec::new(),
+            in_data: false,
+            last_append: Instant::now(),
+        });
+        stats.streams.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    fn unregister(&mut self, id: u32, stats: &LogsStats) {
+        let Some(s) = self.streams.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        if let Some(t) = self.tenants.get_mut(&s.tenant) {
+            t.streams = t.streams.saturating_sub(1);
+            for l in s.labels.iter() {
+                if let Some(vals) = t.postings.get_mut(&l.name) {
+                    if let Some(ids) = vals.get_mut(&l.value) {
+                        ids.retain(|x| *x != id);
+                        if ids.is_empty() {
+                            vals.remove(&l.value);
+                        }
+                    }
+                    if vals.is_empty() {
+                        t.postings.remove(&l.name);
+                    }
+                }
+            }
+        }
+        stats.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn note_segment(&mut self, pos: RecordPos, max_t: i64) {
+        let e = self.segments.entry(pos.segment).or_insert((i64::MIN, 0));
+        e.0 = e.0.max(max_t);
+        e.1 += u64::from(pos.len) + 8;
+    }
+
+    /// Compresses the stream's head block into a block record of its open chunk.
+    fn flush_head(&mut self, id: u32, opts: &LogsOptions, stats: &LogsStats) -> Result<(), LogsError> {
+        let Inner {
+            streams,
+            data,
+            rec,
+            raw,
+            ..
+        } = self;
+        let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_mut()) else {
+            return Ok(());
+        };
+        if s.head.is_empty() {
+            return Ok(());
+        }
+        let mut new_positions = Vec::with_capacity(2);
+        if !s.in_data {
+            block::encode_stream(rec, id, &s.tenant, &s.labels);
+            new_positions.push((data.append_positioned(rec)?, i64::MIN));
+            s.in_data = true;
+        }
+        raw.clear();
+        s.head.encode_from(0, raw);
+        let h = block::BlockHeader {
+            codec: 0,
+            stream: id,
+            first_seq: s.head_first_seq,
+            entries: s.head.len() as u32,
+            raw_len: raw.len() as u32,
+            min_t: s.head.min_t,
+            max_t: s.head.max_t,
+        };
+        block::encode_block(rec, &h, opts.codec, raw)?;
+        let pos = data.append_positioned(rec)?;
+        new_positions.push((pos, h.max_t));
+        stats.blocks_written.fetch_add(1, Ordering::Relaxed);
+        stats.block_raw_bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
+        stats
+            .block_compressed_bytes
+            .fetch_add(rec.len() as u64, Ordering::Relaxed);
+        let o = &mut s.open;
+        if o.blocks.is_empty() {
+            o.min_t = h.min_t;
+            o.max_t = h.max_t;
+        } else {
+            o.min_t = o.min_t.min(h.min_t);
+            o.max_t = o.max_t.max(h.max_t);
+        }
+        o.blocks.push(BlockRef {
+            pos,
+            first_seq: h.first_seq,
+            entries: h.entries,
+            raw_len: h.raw_len,
+            min_t: h.min_t,
+            max_t: h.max_t,
+        });
+        o.entries += u64::from(h.entries);
+        o.raw_bytes += u64::from(h.raw_len);
+        s.head.clear();
+        s.head_first_seq = s.next_seq;
+        // A huge line grew the buffers: give the memory back.
+        if s.head.lines.capacity() > opts.block_size * 2 {
+            s.head.lines = Vec::new();
+            s.head.meta = Vec::new();
+        }
+        let close = o.raw_bytes >= opts.chunk_target_size;
+        for (p, t) in new_positions {
+            self.note_segment(p, t);
+        }
+        if close {
+            self.close_chunk(id, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the chunk record that closes the stream's open chunk.
+    fn close_chunk(&mut self, id: u32, stats: &LogsStats) -> Result<(), LogsError> {
+        let Inner { streams, data, rec, .. } = self;
+        let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_mut()) else {
+            return Ok(());
+        };
+        if s.open.blocks.is_empty() {
+            return Ok(());
+        }
+        let o = std::mem::take(&mut s.open);
+        block::encode_chunk(rec, id, o.entries, o.raw_bytes, o.min_t, o.max_t, o.bloom.as_ref());
+        let pos = data.append_positioned(rec)?;
+        s.closed.push(ChunkMeta {
+            blocks: o.blocks,
+            bloom_at: o.bloom.is_some().then_some(pos),
+            entries: o.entries,
+            raw_bytes: o.raw_bytes,
+            min_t: o.min_t,
+            max_t: o.max_t,
+        });
+        stats.chunks_closed.fetch_add(1, Ordering::Relaxed);
+        self.note_segment(pos, i64::MIN);
+        Ok(())
+    }
+
+    /// Appends one entry (already in the WAL) to its stream's head block.
+    fn apply(
+        &mut self,
+        id: u32,
+        ts: i64,
+        line: &[u8],
+        meta: &[(&str, &str)],
+        opts: &LogsOptions,
+        stats: &LogsStats,
+    ) -> Result<(), LogsError> {
+        let Some(s) = self.stream(id) else { return Ok(()) };
+        let size = line.len() + 12 + meta.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>();
+        if !s.head.is_empty() && s.head.bytes() + size > opts.block_size {
+            self.flush_head(id, opts, stats)?;
+        }
+        let Some(s) = self.stream(id) else { return Ok(()) };
+        if s.head.is_empty() {
+            s.head_first_seq = s.next_seq;
+            if s.head.lines.capacity() == 0 {
+                s.head.lines.reserve_exact(opts.block_size.min(line.len().max(4096)));
+            }
+        }
+        s.head.push(ts, line, meta);
+        s.next_seq += 1;
+        s.last_append = Instant::now();
+        if s.open.blocks.is_empty() && s.open.opened.is_none() {
+            s.open.opened = Some(Instant::now());
+            s.open.bloom = Some(Bloom::default());
+        }
+        if let Some(b) = s.open.bloom.as_mut() {
+            b.add_line(line);
+        }
+        Ok(())
+    }
+}
+
+impl LogStore {
+    /// Opens the store: replays the data log (stream registry, blocks, chunks), then the WAL into
+    /// head blocks, and starts the background thread.
+    pub fn open(opts: LogsOptions) -> Result<Arc<LogStore>, LogsError> {
+        let started = Instant::now();
+        let dir = opts.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| LogsError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let stats = Arc::new(LogsStats::default());
+        let sync = if opts.fsync_interval.is_some() {
+            SyncPolicy::Never
+        } else {
+            SyncPolicy::Always
+        };
+        let data_dir = dir.join("data");
+        // Pass 1: the data log. Registrations are collected, then applied (the Wal is not open yet).
+        let mut streams_seen: Vec<(u32, String, Labels)> = Vec::new();
+        let mut blocks: Vec<(u32, BlockRef)> = Vec::new();
+        let mut chunks: Vec<(block::ChunkRecord, RecordPos)> = Vec::new();
+        let mut segments: BTreeMap<u32, (i64, u64)> = BTreeMap::new();
+        let (data, _) = Wal::open_and_replay_positioned(
+            &data_dir,
+            WalOptions {
+                segment_size: opts.data_segment_size,
+                sync,
+            },
+            |rec: &[u8], pos: Option<RecordPos>| -> Result<(), LogsError> {
+                let (ty, mut r) = block::open_record(rec)?;
+                let mut seg_t = i64::MIN;
+                match ty {
+                    block::REC_STREAM => streams_seen.push(block::decode_stream(&mut r)?),
+                    block::REC_BLOCK => {
+                        let (h, _) = block::decode_block_header(&mut r)?;
+                        if let Some(pos) = pos {
+                            seg_t = h.max_t;
+                            blocks.push((
+                                h.stream,
+                                BlockRef {
+                                    pos,
+                                    first_seq: h.first_seq,
+                                    entries: h.entries,
+                                    raw_len: h.raw_len,
+                                    min_t: h.min_t,
+                                    max_t: h.max_t,
+                                },
+                            ));
+                        }
+                    }
+                    block::REC_CHUNK => {
+                        if let Some(pos) = pos {
+                            chunks.push((block::decode_chunk(&mut r)?, pos));
+                            // Order matters: remember where the chunk closed relative to blocks.
+                            blocks.push((
+                                u32::MAX,
+                                BlockRef {
+                                    pos,
+                                    first_seq: (chunks.len() - 1) as u64,
+                                    entries: 0,
+                                    raw_len: 0,
+                                    min_t: 0,
+                                    max_t: 0,
+                                },
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(pos) = pos {
+                    let e = segments.entry(pos.segment).or_insert((i64::MIN, 0));
+                    e.0 = e.0.max(seg_t);
+                    e.1 += u64::from(pos.len) + 8;
+                }
+                Ok(())
+            },
+        )?;
+        let wal_dir = dir.join("wal");
+        let mut inner = Inner {
+            wal: None,
+            data,
+            streams: Vec::new(),
+            tenants: HashMap::new(),
+            aliases: HashMap::new(),
+            segments,
+            rec: Vec::new(),
+            raw: Vec::new(),
+            wal_batch: Vec::new(),
+            wal_ends: Vec::new(),
+            alias_key: Vec::new(),
+            dirty: false,
+        };
+        for (id, tenant, labels) in streams_seen {
+            inner.register(id, &tenant, labels, &stats);
+            if let Some(s) = inner.stream(id) {
+                s.in_data = true;
+            }
+        }
+        for (id, b) in blocks {
+            if id == u32::MAX {
+                let (c, pos) = &chunks[b.first_seq as usize];
+                if let Some(s) = inner.stream(c.stream) {
+                    let o = std::mem::take(&mut s.open);
+                    if !o.blocks.is_empty() {
+                        s.closed.push(ChunkMeta {
+                            blocks: o.blocks,
+                            bloom_at: c.bloom.is_some().then_some(*pos),
+                            entries: c.entries,
+                            raw_bytes: c.raw_bytes,
+                            min_t: c.min_t,
+                            max_t: c.max_t,
+                        });
+                    }
+                }
+                continue;
+            }
+            let Some(s) = inner.stream(id) else { continue };
+            s.next_seq = s.next_seq.max(b.first_seq + u64::from(b.entries));
+            s.head_first_seq = s.next_seq;
+            let o = &mut s.open;
+            if o.blocks.is_empty() {
+                o.min_t = b.min_t;
+                o.max_t = b.max_t;
+                o.opened = Some(Instant::now());
+            } else {
+                o.min_t = o.min_t.min(b.min_t);
+                o.max_t = o.max_t.max(b.max_t);
+            }
+            o.blocks.push(b);
+            o.entries += u64::from(b.entries);
+            o.raw_bytes += u64::from(b.raw_len);
+        }
+        // Pass 2: the WAL, into head blocks (which may fill and go to the data log).
+        let mut replayed = 0u64;
+        let (wal, _) = {
+            let inner_ref = &mut inner;
+            let stats_ref = &stats;
+            let opts_ref = &opts;
+            Wal::open_and_replay(
+                &wal_dir,
+                WalOptions {
+                    segment_size: opts.wal_segment_size,
+                    sync,
+                },
+                |rec: &[u8]| -> Result<(), LogsError> {
+                    let (ty, mut r) = block::open_record(rec)?;
+                    match ty {
+                        block::REC_STREAM => {
+                            let (id, tenant, labels) = block::decode_stream(&mut r)?;
+                            inner_ref.register(id, &tenant, labels, stats_ref);
+                        }
+                        block::REC_ENTRIES => {
+                            let (id, first_seq, raw) = block::decode_entries_record(&mut r)?;
+                            let next = match inner_ref.stream(id) {
+                                Some(s) => s.next_seq,
+                                None => return Ok(()),
+                            };
+                            let mut seq = first_seq;
+                            let mut metas: Vec<(&str, &str)> = Vec::new();
+                            let mut res = Ok(());
+                            block::for_each_entry(raw, |ts, line, meta| {
+                                let this = seq;
+                                seq += 1;
+                                if this < next || res.is_err() {
+                                    return;
+                                }
+                                metas.clear();
+                                for (n, v) in meta {
+                                    if let (Ok(n), Ok(v)) = (std::str::from_utf8(n), std::str::from_utf8(v)) {
+                                        metas.push((n, v));
+                                    }
+                                }
+                                if let Some(s) = inner_ref.stream(id) {
+                                    s.next_seq = this;
+                                }
+                                replayed += 1;
+                                res = inner_ref.apply(id, ts, line, &metas, opts_ref, stats_ref);
+                            })?;
+                            res?;
+                        }
+                        _ => {}
+                    }
+                    Ok(())
+                },
+            )?
+        };
+        let wal_stats = wal.stats_handle();
+        inner.wal = Some(wal);
+        // Streams whose data all expired while the process was down stay registered only if they
+        // hold something.
+        let empty: Vec<u32> = inner
+            .streams
+            .iter()
+            .flatten()
+            .filter(|s| !s.has_data())
+            .map(|s| s.id)
+            .collect();
+        for id in empty {
+            inner.unregister(id, &stats);
+        }
+        stats.replayed_entries.store(replayed, Ordering::Relaxed);
+        stats
+            .replay_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        tracing::info!(
+            streams = stats.streams.load(Ordering::Relaxed),
+            replayed_entries = replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Log store opened and write-ahead log replayed."
+        );
+        let data_stats = inner.data.stats_handle();
+        let store = Arc::new(LogStore {
+            opts,
+            data_dir,
+            inner: Mutex::new(inner),
+            stats,
+            wal_stats,
+            data_stats,
+            wake: (Mutex::new(false), Condvar::new()),
+            closed: AtomicBool::new(false),
+            bg: Mutex::new(None),
+        });
+        let bg = Arc::clone(&store);
+        let handle = std::thread::Builder::new()
+            .name("logs-maintenance".into())
+            .spawn(move || bg.background())
+            .map_err(|source| LogsError::Io {
+                op: "spawn maintenance thread",
+                path: dir,
+                source,
+            })?;
+        *store.bg.lock() = Some(handle);
+        Ok(store)
+    }
+
+    pub fn stats(&self) -> &Arc<LogsStats> {
+        &self.stats
+    }
+
+    pub fn wal_stats(&self) -> &Arc<WalStats> {
+        &self.wal_stats
+    }
+
+    pub fn data_stats(&self) -> &Arc<WalStats> {
+        &self.data_stats
+    }
+
+    pub fn options(&self) -> &LogsOptions {
+        &self.opts
+    }
+
+    /// Looks up streams by the client's spelling of their labels; `out[i]` is the id or `None`.
+    pub fn resolve(&self, tenant: &str, aliases: &[&[u8]], out: &mut Vec<Option<u32>>) {
+        out.clear();
+        let mut inner = self.inner.lock();
+        let mut key = std::mem::take(&mut inner.alias_key);
+        for a in aliases {
+            alias_key(&mut key, tenant, a);
+            out.push(inner.aliases.get(&key).copied());
+        }
+        inner.alias_key = key;
+    }
+
+    /// Appends the streams' entries: new streams are created (or refused over the tenant's stream
+    /// limit), the WAL records are written with one `write(2)`, then the head blocks take the entries.
+    pub fn append(&self, tenant: &str, streams: &[PushStream<'_>]) -> Result<AppendResult, LogsError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(LogsError::Closed);
+        }
+        let mut res = AppendResult::default();
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        // 1. Ids: known, found by label set, or new (reserved now, registered after the WAL write).
+        let mut ids: Vec<Option<(u32, bool)>> = Vec::with_capacity(streams.len());
+        let mut next_id = inner.streams.len() as u32;
+        let mut new_in_tenant = 0usize;
+        let mut new_labels: HashMap<&Labels, u32> = HashMap::new();
+        let tenant_streams = inner.tenants.get(tenant).map_or(0, |t| t.streams);
+        for (i, ps) in streams.iter().enumerate() {
+            let id = match &ps.key {
+                StreamKey::Known(id) if inner.stream(*id).is_some() => Some((*id, false)),
+                StreamKey::Known(_) => None,
+                StreamKey::New { labels, .. } => {
+                    if let Some(id) = find_by_labels(inner, tenant, labels) {
+                        Some((id, false))
+                    } else if let Some(&id) = new_labels.get(labels) {
+                        Some((id, false))
+                    } else if self.opts.max_streams_per_tenant > 0
+                        && tenant_streams + new_in_tenant >= self.opts.max_streams_per_tenant
+                    {
+                        res.refused_streams.push(i);
+                        self.stats.streams_refused_limit.fetch_add(1, Ordering::Relaxed);
+                        None
+                    } else {
+                        let id = next_id;
+                        next_id += 1;
+                        new_in_tenant += 1;
+                        new_labels.insert(labels, id);
+                        Some((id, true))
+                    }
+                }
+            };
+            ids.push(id);
+        }
+        // 2. WAL records: stream records for new streams, one entries record per pushed stream.
+        let mut batch = std::mem::take(&mut inner.wal_batch);
+        let mut ends = std::mem::take(&mut inner.wal_ends);
+        let mut rec = std::mem::take(&mut inner.raw);
+        batch.clear();
+        ends.clear();
+        for (ps, id) in streams.iter().zip(&ids) {
+            if let (Some((id, true)), StreamKey::New { labels, .. }) = (*id, &ps.key)
+                && !ps.entries.is_empty()
+            {
+                block::encode_stream(&mut rec, id, tenant, labels);
+                batch.extend_from_slice(&rec);
+                ends.push(batch.len());
+            }
+        }
+        for (ps, id) in streams.iter().zip(&ids) {
+            let Some((id, _)) = *id else { continue };
+            if ps.entries.is_empty() {
+                continue;
+            }
+            // The stream's next number, plus earlier parts of this request for the same stream.
+            let first_seq = seq_after(inner, id, streams, &ids, ps);
+            block::record_header(&mut rec, block::REC_ENTRIES);
+            block::put_uvarint(&mut rec, u64::from(id));
+            block::put_uvarint(&mut rec, first_seq);
+            encode_push_entries(&mut rec, ps.entries);
+            batch.extend_from_slice(&rec);
+            ends.push(batch.len());
+        }
+        let written = if ends.is_empty() {
+            Ok(())
+        } else {
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(ends.len());
+            let mut start = 0;
+            for &end in &ends {
+                slices.push(&batch[start..end]);
+                start = end;
+            }
+            match inner.wal.as_mut() {
+                Some(w) => w.append_batch(&slices).map_err(LogsError::from),
+                None => Err(LogsError::Closed),
+            }
+        };
+        if batch.capacity() > 8 << 20 {
+            batch = Vec::new();
+        }
+        if rec.capacity() > 8 << 20 {
+            rec = Vec::new();
+        }
+        inner.wal_batch = batch;
+        inner.wal_ends = ends;
+        inner.raw = rec;
+        written?;
+        inner.dirty = true;
+        // 3. Registry and head blocks.
+        for (ps, id) in streams.iter().zip(&ids) {
+            let Some((id, new)) = *id else { continue };
+            if new && let StreamKey::New { labels, .. } = &ps.key {
+                inner.register(id, tenant, labels.clone(), &self.stats);
+                self.stats.streams_created.fetch_add(1, Ordering::Relaxed);
+            }
+            if let StreamKey::New { alias, .. } = &ps.key {
+                let mut key = std::mem::take(&mut inner.alias_key);
+                alias_key(&mut key, tenant, alias);
+                if inner.aliases.len() > 1_000_000 {
+                    inner.aliases.clear();
+                }
+                inner.aliases.insert(key.clone(), id);
+                inner.alias_key = key;
+            }
+            for e in ps.entries {
+                inner.apply(id, e.ts, e.line, e.meta, &self.opts, &self.stats)?;
+                res.entries += 1;
+                res.bytes += e.line.len() as u64;
+            }
+        }
+        self.stats.entries_appended.fetch_add(res.entries, Ordering::Relaxed);
+        self.stats.bytes_appended.fetch_add(res.bytes, Ordering::Relaxed);
+        let checkpoint = self.wal_stats.bytes_on_disk() > self.opts.wal_checkpoint_size;
+        drop(guard);
+        if checkpoint {
+            self.notify();
+        }
+        Ok(res)
+    }
+
+    fn notify(&self) {
+        let (m, cv) = &self.wake;
+        *m.lock() = true;
+        cv.notify_one();
+    }
+
+    /// Flushes every head block and closes every chunk, fsyncs, and checkpoints the WAL down to
+    /// nothing (so the next start replays nothing). Also what a clean shutdown does.
+    pub fn flush(&self) -> Result<(), LogsError> {
+        let mut inner = self.inner.lock();
+        let ids: Vec<u32> = inner.streams.iter().flatten().map(|s| s.id).collect();
+        for id in ids {
+            inner.flush_head(id, &self.opts, &self.stats)?;
+            inner.close_chunk(id, &self.stats)?;
+        }
+        self.checkpoint_wal(&mut inner)
+    }
+
+    /// Data log fsynced, then the WAL cut down to the head blocks' content.
+    fn checkpoint_wal(&self, inner: &mut Inner) -> Result<(), LogsError> {
+        inner.data.sync()?;
+        let Inner { wal, streams, .. } = inner;
+        let Some(wal) = wal.as_mut() else {
+            return Err(LogsError::Closed);
+        };
+        let upto = wal.cut_segment()?;
+        let recs = streams.iter().flatten().filter(|s| !s.head.is_empty()).flat_map(|s| {
+            let mut a = Vec::new();
+            block::encode_stream(&mut a, s.id, &s.tenant, &s.labels);
+            let mut b = Vec::new();
+            block::encode_entries(&mut b, s.id, s.head_first_seq, &s.head, 0);
+            [a, b]
+        });
+        match wal.checkpoint(upto, recs) {
+            Ok(()) => {}
+            Err(crate::storage::wal::WalError::InvalidCheckpoint { reason, .. }) => {
+                tracing::debug!(upto, reason, "Logs WAL checkpoint skipped.");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        inner.dirty = false;
+        self.stats.wal_checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stops background work, flushes everything to the data log and checkpoints the WAL.
+    /// Idempotent. Appends after this fail with `Closed`.
+    pub fn close(&self) -> Result<(), LogsError> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.notify();
+        if let Some(h) = self.bg.lock().take() {
+            let _ = h.join();
+        }
+        self.flush()
+    }
+
+    fn background(self: Arc<Self>) {
+        let tick = self
+            .opts
+            .fsync_interval
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let mut last_maintenance = Instant::now();
+        loop {
+            {
+                let (m, cv) = &self.wake;
+                let mut woken = m.lock();
+                if !*woken {
+                    cv.wait_for(&mut woken, tick);
+                }
+                *woken = false;
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let res = (|| -> Result<(), LogsError> {
+                let mut inner = self.inner.lock();
+                if self.opts.fsync_interval.is_some() && inner.dirty {
+                    inner.dirty = false;
+                    if let Some(w) = inner.wal.as_mut() {
+                        w.sync()?;
+                    }
+                }
+                if self.wal_stats.bytes_on_disk() > self.opts.wal_checkpoint_size {
+                    self.checkpoint_wal(&mut inner)?;
+                }
+                drop(inner);
+                if last_maintenance.elapsed() >= Duration::from_secs(10) {
+                    last_maintenance = Instant::now();
+                    self.maintain(now_ns())?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = res {
+                self.stats.background_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "Log store maintenance failed; will retry.");
+            }
+        }
+    }
+
+    /// Closes idle and old chunks, then applies retention as of `now` (ns). Called every 10 s by
+    /// the background thread; callable directly (tests).
+    pub fn maintain(&self, now: i64) -> Result<(), LogsError> {
+        let mut inner = self.inner.lock();
+        let due: Vec<u32> = inner
+            .streams
+            .iter()
+            .flatten()
+            .filter(|s| {
+                let idle = s.last_append.elapsed() >= self.opts.chunk_idle_period;
+                let old = s.open.opened.is_some_and(|o| o.elapsed() >= self.opts.max_chunk_age);
+                (idle || old) && (!s.head.is_empty() || !s.open.blocks.is_empty())
+            })
+            .map(|s| s.id)
+            .collect();
+        for &id in &due {
+            inner.flush_head(id, &self.opts, &self.stats)?;
+            inner.close_chunk(id, &self.stats)?;
+        }
+        if !due.is_empty() {
+            self.checkpoint_wal(&mut inner)?;
+        }
+        self.apply_retention(&mut inner, now)
+    }
+
+    fn apply_retention(&self, inner: &mut Inner, now: i64) -> Result<(), LogsError> {
+        let cutoff = now.saturating_sub(self.opts.retention.as_nanos() as i64);
+        let current = self.data_stats.current_segment.load(Ordering::Relaxed) as u32;
+        let mut upto = None;
+        for (&seg, &(max_t, _)) in &inner.segments {
+            if seg >= current || max_t >= cutoff {
+                break;
+            }
+            upto = Some(seg);
+        }
+        if self.opts.retention_bytes > 0 {
+            let mut total = self.data_stats.bytes_on_disk() + self.wal_stats.bytes_on_disk();
+            for (&seg, &(_, bytes)) in &inner.segments {
+                if total <= self.opts.retention_bytes || seg >= current {
+                    break;
+                }
+                total = total.saturating_sub(bytes);
+                upto = Some(upto.map_or(seg, |u: u32| u.max(seg)));
+            }
+        }
+        let Some(upto) = upto else { return Ok(()) };
+        // Drop the blocks in those segments from the index, and streams left with nothing.
+        let mut gone = Vec::new();
+        for s in inner.streams.iter_mut().flatten() {
+            s.open.blocks.retain(|b| b.pos.segment > upto);
+            if s.open.blocks.is_empty() {
+                s.open = OpenChunk::default();
+            }
+            for c in &mut s.closed {
+                c.blocks.retain(|b| b.pos.segment > upto);
+            }
+            s.closed.retain(|c| !c.blocks.is_empty());
+            if !s.has_data() {
+                gone.push(s.id);
+            }
+        }
+        for id in gone {
+            inner.unregister(id, &self.stats);
+        }
+        inner.aliases.clear();
+        let Inner { data, streams, .. } = inner;
+        let recs = streams.iter().flatten().filter(|s| s.in_data).map(|s| {
+            let mut a = Vec::new();
+            block::encode_stream(&mut a, s.id, &s.tenant, &s.labels);
+            a
+        });
+        data.checkpoint(upto, recs)?;
+        let n = inner.segments.range(..=upto).count() as u64;
+        inner.segments.retain(|s, _| *s > upto);
+        self.stats.retention_segments_deleted.fetch_add(n, Ordering::Relaxed);
+        tracing::info!(upto, segments = n, "Log retention deleted data segments.");
+        Ok(())
+    }
+
+    /// Streams of `tenant` matching all `matchers` (all streams when empty), with data in
+    /// `[start, end]` (ns), under the lock.
+    fn matching<'a>(inner: &'a Inner, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Vec<&'a Stream> {
+        let Some(t) = inner.tenants.get(tenant) else {
+            return Vec::new();
+        };
+        // The most selective equality matcher gives the candidates; every matcher then filters.
+        let mut cands: Option<&Vec<u32>> = None;
+        for m in matchers {
+            if m.op == MatchOp::Equal && !m.value.is_empty() {
+                match t.postings.get(&m.name).and_then(|v| v.get(&m.value)) {
+                    Some(ids) => {
+                        if cands.is_none_or(|c| ids.len() < c.len()) {
+                            cands = Some(ids);
+                        }
+                    }
+                    None => return Vec::new(),
+                }
+            }
+        }
+        let keep = |s: &&Stream| {
+            &*s.tenant == tenant
+                && matchers.iter().all(|m| m.matches(s.labels.get_or_empty(&m.name)))
+                && s.time_range().is_some_and(|(a, b)| a <= end && b >= start)
+        };
+        match cands {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| inner.streams.get(*id as usize).and_then(|s| s.as_ref()))
+                .filter(keep)
+                .collect(),
+            None => inner.streams.iter().flatten().filter(keep).collect(),
+        }
+    }
+
+    pub(crate) fn with_matching<R>(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        f: impl FnOnce(&[&Stream]) -> R,
+    ) -> R {
+        let inner = self.inner.lock();
+        let v = Self::matching(&inner, tenant, matchers, start, end);
+        f(&v)
+    }
+
+    /// Label names of `tenant`'s streams (all of them, regardless of time), for `/labels` without a
+    /// query: read from the index without visiting streams.
+    pub(crate) fn tenant_label_names(&self, tenant: &str) -> Vec<String> {
+        let inner = self.inner.lock();
+        inner
+            .tenants
+            .get(tenant)
+            .map(|t| t.postings.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Snapshot for a select: block sources and head entries of the matching streams.
+    pub(crate) fn snapshot(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        needles: &[String],
+    ) -> Result<Selection, LogsError> {
+        let inner = self.inner.lock();
+        let streams = Self::matching(&inner, tenant, matchers, start, end);
+        let mut sel = Selection {
+            dir: self.data_dir.clone(),
+            ..Default::default()
+        };
+        let mut buf = Vec::new();
+        for (si, s) in streams.iter().enumerate() {
+            sel.labels.push(Arc::clone(&s.labels));
+            let overlaps = |a: i64, b: i64| a <= end && b >= start;
+            for c in &s.closed {
+                if !overlaps(c.min_t, c.max_t) {
+                    continue;
+                }
+                if !needles.is_empty()
+                    && let Some(pos) = c.bloom_at
+                {
+                    sel.blooms_checked += 1;
+                    if !chunk_may_contain(&self.data_dir, pos, needles, &mut buf) {
+                        sel.chunks_skipped += 1;
+                        continue;
+                    }
+                }
+                for b in &c.blocks {
+                    if overlaps(b.min_t, b.max_t) {
+                        sel.blocks.push(BlockSource { stream: si, block: *b });
+                    }
+                }
+            }
+            let open_ok = needles.is_empty()
+                || s.open
+                    .bloom
+                    .as_ref()
+                    .is_none_or(|bl| needles.iter().all(|n| bl.may_contain(n.as_bytes())));
+            if open_ok {
+                for b in &s.open.blocks {
+                    if overlaps(b.min_t, b.max_t) {
+                        sel.blocks.push(BlockSource { stream: si, block: *b });
+                    }
+                }
+                if !s.head.is_empty() && overlaps(s.head.min_t, s.head.max_t) {
+                    let mut entries = Vec::new();
+                    s.head.decode_from(0, &mut entries)?;
+                    sel.heads.push((si, s.head_first_seq, entries));
+                }
+            } else {
+                sel.chunks_skipped += 1;
+            }
+        }
+        Ok(sel)
+    }
+
+    /// Index statistics over matching streams: chunks overlapping the range count whole (like
+    /// Loki); the open chunk and head block count as one chunk.
+    pub(crate) fn stats_over(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> super::IndexStats {
+        let inner = self.inner.lock();
+        let mut st = super::IndexStats::default();
+        for s in Self::matching(&inner, tenant, matchers, start, end) {
+            st.streams += 1;
+            for c in &s.closed {
+                if c.min_t <= end && c.max_t >= start {
+                    st.chunks += 1;
+                    st.entries += c.entries;
+                    st.bytes += c.raw_bytes;
+                }
+            }
+            let open_in = !s.open.blocks.is_empty() && s.open.min_t <= end && s.open.max_t >= start;
+            let head_in = !s.head.is_empty() && s.head.min_t <= end && s.head.max_t >= start;
+            if open_in || head_in {
+                st.chunks += 1;
+            }
+            if open_in {
+                st.entries += s.open.entries;
+                st.bytes += s.open.raw_bytes;
+            }
+            if head_in {
+                st.entries += s.head.len() as u64;
+                st.bytes += s.head.lines.len() as u64;
+            }
+        }
+        st
+    }
+}
+
+fn chunk_may_contain(dir: &std::path::Path, pos: RecordPos, needles: &[String], buf: &mut Vec<u8>) -> bool {
+    let ok = (|| -> Result<bool, LogsError> {
+        crate::storage::wal::read_record_at(dir, pos, buf)?;
+        let (ty, mut r) = block::open_record(buf)?;
+        if ty != block::REC_CHUNK {
+            return Ok(true);
+        }
+        let c = block::decode_chunk(&mut r)?;
+        Ok(c.bloom
+            .is_none_or(|b| needles.iter().all(|n| b.may_contain(n.as_bytes()))))
+    })();
+    ok.unwrap_or(true)
+}
+
+fn find_by_labels(inner: &Inner, tenant: &str, labels: &Labels) -> Option<u32> {
+    let t = inner.tenants.get(tenant)?;
+    let first = labels.iter().next()?;
+    let ids = t.postings.get(&first.name)?.get(&first.value)?;
+    ids.iter().copied().find(|id| {
+        inner
+            .streams
+            .get(*id as usize)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|s| *s.labels == *labels)
+    })
+}
+
+/// The sequence number the entries of `ps` start at: the stream's next number plus the entries of
+/// earlier parts of the same request for the same stream.
+fn seq_after(
+    inner: &Inner,
+    id: u32,
+    streams: &[PushStream<'_>],
+    ids: &[Option<(u32, bool)>],
+    ps: &PushStream<'_>,
+) -> u64 {
+    let base = inner
+        .streams
+        .get(id as usize)
+        .and_then(|s| s.as_ref())
+        .map_or(0, |s| s.next_seq);
+    let mut before = 0u64;
+    for (other, oid) in streams.iter().zip(ids) {
+        if std::ptr::eq(other, ps) {
+            break;
+        }
+        if oid.map(|(i, _)| i) == Some(id) {
+            before += other.entries.len() as u64;
+        }
+    }
+    base + before
+}
+
+/// The entries encoding (see `block`) of pushed entries.
+fn encode_push_entries(out: &mut Vec<u8>, entries: &[PushEntry<'_>]) {
+    block::put_uvarint(out, entries.len() as u64);
+    let mut prev = 0i64;
+    for e in entries {
+        block::put_varint(out, e.ts.wrapping_sub(prev));
+        prev = e.ts;
+    }
+    for e in entries {
+        block::put_uvarint(out, e.line.len() as u64);
+    }
+    for e in entries {
+        block::put_uvarint(out, e.meta.len() as u64);
+        for (n, v) in e.meta {
+            block::put_bytes(out, n.as_bytes());
+            block::put_bytes(out, v.as_bytes());
+        }
+    }
+    for e in entries {
+        out.extend_from_slice(e.line);
+    }
+}
