@@ -13,7 +13,7 @@ use monitoring_rs::model::{Labels, stale_nan};
 use monitoring_rs::query::promql::ast::{At, Expr};
 use monitoring_rs::query::promql::{Engine, EngineOptions, QueryOutput, QueryValue, parse};
 use monitoring_rs::storage::metrics::{MetricsDb, MetricsOptions, SeriesKey};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,19 +174,85 @@ fn split_series(line: &str) -> (String, String) {
     (line.to_string(), String::new())
 }
 
+/// Parses a series descriptor `name{a="b", "c.d"="e"}` (Go-quoted strings).
 fn parse_labels(desc: &str) -> Option<Labels> {
-    use promql_parser::parser::Expr as P;
-    let e = promql_parser::parser::parse(desc).ok()?;
-    let P::VectorSelector(vs) = e else { return None };
+    let desc = desc.trim();
+    let (name, rest) = match desc.find('{') {
+        Some(i) => (&desc[..i], &desc[i..]),
+        None => (desc, ""),
+    };
     let mut pairs: Vec<(String, String)> = Vec::new();
-    if let Some(n) = &vs.name {
-        pairs.push(("__name__".into(), n.clone()));
-    }
-    for m in &vs.matchers.matchers {
-        if m.name == "__name__" && pairs.iter().any(|p| p.0 == "__name__") {
-            continue;
+    if !name.is_empty() {
+        if !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            return None;
         }
-        pairs.push((m.name.clone(), m.value.clone()));
+        pairs.push(("__name__".into(), name.to_string()));
+    }
+    if !rest.is_empty() {
+        let inner = rest.strip_prefix('{')?.strip_suffix('}')?;
+        let chars: Vec<char> = inner.chars().collect();
+        let mut i = 0;
+        let read_str = |i: &mut usize| -> Option<String> {
+            let q = chars[*i];
+            *i += 1;
+            let mut s = String::new();
+            while *i < chars.len() && chars[*i] != q {
+                if chars[*i] == '\\' && *i + 1 < chars.len() {
+                    *i += 1;
+                    s.push(match chars[*i] {
+                        'n' => '\n',
+                        't' => '\t',
+                        c => c,
+                    });
+                } else {
+                    s.push(chars[*i]);
+                }
+                *i += 1;
+            }
+            *i += 1;
+            Some(s)
+        };
+        loop {
+            while i < chars.len() && (chars[i].is_whitespace() || chars[i] == ',') {
+                i += 1;
+            }
+            if i >= chars.len() {
+                break;
+            }
+            let key = if chars[i] == '"' {
+                read_str(&mut i)?
+            } else {
+                let st = i;
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+                chars[st..i].iter().collect()
+            };
+            while i < chars.len() && chars[i].is_whitespace() {
+                i += 1;
+            }
+            if i >= chars.len() {
+                // A quoted metric name alone: {"some.metric"}.
+                pairs.push(("__name__".into(), key));
+                break;
+            }
+            if chars[i] == ',' || chars[i] == '}' {
+                pairs.push(("__name__".into(), key));
+                continue;
+            }
+            if chars[i] != '=' {
+                return None;
+            }
+            i += 1;
+            while i < chars.len() && chars[i].is_whitespace() {
+                i += 1;
+            }
+            if i >= chars.len() || !(chars[i] == '"' || chars[i] == '\'' || chars[i] == '`') {
+                return None;
+            }
+            let val = read_str(&mut i)?;
+            pairs.push((key, val));
+        }
     }
     Labels::from_pairs(pairs).ok()
 }
@@ -216,7 +282,11 @@ struct Eval {
 }
 
 enum Cmd {
-    Load { interval: i64, series: Vec<(Labels, Vec<Val>)>, hist_names: Vec<String> },
+    Load {
+        interval: i64,
+        series: Vec<(Labels, Vec<Val>)>,
+        hist_series: Vec<Labels>,
+    },
     Clear,
     Eval(Box<Eval>),
 }
@@ -240,7 +310,7 @@ fn parse_file(text: &str) -> Vec<Cmd> {
             let nhcb = line.starts_with("load_with_nhcb");
             let interval = parse_duration(rest.trim()).unwrap_or(60_000);
             let mut series = Vec::new();
-            let mut hist_names = Vec::new();
+            let mut hist_series: Vec<Labels> = Vec::new();
             while i < lines.len() && !lines[i].trim().is_empty() {
                 let l = lines[i].trim();
                 i += 1;
@@ -252,26 +322,29 @@ fn parse_file(text: &str) -> Vec<Cmd> {
                 let toks: Vec<&str> = split_tokens(&vals);
                 match expand_values(&toks) {
                     Some(v) => {
-                        if nhcb && let Some(n) = labels.metric_name() {
-                            for suf in ["_bucket", "_count", "_sum"] {
-                                if let Some(b) = n.strip_suffix(suf) {
-                                    hist_names.push(b.to_string());
-                                }
+                        if nhcb
+                            && let Some(n) = labels.metric_name()
+                            && let Some(b) = n.strip_suffix("_bucket")
+                        {
+                            let mut l: Vec<(String, String)> = labels
+                                .iter()
+                                .filter(|x| x.name != "le" && x.name != "__name__")
+                                .map(|x| (x.name.clone(), x.value.clone()))
+                                .collect();
+                            l.push(("__name__".into(), b.to_string()));
+                            if let Ok(l) = Labels::from_pairs(l) {
+                                hist_series.push(l);
                             }
                         }
                         series.push((labels, v));
                     }
-                    None => {
-                        if let Some(n) = labels.metric_name() {
-                            hist_names.push(n.to_string());
-                        }
-                    }
+                    None => hist_series.push(labels),
                 }
             }
             cmds.push(Cmd::Load {
                 interval,
                 series,
-                hist_names,
+                hist_series,
             });
             continue;
         }
@@ -515,7 +588,7 @@ struct Ctx {
     engine: Engine,
     db: Arc<MetricsDb>,
     _dir: tempfile::TempDir,
-    hist_names: HashSet<String>,
+    hist_series: Vec<Labels>,
 }
 
 fn new_db() -> (Arc<MetricsDb>, tempfile::TempDir) {
@@ -722,30 +795,45 @@ fn finish(
 }
 
 fn load(ctx: &mut Ctx, interval: i64, series: &[(Labels, Vec<Val>)]) {
-    let mut app = ctx.db.appender();
+    // A series named twice in one load: the later line wins at equal timestamps, as in Prometheus.
+    let mut merged: BTreeMap<Labels, BTreeMap<i64, Val>> = BTreeMap::new();
     for (l, vals) in series {
-        let idx = app.add_series(SeriesKey::Owned(l.clone()));
+        let m = merged.entry(l.clone()).or_default();
         for (i, v) in vals.iter().enumerate() {
-            let t = i as i64 * interval;
+            if !matches!(v, Val::Omitted) {
+                m.insert(i as i64 * interval, *v);
+            }
+        }
+    }
+    let mut app = ctx.db.appender();
+    for (l, vals) in merged {
+        let idx = app.add_series(SeriesKey::Owned(l));
+        for (t, v) in vals {
             match v {
                 Val::Omitted => {}
                 Val::Stale => app.add_sample(idx, t, stale_nan()),
-                Val::F(f) => app.add_sample(idx, t, *f),
+                Val::F(f) => app.add_sample(idx, t, f),
             }
         }
     }
     app.commit().unwrap();
 }
 
-fn mentions(expr: &str, names: &HashSet<String>) -> bool {
-    names.iter().any(|n| {
-        expr.match_indices(n.as_str()).any(|(i, _)| {
-            let before = expr[..i].chars().next_back();
-            let after = expr[i + n.len()..].chars().next();
-            let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
-            !ident(before) && !ident(after)
-        })
-    })
+/// Does any selector in `e` select one of the native-histogram series `hist`?
+fn touches(e: &Expr, hist: &[Labels]) -> bool {
+    let sel_hits = |sel: &monitoring_rs::query::promql::ast::VectorSel| {
+        sel.matcher_sets
+            .iter()
+            .any(|set| hist.iter().any(|l| set.iter().all(|m| m.matches(l.get_or_empty(&m.name)))))
+    };
+    match e {
+        Expr::Vector(sel) | Expr::Matrix { sel, .. } => sel_hits(sel),
+        Expr::Subquery { expr, .. } | Expr::Neg(expr) | Expr::Paren(expr) => touches(expr, hist),
+        Expr::Call { args, .. } => args.iter().any(|a| touches(a, hist)),
+        Expr::Aggregate { expr, param, .. } => touches(expr, hist) || param.as_ref().is_some_and(|p| touches(p, hist)),
+        Expr::Binary { lhs, rhs, .. } => touches(lhs, hist) || touches(rhs, hist),
+        Expr::Number(_) | Expr::String(_) => false,
+    }
 }
 
 #[test]
@@ -781,7 +869,7 @@ fn promqltest() {
             engine: Engine::new(opts.clone()),
             db,
             _dir: d,
-            hist_names: HashSet::new(),
+            hist_series: Vec::new(),
         };
         let row = table.entry(name.clone()).or_default();
         for cmd in parse_file(&text) {
@@ -790,20 +878,20 @@ fn promqltest() {
                     let (db, d) = new_db();
                     ctx.db = db;
                     ctx._dir = d;
-                    ctx.hist_names.clear();
+                    ctx.hist_series.clear();
                 }
                 Cmd::Load {
                     interval,
                     series,
-                    hist_names,
+                    hist_series,
                 } => {
-                    ctx.hist_names.extend(hist_names);
+                    ctx.hist_series.extend(hist_series);
                     load(&mut ctx, interval, &series);
                 }
                 Cmd::Eval(ev) => {
                     let unsupported = ev.has_histogram
                         || promql_parser::parser::parse(&ev.expr).is_err()
-                        || mentions(&ev.expr, &ctx.hist_names);
+                        || parse(&ev.expr).is_ok_and(|e| touches(&e, &ctx.hist_series));
                     if unsupported {
                         row.2 += 1;
                         continue;

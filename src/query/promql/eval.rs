@@ -20,6 +20,7 @@ pub(crate) struct Evaluator<'a> {
     pub start: i64,
     pub end: i64,
     pub interval: i64,
+    pub is_range: bool,
     data: Vec<Vec<Loaded>>,
     annotations: Vec<String>,
     deadline: Instant,
@@ -49,6 +50,7 @@ pub(crate) fn run(
         start,
         end,
         interval,
+        is_range: !instant,
         data: Vec::new(),
         annotations: Vec::new(),
         deadline: began + opts.timeout,
@@ -99,7 +101,9 @@ pub(crate) fn run(
                 Value::Vector(vec) => {
                     check_unique_after_drop(&vec)?;
                     for e in vec {
-                        let key = (e.labels, e.drop_name);
+                        // Series whose names are dropped merge with same-labelled series (Prometheus
+                        // 3.x), so key by the final label set.
+                        let key = if e.drop_name { (drop_name(&e.labels), false) } else { (e.labels, false) };
                         let i = match index.get(&key) {
                             Some(i) => *i,
                             None => {
@@ -148,7 +152,7 @@ fn check_unique_after_drop(vec: &[Elem]) -> R<()> {
     }
     let mut seen = std::collections::HashSet::with_capacity(vec.len());
     for e in vec {
-        let l = if e.drop_name { drop_label(&e.labels, METRIC_NAME) } else { e.labels.clone() };
+        let l = if e.drop_name { drop_name(&e.labels) } else { e.labels.clone() };
         if !seen.insert(l) {
             return Err(exec_err("vector cannot contain metrics with the same labelset"));
         }
@@ -162,7 +166,7 @@ fn drop_names_vec(vec: Vec<Elem>) -> R<Vec<Elem>> {
         .into_iter()
         .map(|mut e| {
             if e.drop_name {
-                e.labels = drop_label(&e.labels, METRIC_NAME);
+                e.labels = drop_name(&e.labels);
                 e.drop_name = false;
             }
             e
@@ -176,7 +180,7 @@ fn drop_names_matrix(m: Vec<RangeSeries>) -> R<Vec<RangeSeries>> {
         .into_iter()
         .map(|mut s| {
             if s.drop_name {
-                s.labels = drop_label(&s.labels, METRIC_NAME);
+                s.labels = drop_name(&s.labels);
                 s.drop_name = false;
             }
             s
@@ -191,6 +195,19 @@ fn drop_names_matrix(m: Vec<RangeSeries>) -> R<Vec<RangeSeries>> {
         }
     }
     Ok(m)
+}
+
+/// Removes the metric name, and with it the type-and-unit labels that describe it.
+pub(crate) fn drop_name(l: &Labels) -> Labels {
+    if l.get(METRIC_NAME).is_none() && l.get("__type__").is_none() && l.get("__unit__").is_none() {
+        return l.clone();
+    }
+    let v: Vec<Label> = l
+        .iter()
+        .filter(|x| x.name != METRIC_NAME && x.name != "__type__" && x.name != "__unit__")
+        .cloned()
+        .collect();
+    Labels::from_sorted(v).unwrap_or_default()
 }
 
 pub(crate) fn drop_label(l: &Labels, name: &str) -> Labels {
@@ -697,10 +714,15 @@ impl<'a> Evaluator<'a> {
                 for e in vec {
                     let g = group_labels(&e.labels, grouping, e.drop_name);
                     match index.get(&g) {
-                        Some(i) => groups[*i].add(op, e.v),
+                        Some(i) => {
+                            groups[*i].add(op, e.v);
+                            groups[*i].drop_name |= e.drop_name;
+                        }
                         None => {
                             index.insert(g.clone(), groups.len());
-                            groups.push(Group::new(op, g, e.v));
+                            let mut gr = Group::new(op, g, e.v);
+                            gr.drop_name = e.drop_name;
+                            groups.push(gr);
                         }
                     }
                 }
@@ -709,11 +731,12 @@ impl<'a> Evaluator<'a> {
                         .into_iter()
                         .map(|g| {
                             let v = g.finish(op, num_param);
+                            let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
                             Elem {
                                 labels: g.labels,
                                 v,
                                 t,
-                                drop_name: false,
+                                drop_name,
                             }
                         })
                         .collect(),
@@ -825,8 +848,8 @@ fn group_labels(l: &Labels, grouping: &Option<Grouping>, drop_name: bool) -> Lab
     match grouping {
         None => Labels::default(),
         Some(Grouping::By(names)) => {
-            let k = keep_labels(l, names);
-            if drop_name { drop_label(&k, METRIC_NAME) } else { k }
+            let _ = drop_name;
+            keep_labels(l, names)
         }
         Some(Grouping::Without(names)) => remove_labels(l, names, true),
     }
@@ -834,6 +857,7 @@ fn group_labels(l: &Labels, grouping: &Option<Grouping>, drop_name: bool) -> Lab
 
 struct Group {
     labels: Labels,
+    drop_name: bool,
     value: f64,
     kahan: f64,
     mean: f64,
@@ -846,6 +870,7 @@ impl Group {
     fn new(op: AggOp, labels: Labels, v: f64) -> Group {
         let mut g = Group {
             labels,
+            drop_name: false,
             value: v,
             kahan: 0.0,
             mean: v,
@@ -854,9 +879,9 @@ impl Group {
             values: Vec::new(),
         };
         match op {
-            AggOp::Stddev | AggOp::Stdvar => g.value = 0.0,
+            AggOp::Stddev | AggOp::Stdvar => g.value = if v.is_finite() { 0.0 } else { f64::NAN },
             AggOp::Quantile => g.values.push(v),
-            AggOp::Group => g.value = 1.0,
+            AggOp::Group | AggOp::Count => g.value = 1.0,
             _ => {}
         }
         g
@@ -901,6 +926,10 @@ impl Group {
             }
             AggOp::Stddev | AggOp::Stdvar => {
                 self.count += 1.0;
+                if !v.is_finite() {
+                    self.value = f64::NAN;
+                    return;
+                }
                 let delta = v - self.mean;
                 self.mean += delta / self.count;
                 self.value += delta * (v - self.mean);
@@ -1023,6 +1052,15 @@ fn vector_vector(op: BinOp, lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching, 
     let mut out = Vec::new();
     let drop = !op.is_comparison() || return_bool;
     let mut emit = |ml: &Elem, ol: Option<&Elem>, lv: f64, rv: f64, sig: &Labels, out: &mut Vec<Elem>| -> R<()> {
+        if m.card == Card::OneToOne {
+            let e = matched.entry(sig.clone()).or_default();
+            if !e.is_empty() {
+                return Err(exec_err(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+                ));
+            }
+            e.insert(Labels::default());
+        }
         let (val, keep) = scalar_op(op, lv, rv);
         let val = if op.is_comparison() {
             if return_bool {
@@ -1049,17 +1087,9 @@ fn vector_vector(op: BinOp, lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching, 
                 labels = set_label(&labels, n, o.labels.get_or_empty(n));
             }
         }
-        let drop_name = if drop { true } else { ml.drop_name };
-        if m.card == Card::OneToOne {
-            let e = matched.entry(sig.clone()).or_default();
-            if !e.is_empty() {
-                return Err(exec_err(
-                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
-                ));
-            }
-            e.insert(Labels::default());
-        } else {
-            let key = if drop_name { drop_label(&labels, METRIC_NAME) } else { labels.clone() };
+        let dropn = if drop { true } else { ml.drop_name };
+        if m.card != Card::OneToOne {
+            let key = if dropn { drop_name(&labels) } else { labels.clone() };
             if !matched.entry(sig.clone()).or_default().insert(key) {
                 return Err(exec_err(
                     "multiple matches for labels: grouping labels must ensure unique matches",
@@ -1070,7 +1100,7 @@ fn vector_vector(op: BinOp, lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching, 
             labels,
             v: val,
             t,
-            drop_name,
+            drop_name: dropn,
         });
         Ok(())
     };

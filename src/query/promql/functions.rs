@@ -33,10 +33,6 @@ fn absent_labels(e: &Expr) -> Labels {
     let sel: Option<&VectorSel> = match unparen(e) {
         Expr::Vector(s) => Some(s),
         Expr::Matrix { sel, .. } => Some(sel),
-        Expr::Subquery { expr, .. } => match unparen(expr) {
-            Expr::Vector(s) => Some(s),
-            _ => None,
-        },
         _ => None,
     };
     let Some(sel) = sel else {
@@ -371,6 +367,14 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
 }
 
 impl Evaluator<'_> {
+    fn sort_warning(&mut self) {
+        if self.is_range {
+            self.annotate(
+                "PromQL warning: sort is ineffective for range queries since results are always ordered by labels".into(),
+            );
+        }
+    }
+
     fn str_arg(&mut self, e: &Expr, t: i64) -> R<String> {
         match self.eval(e, t)? {
             Value::String(s) => Ok(s),
@@ -408,6 +412,8 @@ impl Evaluator<'_> {
         let arg = |i: usize| -> R<&Expr> { args.get(i).ok_or_else(|| exec_err(format!("missing argument to {func}"))) };
         match func {
             "time" => Ok(Value::Scalar(t as f64 / 1000.0)),
+            "step" => Ok(Value::Scalar(if self.is_range { self.interval as f64 / 1000.0 } else { 0.0 })),
+            "range" => Ok(Value::Scalar((self.end - self.start) as f64 / 1000.0)),
             "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, t)?;
@@ -541,6 +547,7 @@ impl Evaluator<'_> {
                 }]))
             }
             "sort" | "sort_desc" => {
+                self.sort_warning();
                 let mut v = self.eval_vector(arg(0)?, t)?;
                 let desc = func == "sort_desc";
                 v.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
@@ -553,6 +560,7 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(v))
             }
             "sort_by_label" | "sort_by_label_desc" => {
+                self.sort_warning();
                 let mut v = self.eval_vector(arg(0)?, t)?;
                 let mut names = Vec::new();
                 for a in &args[1..] {
@@ -707,6 +715,9 @@ impl Evaluator<'_> {
             "stddev_over_time" => self.over_time(arg(0)?, t, false, |s| Some(variance_of(s).sqrt())),
             "stdvar_over_time" => self.over_time(arg(0)?, t, false, |s| Some(variance_of(s))),
             "mad_over_time" => self.over_time(arg(0)?, t, false, |s| {
+                if s.iter().any(|x| x.v.is_nan()) {
+                    return Some(f64::NAN);
+                }
                 let mut v: Vec<f64> = s.iter().map(|x| x.v).collect();
                 let med = quantile(0.5, &mut v);
                 let mut d: Vec<f64> = s.iter().map(|x| (x.v - med).abs()).collect();
@@ -805,7 +816,7 @@ impl Evaluator<'_> {
                         ));
                         continue;
                     };
-                    let key = super::eval::drop_label(&super::eval::drop_label(&e.labels, "le"), METRIC_NAME);
+                    let key = super::eval::drop_name(&super::eval::drop_label(&e.labels, "le"));
                     match index.get(&key) {
                         Some(i) => groups[*i].1.push((ub, e.v)),
                         None => {
