@@ -162,7 +162,7 @@ impl Expr {
             Expr::Vector(_) | Expr::Aggregate { .. } => ValueType::Vector,
             Expr::Matrix { .. } | Expr::Subquery { .. } => ValueType::Matrix,
             Expr::Call { func, .. } => match func.as_str() {
-                "time" | "scalar" | "pi" => ValueType::Scalar,
+                "time" | "scalar" | "pi" | "step" | "range" | "start" | "end" | "min_of" | "max_of" => ValueType::Scalar,
                 _ => ValueType::Vector,
             },
             Expr::Binary { lhs, rhs, .. } => {

@@ -366,6 +366,81 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
     (start + (end - start) * (rank / count), forced)
 }
 
+/// Classic-histogram fraction of observations in `[lower, upper]` (Prometheus's `BucketFraction`):
+/// linear interpolation inside finite buckets, the first bucket starting at 0 when its upper bound
+/// is positive, no interpolation inside infinitely wide buckets.
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if !buckets.last().is_some_and(|b| b.0 == f64::INFINITY) {
+        return f64::NAN;
+    }
+    let mut co: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for b in buckets.iter() {
+        match co.last_mut() {
+            Some(l) if l.0 == b.0 => l.1 += b.1,
+            _ => co.push(*b),
+        }
+    }
+    let count = co[co.len() - 1].1;
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0);
+    let (mut lower_set, mut upper_set) = (false, false);
+    for (i, b) in co.iter().enumerate() {
+        let lb = if i > 0 {
+            co[i - 1].0
+        } else if b.0 > 0.0 {
+            0.0
+        } else {
+            f64::NEG_INFINITY
+        };
+        let ub = b.0;
+        let interp = |v: f64| {
+            if lb == f64::NEG_INFINITY {
+                b.1
+            } else if ub == f64::INFINITY {
+                rank
+            } else {
+                rank + (b.1 - rank) * (v - lb) / (ub - lb)
+            }
+        };
+        if !lower_set && lb >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && lb >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && lb < lower && ub > lower {
+            lower_rank = interp(lower);
+            lower_set = true;
+        }
+        if !upper_set && lb < upper && ub > upper {
+            upper_rank = interp(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank = b.1;
+    }
+    if !lower_set || lower_rank > count {
+        lower_rank = count;
+    }
+    if !upper_set || upper_rank > count {
+        upper_rank = count;
+    }
+    (upper_rank - lower_rank) / count
+}
+
 impl Evaluator<'_> {
     fn sort_warning(&mut self) {
         if self.is_range {
@@ -414,6 +489,20 @@ impl Evaluator<'_> {
             "time" => Ok(Value::Scalar(t as f64 / 1000.0)),
             "step" => Ok(Value::Scalar(if self.is_range { self.interval as f64 / 1000.0 } else { 0.0 })),
             "range" => Ok(Value::Scalar((self.end - self.start) as f64 / 1000.0)),
+            "start" => Ok(Value::Scalar(self.start as f64 / 1000.0)),
+            "end" => Ok(Value::Scalar(self.end as f64 / 1000.0)),
+            "min_of" | "max_of" => {
+                let mut acc: Option<f64> = None;
+                for a in args {
+                    let v = self.eval_scalar(a, t)?;
+                    acc = Some(match acc {
+                        None => v,
+                        Some(x) if func == "min_of" => go_min(x, v),
+                        Some(x) => go_max(x, v),
+                    });
+                }
+                Ok(Value::Scalar(acc.unwrap_or(f64::NAN)))
+            }
             "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, t)?;
@@ -796,14 +885,33 @@ impl Evaluator<'_> {
                     Some(s1)
                 })
             }
-            "histogram_quantile" => {
-                let q = self.eval_scalar(arg(0)?, t)?;
-                let v = self.eval_vector(arg(1)?, t)?;
-                if !(0.0..=1.0).contains(&q) {
-                    self.annotate(format!(
-                        "PromQL warning: quantile value should be between 0 and 1, got {}",
-                        format_float(q)
-                    ));
+            "histogram_quantile" | "histogram_quantiles" | "histogram_fraction" => {
+                let (qs, vec_arg, qlabel) = match func {
+                    "histogram_quantile" => (vec![self.eval_scalar(arg(0)?, t)?], arg(1)?, None),
+                    "histogram_fraction" => {
+                        let lo = self.eval_scalar(arg(0)?, t)?;
+                        let hi = self.eval_scalar(arg(1)?, t)?;
+                        (vec![lo, hi], arg(2)?, None)
+                    }
+                    _ => {
+                        let l = self.str_arg(arg(1)?, t)?;
+                        let mut qs = Vec::new();
+                        for a in &args[2..] {
+                            qs.push(self.eval_scalar(a, t)?);
+                        }
+                        (qs, arg(0)?, Some(l))
+                    }
+                };
+                let v = self.eval_vector(vec_arg, t)?;
+                if func != "histogram_fraction" {
+                    for q in &qs {
+                        if !(0.0..=1.0).contains(q) {
+                            self.annotate(format!(
+                                "PromQL warning: quantile value should be between 0 and 1, got {}",
+                                format_float(*q)
+                            ));
+                        }
+                    }
                 }
                 let mut index: HashMap<Labels, usize> = HashMap::new();
                 let mut groups: Vec<(Labels, Vec<(f64, f64)>, String)> = Vec::new();
@@ -816,7 +924,7 @@ impl Evaluator<'_> {
                         ));
                         continue;
                     };
-                    let key = super::eval::drop_name(&super::eval::drop_label(&e.labels, "le"));
+                    let key = super::eval::drop_label(&e.labels, "le");
                     match index.get(&key) {
                         Some(i) => groups[*i].1.push((ub, e.v)),
                         None => {
@@ -825,18 +933,39 @@ impl Evaluator<'_> {
                         }
                     }
                 }
-                let mut out = Vec::with_capacity(groups.len());
+                let mut out = Vec::with_capacity(groups.len() * qs.len());
                 for (labels, mut b, name) in groups {
-                    let (v, forced) = bucket_quantile(q, &mut b);
-                    if forced {
-                        self.annotate(format!("PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {name:?}"));
+                    if func == "histogram_fraction" {
+                        out.push(Elem {
+                            labels,
+                            v: bucket_fraction(qs[0], qs[1], &mut b),
+                            t,
+                            drop_name: true,
+                        });
+                        continue;
                     }
-                    out.push(Elem {
-                        labels,
-                        v,
-                        t,
-                        drop_name: false,
-                    });
+                    for q in &qs {
+                        let (v, forced) = bucket_quantile(*q, &mut b);
+                        if forced {
+                            self.annotate(format!("PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {name:?}"));
+                        }
+                        let labels = match &qlabel {
+                            Some(l) => {
+                                let mut f = super::value::format_float_f(*q);
+                                if !f.contains(['.', 'e', 'I', 'N']) {
+                                    f.push_str(".0");
+                                }
+                                set_label(&labels, l, &f)
+                            }
+                            None => labels.clone(),
+                        };
+                        out.push(Elem {
+                            labels,
+                            v,
+                            t,
+                            drop_name: true,
+                        });
+                    }
                 }
                 Ok(Value::Vector(out))
             }
