@@ -1,7 +1,7 @@
 //! The project's own PromQL syntax tree. `promql-parser`'s AST is converted here once, so the engine
 //! never sees the parser crate and the parser can be replaced without touching evaluation.
 
-use crate::model::{MatchOp, Matcher, METRIC_NAME};
+use crate::model::{METRIC_NAME, MatchOp, Matcher};
 use promql_parser::parser as pp;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -67,7 +67,10 @@ pub enum BinOp {
 
 impl BinOp {
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinOp::Eq | BinOp::Ne | BinOp::Gt | BinOp::Lt | BinOp::Ge | BinOp::Le)
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Gt | BinOp::Lt | BinOp::Ge | BinOp::Le
+        )
     }
     pub fn is_set(self) -> bool {
         matches!(self, BinOp::And | BinOp::Or | BinOp::Unless)
@@ -162,7 +165,9 @@ impl Expr {
             Expr::Vector(_) | Expr::Aggregate { .. } => ValueType::Vector,
             Expr::Matrix { .. } | Expr::Subquery { .. } => ValueType::Matrix,
             Expr::Call { func, .. } => match func.as_str() {
-                "time" | "scalar" | "pi" | "step" | "range" | "start" | "end" | "min_of" | "max_of" => ValueType::Scalar,
+                "time" | "scalar" | "pi" | "step" | "range" | "start" | "end" | "min_of" | "max_of" => {
+                    ValueType::Scalar
+                }
                 _ => ValueType::Vector,
             },
             Expr::Binary { lhs, rhs, .. } => {
@@ -255,7 +260,10 @@ fn vector_sel(vs: &pp::VectorSelector, next_id: &mut usize) -> Result<VectorSel,
     }
     if let Some(name) = &vs.name {
         for set in &mut sets {
-            if !set.iter().any(|m| m.name == METRIC_NAME && m.op == MatchOp::Equal && &m.value == name) {
+            if !set
+                .iter()
+                .any(|m| m.name == METRIC_NAME && m.op == MatchOp::Equal && &m.value == name)
+            {
                 set.push(Matcher::eq(METRIC_NAME, name.clone()));
             }
         }
@@ -403,4 +411,120 @@ fn convert(e: &pp::Expr, next_id: &mut usize) -> Result<Expr, ParseError> {
         }
         pp::Expr::Extension(_) => return Err(ParseError::Unsupported("extension".into())),
     })
+}
+
+fn matchers_json(sel: &VectorSel) -> serde_json::Value {
+    let set = sel.matcher_sets.first().cloned().unwrap_or_default();
+    serde_json::Value::Array(
+        set.iter()
+            .map(|m| {
+                let op = match m.op {
+                    MatchOp::Equal => "=",
+                    MatchOp::NotEqual => "!=",
+                    MatchOp::Regex => "=~",
+                    MatchOp::NotRegex => "!~",
+                };
+                serde_json::json!({"type": op, "name": m.name, "value": m.value})
+            })
+            .collect(),
+    )
+}
+
+fn at_json(at: &Option<At>) -> (serde_json::Value, serde_json::Value) {
+    match at {
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+        Some(At::Start) => ("start".into(), serde_json::Value::Null),
+        Some(At::End) => ("end".into(), serde_json::Value::Null),
+        Some(At::Time(t)) => (serde_json::Value::Null, (*t).into()),
+    }
+}
+
+/// The AST as `/api/v1/parse_query` returns it (Prometheus's `translateAST` shape).
+pub fn to_json(e: &Expr) -> serde_json::Value {
+    use serde_json::json;
+    match e {
+        Expr::Number(v) => json!({"type": "numberLiteral", "val": super::value::format_float(*v)}),
+        Expr::String(s) => json!({"type": "stringLiteral", "val": s}),
+        Expr::Vector(sel) => {
+            let (soe, ts) = at_json(&sel.at);
+            json!({"type": "vectorSelector", "name": sel.name.clone().unwrap_or_default(),
+                "matchers": matchers_json(sel), "offset": sel.offset_ms, "startOrEnd": soe, "timestamp": ts})
+        }
+        Expr::Matrix { sel, range_ms } => {
+            let (soe, ts) = at_json(&sel.at);
+            json!({"type": "matrixSelector", "name": sel.name.clone().unwrap_or_default(), "range": range_ms,
+                "matchers": matchers_json(sel), "offset": sel.offset_ms, "startOrEnd": soe, "timestamp": ts})
+        }
+        Expr::Subquery {
+            expr,
+            range_ms,
+            step_ms,
+            offset_ms,
+            at,
+        } => {
+            let (soe, ts) = at_json(at);
+            json!({"type": "subquery", "expr": to_json(expr), "range": range_ms, "offset": offset_ms,
+                "step": step_ms, "startOrEnd": soe, "timestamp": ts})
+        }
+        Expr::Paren(x) => json!({"type": "parenExpr", "expr": to_json(x)}),
+        Expr::Neg(x) => json!({"type": "unaryExpr", "op": "-", "expr": to_json(x)}),
+        Expr::Call { func, args } => json!({"type": "call", "func": {"name": func,
+            "returnType": e.value_type().name()}, "args": args.iter().map(to_json).collect::<Vec<_>>()}),
+        Expr::Aggregate {
+            op,
+            expr,
+            param,
+            grouping,
+        } => {
+            let (g, without) = match grouping {
+                None => (Vec::new(), false),
+                Some(Grouping::By(l)) => (l.clone(), false),
+                Some(Grouping::Without(l)) => (l.clone(), true),
+            };
+            json!({"type": "aggregation", "op": format!("{op:?}").to_lowercase(), "expr": to_json(expr),
+                "param": param.as_ref().map(|p| to_json(p)), "grouping": g, "without": without})
+        }
+        Expr::Binary {
+            op,
+            lhs,
+            rhs,
+            matching,
+            return_bool,
+        } => {
+            let op_s = match op {
+                BinOp::Add => "+",
+                BinOp::Sub => "-",
+                BinOp::Mul => "*",
+                BinOp::Div => "/",
+                BinOp::Mod => "%",
+                BinOp::Pow => "^",
+                BinOp::Atan2 => "atan2",
+                BinOp::Eq => "==",
+                BinOp::Ne => "!=",
+                BinOp::Gt => ">",
+                BinOp::Lt => "<",
+                BinOp::Ge => ">=",
+                BinOp::Le => "<=",
+                BinOp::And => "and",
+                BinOp::Or => "or",
+                BinOp::Unless => "unless",
+            };
+            let m = matching.as_ref().map(|m| {
+                let (card, include) = match &m.card {
+                    Card::OneToOne => ("one-to-one", Vec::new()),
+                    Card::ManyToOne(l) => ("many-to-one", l.clone()),
+                    Card::OneToMany(l) => ("one-to-many", l.clone()),
+                    Card::ManyToMany => ("many-to-many", Vec::new()),
+                };
+                let (labels, on) = match &m.matching {
+                    None => (Vec::new(), false),
+                    Some(Grouping::By(l)) => (l.clone(), true),
+                    Some(Grouping::Without(l)) => (l.clone(), false),
+                };
+                json!({"card": card, "labels": labels, "on": on, "include": include})
+            });
+            json!({"type": "binaryExpr", "op": op_s, "lhs": to_json(lhs), "rhs": to_json(rhs),
+                "matching": m, "bool": return_bool})
+        }
+    }
 }

@@ -79,7 +79,11 @@ pub(crate) fn run(
             t => {
                 return Err(QueryError::BadData(format!(
                     "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
-                    if t == ValueType::Matrix { "range vector" } else { t.name() }
+                    if t == ValueType::Matrix {
+                        "range vector"
+                    } else {
+                        t.name()
+                    }
                 )));
             }
         }
@@ -103,7 +107,11 @@ pub(crate) fn run(
                     for e in vec {
                         // Series whose names are dropped merge with same-labelled series (Prometheus
                         // 3.x), so key by the final label set.
-                        let key = if e.drop_name { (drop_name(&e.labels), false) } else { (e.labels, false) };
+                        let key = if e.drop_name {
+                            (drop_name(&e.labels), false)
+                        } else {
+                            (e.labels, false)
+                        };
                         let i = match index.get(&key) {
                             Some(i) => *i,
                             None => {
@@ -152,7 +160,11 @@ fn check_unique_after_drop(vec: &[Elem]) -> R<()> {
     }
     let mut seen = std::collections::HashSet::with_capacity(vec.len());
     for e in vec {
-        let l = if e.drop_name { drop_name(&e.labels) } else { e.labels.clone() };
+        let l = if e.drop_name {
+            drop_name(&e.labels)
+        } else {
+            e.labels.clone()
+        };
         if !seen.insert(l) {
             return Err(exec_err("vector cannot contain metrics with the same labelset"));
         }
@@ -229,7 +241,11 @@ pub(crate) fn set_label(l: &Labels, name: &str, value: &str) -> Labels {
 }
 
 fn keep_labels(l: &Labels, names: &[String]) -> Labels {
-    let v: Vec<Label> = l.iter().filter(|x| names.iter().any(|n| n == &x.name)).cloned().collect();
+    let v: Vec<Label> = l
+        .iter()
+        .filter(|x| names.iter().any(|n| n == &x.name))
+        .cloned()
+        .collect();
     Labels::from_sorted(v).unwrap_or_default()
 }
 
@@ -408,7 +424,11 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (s, en)
                 };
-                put(sel, bs - sel.offset_ms - self.opts.lookback_delta_ms, be - sel.offset_ms);
+                put(
+                    sel,
+                    bs - sel.offset_ms - self.opts.lookback_delta_ms,
+                    be - sel.offset_ms,
+                );
             }
             Expr::Matrix { sel, range_ms } => {
                 let (bs, be) = if sel.at.is_some() {
@@ -469,7 +489,9 @@ impl<'a> Evaluator<'a> {
                 step_ms,
                 offset_ms,
                 at,
-            } => self.subquery(expr, *range_ms, *step_ms, *offset_ms, at, t).map(Value::Matrix),
+            } => self
+                .subquery(expr, *range_ms, *step_ms, *offset_ms, at, t)
+                .map(Value::Matrix),
             Expr::Neg(x) => match self.eval(x, t)? {
                 Value::Scalar(v) => Ok(Value::Scalar(-v)),
                 Value::Vector(mut vec) => {
@@ -555,8 +577,20 @@ impl<'a> Evaluator<'a> {
         out
     }
 
-    fn subquery(&mut self, expr: &Expr, range: i64, step: i64, offset: i64, at: &Option<At>, t: i64) -> R<Vec<RangeSeries>> {
-        let step = if step > 0 { step } else { self.opts.default_subquery_step_ms };
+    fn subquery(
+        &mut self,
+        expr: &Expr,
+        range: i64,
+        step: i64,
+        offset: i64,
+        at: &Option<At>,
+        t: i64,
+    ) -> R<Vec<RangeSeries>> {
+        let step = if step > 0 {
+            step
+        } else {
+            self.opts.default_subquery_step_ms
+        };
         let rt = self.at_time(at, t) - offset;
         let lo = rt - range;
         let mut s = step * (lo / step);
@@ -663,7 +697,14 @@ impl<'a> Evaluator<'a> {
 
     // ---- aggregation ------------------------------------------------------------------------
 
-    fn aggregate(&mut self, op: AggOp, expr: &Expr, param: Option<&Expr>, grouping: &Option<Grouping>, t: i64) -> R<Value> {
+    fn aggregate(
+        &mut self,
+        op: AggOp,
+        expr: &Expr,
+        param: Option<&Expr>,
+        grouping: &Option<Grouping>,
+        t: i64,
+    ) -> R<Value> {
         let mut num_param = 0.0;
         let mut str_param = String::new();
         if let Some(p) = param {
@@ -914,16 +955,8 @@ impl Group {
             }
             AggOp::Count => self.value += 1.0,
             AggOp::Group => {}
-            AggOp::Max => {
-                if self.value < v || self.value.is_nan() {
-                    self.value = v;
-                }
-            }
-            AggOp::Min => {
-                if self.value > v || self.value.is_nan() {
-                    self.value = v;
-                }
-            }
+            AggOp::Max if self.value < v || self.value.is_nan() => self.value = v,
+            AggOp::Min if self.value > v || self.value.is_nan() => self.value = v,
             AggOp::Stddev | AggOp::Stdvar => {
                 self.count += 1.0;
                 if !v.is_finite() {
@@ -1026,7 +1059,14 @@ fn set_or(lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching) -> Vec<Elem> {
     out
 }
 
-fn vector_vector(op: BinOp, lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching, return_bool: bool, t: i64) -> R<Vec<Elem>> {
+fn vector_vector(
+    op: BinOp,
+    lhs: Vec<Elem>,
+    rhs: Vec<Elem>,
+    m: &VectorMatching,
+    return_bool: bool,
+    t: i64,
+) -> R<Vec<Elem>> {
     // For one-to-many, swap so the "many" side is always on the left, as Prometheus does.
     let swapped = matches!(m.card, Card::OneToMany(_));
     let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };

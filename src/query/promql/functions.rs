@@ -3,7 +3,7 @@
 use super::ast::{Expr, VectorSel};
 use super::eval::{Evaluator, R, almost_equal, exec_err, go_max, go_min, kahan_inc, quantile, set_label};
 use super::value::{Elem, RangeSeries, Value, format_float};
-use crate::model::{Labels, MatchOp, METRIC_NAME, Sample};
+use crate::model::{Labels, METRIC_NAME, MatchOp, Sample};
 use std::collections::HashMap;
 
 /// Strips parentheses (Prometheus unwraps them for `timestamp()` and `absent()`).
@@ -67,7 +67,10 @@ fn range_bounds(ev: &Evaluator<'_>, e: &Expr, t: i64) -> (i64, i64) {
             (end - range_ms, end)
         }
         Expr::Subquery {
-            range_ms, offset_ms, at, ..
+            range_ms,
+            offset_ms,
+            at,
+            ..
         } => {
             let base = match at {
                 None => t,
@@ -82,7 +85,9 @@ fn range_bounds(ev: &Evaluator<'_>, e: &Expr, t: i64) -> (i64, i64) {
 }
 
 fn has_counter_suffix(name: &str) -> bool {
-    ["_total", "_sum", "_count", "_bucket"].iter().any(|s| name.ends_with(s))
+    ["_total", "_sum", "_count", "_bucket"]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 /// Prometheus's `extrapolatedRate`.
@@ -135,7 +140,11 @@ fn instant_value(s: &[Sample], is_rate: bool) -> Option<f64> {
     }
     let last = s[s.len() - 1];
     let prev = s[s.len() - 2];
-    let mut r = if is_rate && last.v < prev.v { last.v } else { last.v - prev.v };
+    let mut r = if is_rate && last.v < prev.v {
+        last.v
+    } else {
+        last.v - prev.v
+    };
     let interval = last.t - prev.t;
     if interval == 0 {
         return None;
@@ -299,7 +308,7 @@ fn date_part(func: &str, v: f64) -> f64 {
 }
 
 /// Classic-histogram quantile (Prometheus's `BucketQuantile`): (value, forced_monotonic).
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
     if q.is_nan() {
         return (f64::NAN, false);
     }
@@ -366,10 +375,13 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
     (start + (end - start) * (rank / count), forced)
 }
 
+/// One classic histogram: its labels without `le`, its (upper bound, count) buckets, its name.
+type BucketGroup = (Labels, Vec<(f64, f64)>, String);
+
 /// Classic-histogram fraction of observations in `[lower, upper]` (Prometheus's `BucketFraction`):
 /// linear interpolation inside finite buckets, the first bucket starting at 0 when its upper bound
 /// is positive, no interpolation inside infinitely wide buckets.
-fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     if !buckets.last().is_some_and(|b| b.0 == f64::INFINITY) {
         return f64::NAN;
@@ -445,7 +457,8 @@ impl Evaluator<'_> {
     fn sort_warning(&mut self) {
         if self.is_range {
             self.annotate(
-                "PromQL warning: sort is ineffective for range queries since results are always ordered by labels".into(),
+                "PromQL warning: sort is ineffective for range queries since results are always ordered by labels"
+                    .into(),
             );
         }
     }
@@ -484,10 +497,17 @@ impl Evaluator<'_> {
     }
 
     pub(crate) fn call(&mut self, func: &str, args: &[Expr], t: i64) -> R<Value> {
-        let arg = |i: usize| -> R<&Expr> { args.get(i).ok_or_else(|| exec_err(format!("missing argument to {func}"))) };
+        let arg = |i: usize| -> R<&Expr> {
+            args.get(i)
+                .ok_or_else(|| exec_err(format!("missing argument to {func}")))
+        };
         match func {
             "time" => Ok(Value::Scalar(t as f64 / 1000.0)),
-            "step" => Ok(Value::Scalar(if self.is_range { self.interval as f64 / 1000.0 } else { 0.0 })),
+            "step" => Ok(Value::Scalar(if self.is_range {
+                self.interval as f64 / 1000.0
+            } else {
+                0.0
+            })),
             "range" => Ok(Value::Scalar((self.end - self.start) as f64 / 1000.0)),
             "start" => Ok(Value::Scalar(self.start as f64 / 1000.0)),
             "end" => Ok(Value::Scalar(self.end as f64 / 1000.0)),
@@ -679,7 +699,9 @@ impl Evaluator<'_> {
                 let regex = regex::Regex::new(&format!("^(?s:{re})$"))
                     .map_err(|e| exec_err(format!("invalid regular expression in label_replace(): {re}: {e}")))?;
                 if dst.is_empty() {
-                    return Err(exec_err(format!("invalid destination label name in label_replace(): {dst}")));
+                    return Err(exec_err(format!(
+                        "invalid destination label name in label_replace(): {dst}"
+                    )));
                 }
                 let mut out = Vec::with_capacity(v.len());
                 for mut e in v {
@@ -706,7 +728,9 @@ impl Evaluator<'_> {
                     srcs.push(self.str_arg(a, t)?);
                 }
                 if dst.is_empty() {
-                    return Err(exec_err(format!("invalid destination label name in label_join(): {dst}")));
+                    return Err(exec_err(format!(
+                        "invalid destination label name in label_join(): {dst}"
+                    )));
                 }
                 let mut out = Vec::with_capacity(v.len());
                 for mut e in v {
@@ -865,7 +889,9 @@ impl Evaluator<'_> {
                     )));
                 }
                 if tf <= 0.0 || tf >= 1.0 {
-                    return Err(exec_err(format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}")));
+                    return Err(exec_err(format!(
+                        "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
+                    )));
                 }
                 self.over_time(arg(0)?, t, false, |s| {
                     if s.len() < 2 {
@@ -914,7 +940,7 @@ impl Evaluator<'_> {
                     }
                 }
                 let mut index: HashMap<Labels, usize> = HashMap::new();
-                let mut groups: Vec<(Labels, Vec<(f64, f64)>, String)> = Vec::new();
+                let mut groups: Vec<BucketGroup> = Vec::new();
                 for e in v {
                     let name = e.labels.metric_name().unwrap_or("").to_string();
                     let le = e.labels.get_or_empty("le");
@@ -1011,7 +1037,9 @@ pub(crate) fn xxhash64(b: &[u8]) -> u64 {
     const P4: u64 = 9_650_029_242_287_828_579;
     const P5: u64 = 2_870_177_450_012_600_261;
     fn round(acc: u64, input: u64) -> u64 {
-        acc.wrapping_add(input.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1)
+        acc.wrapping_add(input.wrapping_mul(P2))
+            .rotate_left(31)
+            .wrapping_mul(P1)
     }
     fn merge(acc: u64, val: u64) -> u64 {
         (acc ^ round(0, val)).wrapping_mul(P1).wrapping_add(P4)

@@ -43,8 +43,14 @@ pub(crate) enum Value {
 /// A query's result, in the API's four shapes. Times are ms.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryValue {
-    Scalar { t: i64, v: f64 },
-    String { t: i64, s: String },
+    Scalar {
+        t: i64,
+        v: f64,
+    },
+    String {
+        t: i64,
+        s: String,
+    },
     /// (labels, t, v) in evaluation order.
     Vector(Vec<(Labels, i64, f64)>),
     /// Sorted by labels.
