@@ -59,6 +59,7 @@ pub(crate) fn run(
     };
     ev.preload(reader, expr)?;
     let value = if instant {
+        ev.check_deadline()?;
         let v = ev.eval(expr, start)?;
         match v {
             Value::Scalar(v) => QueryValue::Scalar { t: start, v },
@@ -353,7 +354,7 @@ impl<'a> Evaluator<'a> {
     }
 
     pub fn check_deadline(&self) -> R<()> {
-        if Instant::now() > self.deadline {
+        if Instant::now() >= self.deadline {
             return Err(QueryError::Timeout("expression evaluation"));
         }
         Ok(())
