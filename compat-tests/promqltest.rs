@@ -9,6 +9,15 @@
 //! histograms appear in its input or expected output. Set PROMQLTEST_DIR to run other files,
 //! PROMQLTEST_VERBOSE=1 to print each failure.
 
+/// Writes straight to stderr so the counts show in `cargo test` output even when the test passes
+/// (libtest captures `println!`/`eprintln!`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 use monitoring_rs::model::{Labels, stale_nan};
 use monitoring_rs::query::promql::ast::{At, Expr};
 use monitoring_rs::query::promql::{Engine, EngineOptions, QueryOutput, QueryValue, parse};
@@ -927,15 +936,14 @@ fn promqltest() {
         }
     }
     let (mut p, mut fl, mut u) = (0, 0, 0);
-    eprintln!("{:<28} {:>6} {:>6} {:>11}", "file", "passed", "failed", "unsupported");
+    say!("{:<28} {:>6} {:>6} {:>11}", "file", "passed", "failed", "unsupported");
     for (f, (a, b, c)) in &table {
-        eprintln!("{f:<28} {a:>6} {b:>6} {c:>11}");
+        say!("{f:<28} {a:>6} {b:>6} {c:>11}");
         p += a;
         fl += b;
         u += c;
     }
-    eprintln!("promqltest: {p} passed, {fl} failed, {u} unsupported");
-    println!("promqltest: {p} passed, {fl} failed, {u} unsupported");
+    say!("promqltest: {p} passed, {fl} failed, {u} unsupported");
     if only.is_none() {
         assert!(p >= PASS_FLOOR, "promqltest passes fell to {p} (floor {PASS_FLOOR})");
     }
