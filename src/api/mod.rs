@@ -9,6 +9,7 @@ pub mod error;
 mod loki;
 pub mod params;
 mod prom;
+mod query;
 mod remote_write;
 
 use crate::ingest::{LokiIngester, MetricsIngester};
@@ -38,6 +39,7 @@ pub struct ApiState {
     /// Decompressed and compressed Loki push body limit in bytes.
     pub max_push_body: usize,
     pub push_stats: Arc<PushStats>,
+    pub engine: crate::query::promql::Engine,
 }
 
 /// The router serving both API families on every listener.
@@ -60,6 +62,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(loki::index_stats).post(loki::index_stats),
         )
         .route("/ready", get(loki::loki_ready))
+        .route("/api/v1/query", get(query::query).post(query::query))
+        .route("/api/v1/query_range", get(query::query_range).post(query::query_range))
+        .route(
+            "/api/v1/format_query",
+            get(query::format_query).post(query::format_query),
+        )
+        .route("/api/v1/parse_query", get(query::parse_query).post(query::parse_query))
+        .route("/api/v1/status/buildinfo", get(query::buildinfo))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query::query_exemplars).post(query::query_exemplars),
+        )
+        .route("/api/v1/rules", get(query::rules))
+        .route("/api/v1/alerts", get(query::alerts))
         .route("/metrics", get(prom::self_metrics))
         .route("/-/ready", get(prom::ready))
         .route("/-/healthy", get(prom::healthy))
