@@ -297,6 +297,12 @@ fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiSta
             "Log lines whose invalid UTF-8 was replaced with U+FFFD.",
             g(&loki.invalid_utf8_replaced),
         );
+        w.single(
+            "monitoring_rs_loki_duplicate_entries_dropped_total",
+            "counter",
+            "Pushed entries identical (timestamp and line) to the one before them in their stream, kept once like Loki.",
+            g(&loki.duplicates_dropped),
+        );
         w.header(
             "monitoring_rs_loki_push_requests_total",
             "counter",

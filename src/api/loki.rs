@@ -35,7 +35,7 @@ pub struct PushStats {
     pub failed: AtomicU64,
 }
 
-fn tenant(headers: &HeaderMap) -> String {
+pub(crate) fn tenant(headers: &HeaderMap) -> String {
     // HeaderMap lookups are case-insensitive: logcli sends `X-Scope-Orgid`.
     headers
         .get("x-scope-orgid")

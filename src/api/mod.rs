@@ -7,6 +7,7 @@
 
 pub mod error;
 mod loki;
+mod loki_query;
 pub mod params;
 mod prom;
 mod query;
@@ -62,6 +63,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(loki::index_stats).post(loki::index_stats),
         )
         .route("/ready", get(loki::loki_ready))
+        .route("/loki/api/v1/query", get(loki_query::query).post(loki_query::query))
+        .route(
+            "/loki/api/v1/query_range",
+            get(loki_query::query_range).post(loki_query::query_range),
+        )
         .route("/api/v1/query", get(query::query).post(query::query))
         .route("/api/v1/query_range", get(query::query_range).post(query::query_range))
         .route(

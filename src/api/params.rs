@@ -40,6 +40,15 @@ impl Form {
         })
     }
 
+    /// The first value of every key (Go's `FormValue` for each key present).
+    pub fn first_values(&self) -> std::collections::HashMap<String, String> {
+        let mut m = std::collections::HashMap::new();
+        for (k, v) in &self.pairs {
+            m.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        m
+    }
+
     /// First value of `key`, or "" (Go's `FormValue`).
     pub fn value(&self, key: &str) -> &str {
         self.pairs

@@ -5,6 +5,7 @@
 //! Never touches: I/O, HTTP, storage formats, configuration. Everything here is plain values.
 
 mod labels;
+pub mod level;
 mod matcher;
 pub mod text;
 

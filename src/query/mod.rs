@@ -1,6 +1,7 @@
-//! Query engines. Each reads storage only through its read contract (`MetricsReader`).
+//! Query engines. Each reads storage only through its read contract (`MetricsReader`, `LogReader`).
 //!
 //! Owns: parsing and evaluating query languages. Never touches: HTTP (that is `api`), ingest, or
 //! storage internals beyond the read traits.
 
+pub mod logql;
 pub mod promql;

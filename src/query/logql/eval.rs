@@ -1,0 +1,871 @@
+//! Query evaluation over a `LogSource`: log queries into streams, metric queries into per-step
+//! vectors (range aggregations, vector aggregations, binary operations).
+//!
+//! Owns: time-window semantics (`(t-range, t]` for range aggregations, `[start, end)` for log
+//! queries), limits and direction, series grouping, vector matching. Never touches: HTTP
+//! parameters or JSON encoding (see `mod.rs`), or storage internals.
+
+use super::Error;
+use super::ast::*;
+use super::pipeline::{self, ERROR, LabelsBuilder, Pairs};
+use super::source::{EntryRef, LogSource};
+use crate::model::Labels;
+use crate::model::MatchOp;
+use std::collections::HashMap;
+
+/// One output entry of a log query.
+#[derive(Debug, Clone)]
+pub struct OutEntry {
+    pub ts: i64,
+    pub line: String,
+    pub sm: Pairs,
+    pub parsed: Pairs,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutStream {
+    pub labels: Pairs,
+    pub entries: Vec<OutEntry>,
+}
+
+/// For each parser stage, the simple label filters later in the pipeline: Loki's parser hints
+/// test them as soon as the parser extracts their label and drop the line on a mismatch, before
+/// later duplicates or `label_format` could change the value.
+fn parser_hints(stages: &[Stage]) -> Vec<Option<Vec<&LabelFilter>>> {
+    let mut hints = vec![None; stages.len()];
+    for (i, st) in stages.iter().enumerate() {
+        let is_parser = matches!(
+            st,
+            Stage::Json(_) | Stage::Logfmt { .. } | Stage::Regexp(_) | Stage::Pattern(_) | Stage::Unpack
+        );
+        if !is_parser {
+            continue;
+        }
+        let fs: Vec<&LabelFilter> = stages[i + 1..]
+            .iter()
+            .filter_map(|s| match s {
+                Stage::LabelFilter(f) if pipeline::filter_name(f).is_some() => Some(f),
+                _ => None,
+            })
+            .collect();
+        if !fs.is_empty() {
+            hints[i] = Some(fs);
+        }
+    }
+    hints
+}
+
+fn sort_pairs(mut p: Pairs) -> Pairs {
+    p.sort_by(|a, b| a.0.cmp(&b.0));
+    p
+}
+
+pub fn labels_string(p: &Pairs) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in p.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(k);
+        s.push('=');
+        s.push_str(&super::parser::go_quote(v));
+    }
+    s.push('}');
+    s
+}
+
+/// What a log query returns: `[start, end)`, at most `limit` entries, in `forward` or backward
+/// order, one entry per `interval` when it is non-zero, with categorized labels or merged ones.
+#[derive(Debug, Clone, Copy)]
+pub struct LogParams {
+    pub start: i64,
+    pub end: i64,
+    pub limit: usize,
+    pub forward: bool,
+    pub categorize: bool,
+    pub interval: i64,
+}
+
+pub fn eval_log(src: &dyn LogSource, e: &LogExpr, p: LogParams) -> Result<Vec<OutStream>, Error> {
+    let LogParams {
+        start,
+        end,
+        limit,
+        forward,
+        categorize,
+        interval,
+    } = p;
+    let hints = parser_hints(&e.stages);
+    let lead = pipeline::leading_line_filters(&e.stages);
+    let mut all: Vec<(Pairs, OutEntry)> = Vec::new();
+    let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
+        let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+        for en in entries {
+            if !pipeline::prefilter(&e.stages[..lead], en.line.as_bytes()) {
+                continue;
+            }
+            let mut lb = LabelsBuilder {
+                stream: base.clone(),
+                sm: en.structured_metadata.to_vec(),
+                parsed: Vec::new(),
+                only: None,
+            };
+            let mut line = en.line.to_string();
+            if !pipeline::run(&e.stages[lead..], &hints[lead..], en.ts_ns, &mut line, &mut lb, &[]) {
+                continue;
+            }
+            let key = if categorize {
+                sort_pairs(lb.stream.clone())
+            } else {
+                lb.merged()
+            };
+            all.push((
+                key,
+                OutEntry {
+                    ts: en.ts_ns,
+                    line,
+                    sm: sort_pairs(lb.sm),
+                    parsed: sort_pairs(lb.parsed),
+                },
+            ));
+        }
+    };
+    src.visit(&e.matchers, start, end, &mut visit)
+        .map_err(|x| Error::Internal(x.to_string()))?;
+    if forward {
+        all.sort_by_key(|(_, e)| e.ts);
+    } else {
+        // Stable sort keeps push order among equal timestamps; backward reverses it.
+        all.reverse();
+        all.sort_by_key(|(_, e)| std::cmp::Reverse(e.ts));
+    }
+    // The store answers at most `limit` entries; Loki applies `interval` to those afterwards, so
+    // an interval query returns far fewer than `limit` entries (recorded behaviour).
+    all.truncate(limit);
+    if interval > 0 {
+        // Loki's `readStreams`: one entry per interval across the merged result.
+        let mut last: Option<i64> = None;
+        all.retain(|(_, e)| {
+            let ok = match last {
+                None => true,
+                Some(l) => {
+                    if forward {
+                        e.ts >= l + interval
+                    } else {
+                        e.ts <= l - interval
+                    }
+                }
+            };
+            if ok {
+                last = Some(e.ts);
+            }
+            ok
+        });
+    }
+    all.truncate(limit);
+    let mut idx: HashMap<Pairs, usize> = HashMap::new();
+    let mut out: Vec<OutStream> = Vec::new();
+    for (k, e) in all {
+        let i = *idx.entry(k.clone()).or_insert_with(|| {
+            out.push(OutStream {
+                labels: k,
+                entries: Vec::new(),
+            });
+            out.len() - 1
+        });
+        out[i].entries.push(e);
+    }
+    out.sort_by_cached_key(|s| labels_string(&s.labels));
+    Ok(out)
+}
+
+/// A per-step evaluation result.
+#[derive(Debug, Clone)]
+pub enum StepVal {
+    Scalar(Vec<f64>),
+    /// For each step, the samples: (labels sorted by name, value).
+    Vector(Vec<Vec<(Pairs, f64)>>),
+}
+
+pub struct Ctx<'a> {
+    pub src: &'a dyn LogSource,
+    /// Evaluation timestamps in nanoseconds.
+    pub steps: Vec<i64>,
+}
+
+pub fn eval_metric(ctx: &Ctx, e: &MetricExpr) -> Result<StepVal, Error> {
+    eval_hinted(ctx, e, &[])
+}
+
+/// `by_hint`: labels an enclosing `by` aggregation needs (Loki's parser hints).
+fn eval_hinted(ctx: &Ctx, e: &MetricExpr, by_hint: &[String]) -> Result<StepVal, Error> {
+    match e {
+        MetricExpr::Literal(v) => Ok(StepVal::Scalar(vec![*v; ctx.steps.len()])),
+        MetricExpr::VectorLit(v) => Ok(StepVal::Vector(
+            ctx.steps.iter().map(|_| vec![(Vec::new(), *v)]).collect(),
+        )),
+        MetricExpr::Range(r) => eval_range(ctx, r, by_hint, None),
+        MetricExpr::Vector {
+            op,
+            param,
+            grouping,
+            inner,
+        } => {
+            let hint: Vec<String> = match grouping {
+                Some(g) if !g.without => g.labels.clone(),
+                _ => Vec::new(),
+            };
+            // A plain `sum(...)` groups by nothing.
+            let by_nothing = Grouping {
+                without: false,
+                labels: Vec::new(),
+            };
+            let v = match (inner.as_ref(), grouping.as_ref().unwrap_or(&by_nothing)) {
+                (MetricExpr::Range(r), g) if can_inject(*op, r) => eval_range(ctx, r, &hint, Some(g))?,
+                _ => eval_hinted(ctx, inner, &hint)?,
+            };
+            let StepVal::Vector(steps) = v else {
+                return Err(Error::Parse(super::ParseError::plain(
+                    "unexpected scalar in vector aggregation".into(),
+                )));
+            };
+            Ok(StepVal::Vector(
+                steps
+                    .into_iter()
+                    .map(|s| vector_agg(*op, *param, grouping.as_ref(), s))
+                    .collect(),
+            ))
+        }
+        MetricExpr::LabelReplace {
+            inner,
+            dst,
+            replacement,
+            src,
+            re,
+        } => {
+            let StepVal::Vector(steps) = eval_metric(ctx, inner)? else {
+                return Err(Error::Parse(super::ParseError::plain("label_replace on scalar".into())));
+            };
+            Ok(StepVal::Vector(
+                steps
+                    .into_iter()
+                    .map(|s| {
+                        s.into_iter()
+                            .map(|(mut l, v)| {
+                                let sv = l
+                                    .iter()
+                                    .find(|(k, _)| k == src)
+                                    .map(|(_, v)| v.clone())
+                                    .unwrap_or_default();
+                                if let Some(c) = re.captures(&sv) {
+                                    let mut res = String::new();
+                                    c.expand(replacement, &mut res);
+                                    l.retain(|(k, _)| k != dst);
+                                    if !res.is_empty() {
+                                        l.push((dst.clone(), res));
+                                    }
+                                    l = sort_pairs(l);
+                                }
+                                (l, v)
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            ))
+        }
+        MetricExpr::Binary {
+            op,
+            bool_mod,
+            matching,
+            lhs,
+            rhs,
+        } => {
+            let l = eval_metric(ctx, lhs)?;
+            let r = eval_metric(ctx, rhs)?;
+            binary(*op, *bool_mod, matching, l, r)
+        }
+    }
+}
+
+struct Sample {
+    ts: i64,
+    v: f64,
+}
+
+/// Labels a label filter tests (for the parser's extraction set).
+fn filter_names(f: &LabelFilter, out: &mut Vec<String>) {
+    match f {
+        LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
+            filter_names(a, out);
+            filter_names(b, out);
+        }
+        f => {
+            if let Some(n) = pipeline::filter_name(f) {
+                out.push(n.to_string());
+            }
+        }
+    }
+}
+
+/// Loki's `canInjectVectorGrouping`: a `sum` directly around one of these range aggregations
+/// (without a grouping of its own) reduces labels at the source, which sum's linearity allows.
+fn can_inject(vec_op: VecOp, r: &RangeAgg) -> bool {
+    vec_op == VecOp::Sum
+        && r.grouping.is_none()
+        && matches!(
+            r.op,
+            RangeOp::BytesOverTime | RangeOp::BytesRate | RangeOp::SumOverTime | RangeOp::Rate | RangeOp::CountOverTime
+        )
+}
+
+/// The labels parsers need to extract when the series keep only `g`'s labels; `None` (all
+/// labels) when a stage may read any label.
+fn required_labels(r: &RangeAgg, g: &Grouping) -> Option<std::sync::Arc<[String]>> {
+    if g.without {
+        return None;
+    }
+    let mut names: Vec<String> = g.labels.clone();
+    for st in &r.log.stages {
+        match st {
+            Stage::LineFormat(_) | Stage::LabelFormat(_) | Stage::Drop(_) | Stage::Keep(_) => return None,
+            Stage::LabelFilter(f) => filter_names(f, &mut names),
+            _ => {}
+        }
+    }
+    if let Some(u) = &r.unwrap {
+        names.push(u.label.clone());
+        for f in &u.post {
+            filter_names(f, &mut names);
+        }
+    }
+    Some(names.into())
+}
+
+fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Grouping>) -> Result<StepVal, Error> {
+    // The grouping applied to each sample's labels before series are formed.
+    let grouping = r.grouping.as_ref().or(inject);
+    let only = grouping.and_then(|g| required_labels(r, g));
+    let (Some(first), Some(last)) = (ctx.steps.first(), ctx.steps.last()) else {
+        return Ok(StepVal::Vector(Vec::new()));
+    };
+    let qs = first - r.offset_ns - r.range_ns;
+    let qe = last - r.offset_ns + 1;
+    let hints = parser_hints(&r.log.stages);
+    let mut first_wins: Vec<String> = by_hint.to_vec();
+    if let Some(u) = &r.unwrap {
+        first_wins.push(u.label.clone());
+    }
+    if let Some(g) = r.grouping.as_ref().filter(|g| !g.without) {
+        first_wins.extend(g.labels.iter().cloned());
+    }
+    let lead = pipeline::leading_line_filters(&r.log.stages);
+    let mut series: HashMap<Pairs, Vec<Sample>> = HashMap::new();
+    let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
+        let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+        for en in entries {
+            if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
+                continue;
+            }
+            let mut lb = LabelsBuilder {
+                stream: base.clone(),
+                sm: en.structured_metadata.to_vec(),
+                parsed: Vec::new(),
+                only: only.clone(),
+            };
+            let mut line = en.line.to_string();
+            if !pipeline::run(
+                &r.log.stages[lead..],
+                &hints[lead..],
+                en.ts_ns,
+                &mut line,
+                &mut lb,
+                &first_wins,
+            ) {
+                continue;
+            }
+            let v = match &r.unwrap {
+                None => match r.op {
+                    RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
+                    _ => 1.0,
+                },
+                Some(u) => {
+                    // An absent or empty label yields no sample (not an error) in Loki.
+                    let raw = match lb.get(&u.label) {
+                        Some(v) if !v.is_empty() => v.to_string(),
+                        _ => continue,
+                    };
+                    let conv = match u.conv {
+                        UnwrapConv::None => pipeline::go_parse_float(&raw),
+                        UnwrapConv::Duration => super::parser::parse_duration(&raw)
+                            .map(super::parser::duration_seconds)
+                            .map_err(|e| format!("time: {e}")),
+                        UnwrapConv::Bytes => super::parser::parse_bytes(&raw)
+                            .ok_or_else(|| format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")),
+                    };
+                    let mut v = 0.0;
+                    match conv {
+                        Ok(x) => v = x,
+                        Err(e) => {
+                            if !lb.has_err() {
+                                lb.set_err("SampleExtractionErr", Some(e));
+                            }
+                        }
+                    }
+                    let mut keep = true;
+                    for f in &u.post {
+                        if !pipeline::label_filter(f, &mut lb) {
+                            keep = false;
+                            break;
+                        }
+                    }
+                    if !keep {
+                        continue;
+                    }
+                    if !lb.has_err() {
+                        lb.del(&u.label);
+                    }
+                    v
+                }
+            };
+            let mut labels = lb.merged();
+            if let Some(g) = grouping {
+                labels = group_labels(&labels, g);
+            }
+            series.entry(labels).or_default().push(Sample { ts: en.ts_ns, v });
+        }
+    };
+    ctx.src
+        .visit(&r.log.matchers, qs, qe, &mut visit)
+        .map_err(|x| Error::Internal(x.to_string()))?;
+    for s in series.values_mut() {
+        s.sort_by_key(|x| x.ts);
+    }
+    let mut keys: Vec<&Pairs> = series.keys().collect();
+    keys.sort();
+    let mut out = Vec::with_capacity(ctx.steps.len());
+    for &t in &ctx.steps {
+        let we = t - r.offset_ns;
+        let ws = we - r.range_ns;
+        let mut vec: Vec<(Pairs, f64)> = Vec::new();
+        let mut any = false;
+        for k in &keys {
+            let ss = &series[*k];
+            let lo = ss.partition_point(|x| x.ts <= ws);
+            let hi = ss.partition_point(|x| x.ts <= we);
+            if lo >= hi {
+                continue;
+            }
+            any = true;
+            if r.op == RangeOp::AbsentOverTime {
+                continue;
+            }
+            if r.unwrap.is_some()
+                && let Some((_, name)) = k.iter().find(|(n, _)| n == ERROR)
+            {
+                return Err(Error::BadRequest(format!(
+                    "pipeline error: '{name}' for series: '{}'.\nUse a label filter to intentionally skip this error. (e.g | __error__!=\"{name}\").\nTo skip all potential errors you can match empty errors.(e.g __error__=\"\")\nThe label filter can also be specified after unwrap. (e.g | unwrap latency | __error__=\"\" )\n",
+                    labels_string(k)
+                )));
+            }
+            let w = &ss[lo..hi];
+            let secs = r.range_ns as f64 / 1e9;
+            let v = match r.op {
+                RangeOp::CountOverTime => w.len() as f64,
+                RangeOp::Rate => {
+                    if r.unwrap.is_some() {
+                        w.iter().map(|x| x.v).sum::<f64>() / secs
+                    } else {
+                        w.len() as f64 / secs
+                    }
+                }
+                RangeOp::BytesOverTime | RangeOp::SumOverTime => w.iter().map(|x| x.v).sum(),
+                RangeOp::BytesRate => w.iter().map(|x| x.v).sum::<f64>() / secs,
+                RangeOp::AvgOverTime => {
+                    // Loki's incremental mean (Prometheus's avg_over_time before 2.x kahan).
+                    let mut mean = 0.0;
+                    let mut n = 0.0;
+                    for x in w {
+                        n += 1.0;
+                        mean += (x.v - mean) / n;
+                    }
+                    mean
+                }
+                RangeOp::MinOverTime => w
+                    .iter()
+                    .map(|x| x.v)
+                    .fold(f64::NAN, |a, b| if a.is_nan() || b < a { b } else { a }),
+                RangeOp::MaxOverTime => w
+                    .iter()
+                    .map(|x| x.v)
+                    .fold(f64::NAN, |a, b| if a.is_nan() || b > a { b } else { a }),
+                RangeOp::StdvarOverTime | RangeOp::StddevOverTime => {
+                    let (mut n, mut mean, mut m2) = (0.0, 0.0, 0.0);
+                    for x in w {
+                        n += 1.0;
+                        let d = x.v - mean;
+                        mean += d / n;
+                        m2 += d * (x.v - mean);
+                    }
+                    let var = m2 / n;
+                    if r.op == RangeOp::StddevOverTime {
+                        var.sqrt()
+                    } else {
+                        var
+                    }
+                }
+                RangeOp::QuantileOverTime => quantile(r.param.unwrap_or(0.0), w.iter().map(|x| x.v).collect()),
+                RangeOp::FirstOverTime => w[0].v,
+                RangeOp::LastOverTime => w[w.len() - 1].v,
+                RangeOp::RateCounter => rate_counter(w, r.range_ns),
+                RangeOp::AbsentOverTime => 0.0,
+            };
+            vec.push(((*k).clone(), v));
+        }
+        if r.op == RangeOp::AbsentOverTime && !any {
+            {
+                let mut l: Pairs = r
+                    .log
+                    .matchers
+                    .iter()
+                    .filter(|m| m.op == MatchOp::Equal)
+                    .map(|m| (m.name.clone(), m.value.clone()))
+                    .collect();
+                l = sort_pairs(l);
+                l.dedup_by(|a, b| a.0 == b.0);
+                vec.push((l, 1.0));
+            }
+        }
+        out.push(vec);
+    }
+    Ok(StepVal::Vector(out))
+}
+
+/// Loki's `extrapolatedRate(..., isCounter=true, isRate=true)`, with its range start taken from
+/// the first sample (as Loki does), in milliseconds.
+fn rate_counter(w: &[Sample], range_ns: i64) -> f64 {
+    if w.len() < 2 {
+        return 0.0;
+    }
+    let ms = |ns: i64| ns / 1_000_000;
+    let first = &w[0];
+    let last = &w[w.len() - 1];
+    let range_ms = range_ns / 1_000_000;
+    let range_start = ms(first.ts) - range_ms;
+    let range_end = ms(last.ts);
+    let mut result = last.v - first.v;
+    let mut last_v = 0.0;
+    for s in w {
+        if s.v < last_v {
+            result += last_v;
+        }
+        last_v = s.v;
+    }
+    let mut dur_start = (ms(first.ts) - range_start) as f64 / 1000.0;
+    let dur_end = (range_end - ms(last.ts)) as f64 / 1000.0;
+    let sampled = (ms(last.ts) - ms(first.ts)) as f64 / 1000.0;
+    let avg = sampled / (w.len() - 1) as f64;
+    if result > 0.0 && first.v >= 0.0 {
+        let to_zero = sampled * (first.v / result);
+        if to_zero < dur_start {
+            dur_start = to_zero;
+        }
+    }
+    let thr = avg * 1.1;
+    let mut ext = sampled;
+    ext += if dur_start < thr { dur_start } else { avg / 2.0 };
+    ext += if dur_end < thr { dur_end } else { avg / 2.0 };
+    result *= ext / sampled;
+    result / (range_ns as f64 / 1e9)
+}
+
+/// Prometheus `quantile` with linear interpolation.
+fn quantile(q: f64, mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len() as f64;
+    let rank = q * (n - 1.0);
+    let lo = rank.floor().max(0.0);
+    let hi = (lo + 1.0).min(n - 1.0);
+    let w = rank - lo;
+    v[lo as usize] * (1.0 - w) + v[hi as usize] * w
+}
+
+fn group_labels(l: &Pairs, g: &Grouping) -> Pairs {
+    if g.without {
+        l.iter().filter(|(k, _)| !g.labels.contains(k)).cloned().collect()
+    } else {
+        l.iter().filter(|(k, _)| g.labels.contains(k)).cloned().collect()
+    }
+}
+
+fn vector_agg(op: VecOp, param: Option<f64>, g: Option<&Grouping>, s: Vec<(Pairs, f64)>) -> Vec<(Pairs, f64)> {
+    match op {
+        VecOp::Sort | VecOp::SortDesc => {
+            let mut s = s;
+            s.sort_by(|a, b| {
+                let o = a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal);
+                if op == VecOp::Sort { o } else { o.reverse() }
+            });
+            return s;
+        }
+        VecOp::Topk | VecOp::Bottomk => {
+            let k = param.unwrap_or(1.0) as usize;
+            let mut groups: Vec<(Pairs, Vec<(Pairs, f64)>)> = Vec::new();
+            for (l, v) in s {
+                let key = match g {
+                    Some(g) => group_labels(&l, g),
+                    None => Vec::new(),
+                };
+                match groups.iter_mut().find(|(k2, _)| *k2 == key) {
+                    Some((_, m)) => m.push((l, v)),
+                    None => groups.push((key, vec![(l, v)])),
+                }
+            }
+            let mut out = Vec::new();
+            for (_, mut m) in groups {
+                m.sort_by(|a, b| {
+                    let o = b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal);
+                    if op == VecOp::Topk { o } else { o.reverse() }
+                });
+                m.truncate(k);
+                out.extend(m);
+            }
+            return out;
+        }
+        _ => {}
+    }
+    let mut groups: Vec<(Pairs, Vec<f64>)> = Vec::new();
+    let mut index: HashMap<Pairs, usize> = HashMap::new();
+    for (l, v) in s {
+        let key = match g {
+            Some(g) => group_labels(&l, g),
+            None => Vec::new(),
+        };
+        match index.get(&key) {
+            Some(&i) => groups[i].1.push(v),
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push((key, vec![v]));
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(k, vs)| {
+            let n = vs.len() as f64;
+            let v = match op {
+                VecOp::Sum => vs.iter().sum(),
+                VecOp::Avg => {
+                    let mut mean = 0.0;
+                    for (i, x) in vs.iter().enumerate() {
+                        mean += (x - mean) / (i as f64 + 1.0);
+                    }
+                    mean
+                }
+                VecOp::Min => vs
+                    .iter()
+                    .copied()
+                    .fold(f64::NAN, |a, b| if a.is_nan() || b < a { b } else { a }),
+                VecOp::Max => vs
+                    .iter()
+                    .copied()
+                    .fold(f64::NAN, |a, b| if a.is_nan() || b > a { b } else { a }),
+                VecOp::Count => n,
+                VecOp::Stddev | VecOp::Stdvar => {
+                    let (mut c, mut mean, mut m2) = (0.0, 0.0, 0.0);
+                    for x in &vs {
+                        c += 1.0;
+                        let d = x - mean;
+                        mean += d / c;
+                        m2 += d * (x - mean);
+                    }
+                    if op == VecOp::Stddev { (m2 / c).sqrt() } else { m2 / c }
+                }
+                _ => 0.0,
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+fn arith(op: BinOp, a: f64, b: f64) -> f64 {
+    match op {
+        BinOp::Add => a + b,
+        BinOp::Sub => a - b,
+        BinOp::Mul => a * b,
+        // Loki answers NaN for division or modulo by zero.
+        BinOp::Div => {
+            if b == 0.0 {
+                f64::NAN
+            } else {
+                a / b
+            }
+        }
+        BinOp::Mod => {
+            if b == 0.0 {
+                f64::NAN
+            } else {
+                a % b
+            }
+        }
+        BinOp::Pow => a.powf(b),
+        BinOp::Eq => f64::from(u8::from(a == b)),
+        BinOp::Ne => f64::from(u8::from(a != b)),
+        BinOp::Gt => f64::from(u8::from(a > b)),
+        BinOp::Ge => f64::from(u8::from(a >= b)),
+        BinOp::Lt => f64::from(u8::from(a < b)),
+        BinOp::Le => f64::from(u8::from(a <= b)),
+        _ => f64::NAN,
+    }
+}
+
+fn signature(l: &Pairs, m: &VectorMatching) -> Pairs {
+    match m.on {
+        Some(true) => l.iter().filter(|(k, _)| m.labels.contains(k)).cloned().collect(),
+        Some(false) => l.iter().filter(|(k, _)| !m.labels.contains(k)).cloned().collect(),
+        None => l.clone(),
+    }
+}
+
+fn binary(op: BinOp, bool_mod: bool, m: &VectorMatching, l: StepVal, r: StepVal) -> Result<StepVal, Error> {
+    match (l, r) {
+        (StepVal::Scalar(a), StepVal::Scalar(b)) => Ok(StepVal::Scalar(
+            a.iter().zip(b.iter()).map(|(x, y)| arith(op, *x, *y)).collect(),
+        )),
+        (StepVal::Vector(a), StepVal::Scalar(b)) => Ok(StepVal::Vector(
+            a.into_iter()
+                .zip(b)
+                .map(|(vs, y)| {
+                    vs.into_iter()
+                        .filter_map(|(l, x)| {
+                            let v = arith(op, x, y);
+                            if op.is_comparison() && !bool_mod {
+                                if v == 1.0 { Some((l, x)) } else { None }
+                            } else {
+                                Some((l, v))
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        )),
+        (StepVal::Scalar(a), StepVal::Vector(b)) => Ok(StepVal::Vector(
+            b.into_iter()
+                .zip(a)
+                .map(|(vs, x)| {
+                    vs.into_iter()
+                        .filter_map(|(l, y)| {
+                            let v = arith(op, x, y);
+                            if op.is_comparison() && !bool_mod {
+                                if v == 1.0 { Some((l, y)) } else { None }
+                            } else {
+                                Some((l, v))
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        )),
+        (StepVal::Vector(a), StepVal::Vector(b)) => {
+            let mut out = Vec::with_capacity(a.len());
+            for (ls, rs) in a.into_iter().zip(b) {
+                out.push(vector_binary(op, bool_mod, m, ls, rs)?);
+            }
+            Ok(StepVal::Vector(out))
+        }
+    }
+}
+
+fn vector_binary(
+    op: BinOp,
+    bool_mod: bool,
+    m: &VectorMatching,
+    ls: Vec<(Pairs, f64)>,
+    rs: Vec<(Pairs, f64)>,
+) -> Result<Vec<(Pairs, f64)>, Error> {
+    match op {
+        BinOp::And => {
+            let sigs: Vec<Pairs> = rs.iter().map(|(l, _)| signature(l, m)).collect();
+            return Ok(ls
+                .into_iter()
+                .filter(|(l, _)| sigs.contains(&signature(l, m)))
+                .collect());
+        }
+        BinOp::Unless => {
+            let sigs: Vec<Pairs> = rs.iter().map(|(l, _)| signature(l, m)).collect();
+            return Ok(ls
+                .into_iter()
+                .filter(|(l, _)| !sigs.contains(&signature(l, m)))
+                .collect());
+        }
+        BinOp::Or => {
+            let sigs: Vec<Pairs> = ls.iter().map(|(l, _)| signature(l, m)).collect();
+            let mut out = ls;
+            out.extend(rs.into_iter().filter(|(l, _)| !sigs.contains(&signature(l, m))));
+            return Ok(out);
+        }
+        _ => {}
+    }
+    // group_right swaps the roles: the "many" side is the right one.
+    let swap = m.group_left == Some(false);
+    let (many, one) = if swap { (rs, ls) } else { (ls, rs) };
+    let mut one_idx: HashMap<Pairs, usize> = HashMap::new();
+    for (i, (l, _)) in one.iter().enumerate() {
+        let s = signature(l, m);
+        if one_idx.insert(s, i).is_some() {
+            let side = if swap { "left" } else { "right" };
+            return Err(Error::Internal(format!(
+                "found duplicate series on the {side} hand-side;many-to-many matching not allowed: matching labels must be unique on one side"
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen: HashMap<Pairs, ()> = HashMap::new();
+    for (l, v) in many {
+        let s = signature(&l, m);
+        let Some(&j) = one_idx.get(&s) else { continue };
+        let (ol, ov) = &one[j];
+        let (x, y) = if swap { (*ov, v) } else { (v, *ov) };
+        let res = arith(op, x, y);
+        let keep_val = if op.is_comparison() && !bool_mod {
+            if res != 1.0 {
+                continue;
+            }
+            x
+        } else {
+            res
+        };
+        let labels = if m.group_left.is_some() {
+            let mut nl = l.clone();
+            for inc in &m.include {
+                nl.retain(|(k, _)| k != inc);
+                if let Some(p) = ol.iter().find(|(k, _)| k == inc) {
+                    nl.push(p.clone());
+                }
+            }
+            sort_pairs(nl)
+        } else if op.is_comparison() && !bool_mod {
+            l.clone()
+        } else {
+            match m.on {
+                Some(true) => s.clone(),
+                _ => signature(&l, m),
+            }
+        };
+        if m.group_left.is_none() && seen.insert(labels.clone(), ()).is_some() {
+            return Err(Error::Internal(
+                "found duplicate series on the left hand-side;many-to-many matching not allowed: matching labels must be unique on one side".into(),
+            ));
+        }
+        out.push((labels, keep_val));
+    }
+    Ok(out)
+}
