@@ -22,6 +22,29 @@ pub struct LogExpr {
     pub stages: Vec<Stage>,
 }
 
+impl LogExpr {
+    /// Substrings every line must contain to survive the pipeline: the plain `|= "x"` filters
+    /// that come before any stage rewriting the line. A store uses them to skip chunks.
+    pub fn required_substrings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for st in &self.stages {
+            match st {
+                Stage::LineFormat(_) | Stage::Decolorize => break,
+                Stage::LineFilter(LineFilter { negative: false, alts }) if alts.len() == 1 => {
+                    if let LineMatch::Contains(f) = &alts[0]
+                        && let Ok(n) = std::str::from_utf8(f.needle())
+                        && !n.is_empty()
+                    {
+                        out.push(n.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Stage {
     LineFilter(LineFilter),

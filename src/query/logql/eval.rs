@@ -130,7 +130,7 @@ pub fn eval_log(src: &dyn LogSource, e: &LogExpr, p: LogParams) -> Result<Vec<Ou
             ));
         }
     };
-    src.visit(&e.matchers, start, end, &mut visit)
+    src.visit_needles(&e.matchers, start, end, &e.required_substrings(), &mut visit)
         .map_err(|x| Error::Internal(x.to_string()))?;
     if forward {
         all.sort_by_key(|(_, e)| e.ts);
@@ -435,7 +435,7 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
         }
     };
     ctx.src
-        .visit(&r.log.matchers, qs, qe, &mut visit)
+        .visit_needles(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut visit)
         .map_err(|x| Error::Internal(x.to_string()))?;
     for s in series.values_mut() {
         s.sort_by_key(|x| x.ts);

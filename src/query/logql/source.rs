@@ -59,6 +59,21 @@ pub trait LogSource {
         }
         Ok(())
     }
+
+    /// As [`LogSource::visit`], knowing that only lines containing every one of `needles` can
+    /// survive the pipeline: a store may skip chunks and lines without them (and may still hand
+    /// over lines without them; the pipeline filters again).
+    fn visit_needles(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        f: &mut dyn FnMut(&Labels, &[EntryRef<'_>]),
+    ) -> Result<(), SourceError> {
+        let _ = needles;
+        self.visit(matchers, start_ns, end_ns, f)
+    }
 }
 
 impl SourceEntry {
