@@ -63,6 +63,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_write_body: usize::try_from(cfg.limits.remote_write_max_body.0).unwrap_or(usize::MAX),
         write_stats,
         http_requests: AtomicU64::new(0),
+        engine: crate::query::promql::Engine::default(),
     });
     let router = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

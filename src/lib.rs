@@ -10,5 +10,6 @@ pub mod config;
 pub mod ingest;
 pub mod model;
 pub mod proto;
+pub mod query;
 pub mod storage;
 pub mod telemetry;

@@ -73,14 +73,31 @@ impl From<crate::storage::metrics::StorageError> for ApiError {
     }
 }
 
+impl From<crate::query::promql::QueryError> for ApiError {
+    fn from(e: crate::query::promql::QueryError) -> Self {
+        use crate::query::promql::QueryError as Q;
+        let kind = match &e {
+            Q::BadData(_) => ErrorType::BadData,
+            Q::Execution(_) | Q::TooManySamples(_) => ErrorType::Execution,
+            Q::Timeout(_) => ErrorType::Timeout,
+            Q::Storage(_) => ErrorType::Internal,
+        };
+        ApiError {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "status": "error",
-            "errorType": self.kind.as_str(),
-            "error": self.message,
-        });
-        let mut r = (self.kind.status(), body.to_string()).into_response();
+        // Field order as Prometheus writes it: status, errorType, error.
+        let body = format!(
+            "{{\"status\":\"error\",\"errorType\":\"{}\",\"error\":{}}}",
+            self.kind.as_str(),
+            serde_json::to_string(&self.message).unwrap_or_else(|_| "\"\"".into())
+        );
+        let mut r = (self.kind.status(), body).into_response();
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         r

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod params;
 mod prom;
+mod query;
 mod remote_write;
 
 use crate::ingest::MetricsIngester;
@@ -29,6 +30,7 @@ pub struct ApiState {
     pub max_write_body: usize,
     pub write_stats: Arc<WriteStats>,
     pub http_requests: AtomicU64,
+    pub engine: crate::query::promql::Engine,
 }
 
 /// The router serving both API families on every listener.
@@ -40,6 +42,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/labels", get(prom::label_names).post(prom::label_names))
         .route("/api/v1/label/{name}/values", get(prom::label_values))
         .route("/api/v1/metadata", get(prom::metadata))
+        .route("/api/v1/query", get(query::query).post(query::query))
+        .route("/api/v1/query_range", get(query::query_range).post(query::query_range))
+        .route(
+            "/api/v1/format_query",
+            get(query::format_query).post(query::format_query),
+        )
+        .route("/api/v1/parse_query", get(query::parse_query).post(query::parse_query))
+        .route("/api/v1/status/buildinfo", get(query::buildinfo))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query::query_exemplars).post(query::query_exemplars),
+        )
+        .route("/api/v1/rules", get(query::rules))
+        .route("/api/v1/alerts", get(query::alerts))
         .route("/metrics", get(prom::self_metrics))
         .route("/-/ready", get(prom::ready))
         .route("/-/healthy", get(prom::healthy))

@@ -1,0 +1,366 @@
+//! The Prometheus query endpoints: `/api/v1/query`, `/api/v1/query_range`, `format_query`,
+//! `parse_query`, and the stubs Grafana probes (`buildinfo`, `query_exemplars`, `rules`, `alerts`).
+//!
+//! Owns: query parameter parsing (Prometheus's texts), running the engine off the async reactor, and
+//! the result JSON (Go float formatting, second timestamps with ms fractions, `resultType` first).
+//! Never touches: evaluation semantics (that is `query::promql`) or status-code policy (`error.rs`).
+
+use super::ApiState;
+use super::error::ApiError;
+use super::params::{self, Form};
+use crate::model::Labels;
+use crate::query::promql::{self, QueryOutput, QueryValue, format_float};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Prometheus refuses range queries with more points per series than this.
+const MAX_POINTS: i64 = 11_000;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn json_response(body: String) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Prometheus's `parseDuration`: float seconds or a duration string such as `1m30s`.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    if let Ok(f) = s.parse::<f64>() {
+        let ms = f * 1000.0;
+        if !ms.is_finite() || ms > i64::MAX as f64 || ms < i64::MIN as f64 {
+            return Err(format!("cannot parse {s:?} to a valid duration. It overflows int64"));
+        }
+        return Ok(ms.round() as i64);
+    }
+    let bad = || format!("cannot parse {s:?} to a valid duration");
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return Err(bad());
+    }
+    let mut i = 0;
+    let mut total: i64 = 0;
+    while i < b.len() {
+        let st = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if st == i {
+            return Err(bad());
+        }
+        let n: i64 = s[st..i].parse().map_err(|_| bad())?;
+        let us = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let mult = match &s[us..i] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(n.saturating_mul(mult));
+    }
+    Ok(total)
+}
+
+/// A timestamp in seconds with the millisecond fraction and no trailing zeros.
+fn push_ts(out: &mut String, t: i64) {
+    if t < 0 {
+        out.push('-');
+    }
+    let a = t.unsigned_abs();
+    let _ = write!(out, "{}", a / 1000);
+    let ms = a % 1000;
+    if ms != 0 {
+        let frac = format!("{ms:03}");
+        let _ = write!(out, ".{}", frac.trim_end_matches('0'));
+    }
+}
+
+fn push_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+fn push_labels(out: &mut String, l: &Labels) {
+    out.push('{');
+    for (i, x) in l.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(out, &x.name);
+        out.push(':');
+        push_str(out, &x.value);
+    }
+    out.push('}');
+}
+
+fn push_point(out: &mut String, t: i64, v: f64) {
+    out.push('[');
+    push_ts(out, t);
+    out.push_str(",\"");
+    out.push_str(&format_float(v));
+    out.push_str("\"]");
+}
+
+/// `data.result` and its type, encoded the way Prometheus's JSON codec does.
+pub fn encode_value(out: &mut String, v: &QueryValue) {
+    out.push_str("\"resultType\":\"");
+    out.push_str(v.type_name());
+    out.push_str("\",\"result\":");
+    match v {
+        QueryValue::Scalar { t, v } => push_point(out, *t, *v),
+        QueryValue::String { t, s } => {
+            out.push('[');
+            push_ts(out, *t);
+            out.push(',');
+            push_str(out, s);
+            out.push(']');
+        }
+        QueryValue::Vector(vec) => {
+            out.push('[');
+            for (i, (l, t, v)) in vec.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                push_labels(out, l);
+                out.push_str(",\"value\":");
+                push_point(out, *t, *v);
+                out.push('}');
+            }
+            out.push(']');
+        }
+        QueryValue::Matrix(m) => {
+            out.push('[');
+            for (i, s) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                push_labels(out, &s.labels);
+                out.push_str(",\"values\":[");
+                for (k, p) in s.samples.iter().enumerate() {
+                    if k > 0 {
+                        out.push(',');
+                    }
+                    push_point(out, p.t, p.v);
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn encode_output(o: &QueryOutput, stats: bool, elapsed: f64) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"status\":\"success\",\"data\":{");
+    encode_value(&mut out, &o.value);
+    if stats {
+        let _ = write!(
+            out,
+            ",\"stats\":{{\"timings\":{{\"evalTotalTime\":{elapsed},\"resultSortTime\":0,\"queryPreparationTime\":0,\"innerEvalTime\":{elapsed},\"execQueueTime\":0,\"execTotalTime\":{elapsed}}},\"samples\":{{\"totalQueryableSamples\":{},\"peakSamples\":{}}}}}",
+            o.total_samples, o.peak_samples
+        );
+    }
+    out.push('}');
+    for (key, list) in [("warnings", &o.warnings), ("infos", &o.infos)] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = write!(out, ",\"{key}\":[");
+        for (i, w) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_str(&mut out, w);
+        }
+        out.push(']');
+    }
+    out.push('}');
+    out
+}
+
+fn parse_expr(form: &Form) -> Result<promql::Expr, ApiError> {
+    promql::parse(form.value("query")).map_err(|e| ApiError::bad_data(format!("invalid parameter \"query\": {e}")))
+}
+
+fn timeout(form: &Form, engine_default: Duration) -> Result<Duration, ApiError> {
+    let s = form.value("timeout");
+    if s.is_empty() {
+        return Ok(engine_default);
+    }
+    let ms = parse_duration(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"timeout\": {e}")))?;
+    Ok(Duration::from_millis(ms.max(0) as u64).min(engine_default))
+}
+
+async fn run_query(
+    st: Arc<ApiState>,
+    form: Form,
+    range: Option<(i64, i64, i64)>,
+    time: i64,
+) -> Result<String, ApiError> {
+    let expr = parse_expr(&form)?;
+    let mut engine = st.engine.clone();
+    engine.opts.timeout = timeout(&form, engine.opts.timeout)?;
+    let stats = !form.value("stats").is_empty();
+    let db = Arc::clone(&st.db);
+    tokio::task::spawn_blocking(move || {
+        let began = Instant::now();
+        let out = match range {
+            Some((s, e, step)) => engine.range(db.as_ref(), &expr, s, e, step),
+            None => engine.instant(db.as_ref(), &expr, time),
+        }
+        .map_err(ApiError::from)?;
+        Ok(encode_output(&out, stats, began.elapsed().as_secs_f64()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("query task failed: {e}")))?
+}
+
+pub async fn query(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let run = async {
+        let form = Form::parse(uri.query(), &headers, &body)?;
+        let t = params::time_param(&form, "time", now_ms())?;
+        run_query(st, form, None, t).await
+    };
+    match run.await {
+        Ok(b) => json_response(b),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn required_time(form: &Form, name: &str) -> Result<i64, ApiError> {
+    params::parse_time(form.value(name)).map_err(|e| ApiError::bad_data(format!("invalid parameter {name:?}: {e}")))
+}
+
+pub async fn query_range(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let run = async {
+        let form = Form::parse(uri.query(), &headers, &body)?;
+        let start = required_time(&form, "start")?;
+        let end = required_time(&form, "end")?;
+        if end < start {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        let step = parse_duration(form.value("step"))
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"step\": {e}")))?;
+        if step <= 0 {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step > MAX_POINTS {
+            return Err(ApiError::bad_data(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        run_query(st, form, Some((start, end, step)), start).await
+    };
+    match run.await {
+        Ok(b) => json_response(b),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn format_query(uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let run = || -> Result<String, ApiError> {
+        let form = Form::parse(uri.query(), &headers, &body)?;
+        let s = promql::ast::format(form.value("query"))
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"query\": {e}")))?;
+        let mut out = String::from("{\"status\":\"success\",\"data\":");
+        push_str(&mut out, &s);
+        out.push('}');
+        Ok(out)
+    };
+    match run() {
+        Ok(b) => json_response(b),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn parse_query(uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let run = || -> Result<String, ApiError> {
+        let form = Form::parse(uri.query(), &headers, &body)?;
+        let e = parse_expr(&form)?;
+        let v = promql::ast::to_json(&e);
+        Ok(format!("{{\"status\":\"success\",\"data\":{v}}}"))
+    };
+    match run() {
+        Ok(b) => json_response(b),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Prometheus's shape without `features`, so Grafana classifies the source as plain Prometheus.
+pub async fn buildinfo() -> Response {
+    json_response(format!(
+        concat!(
+            r#"{{"status":"success","data":{{"version":"3.5.0","revision":"monitoring-rs-{}","#,
+            r#""branch":"HEAD","buildUser":"monitoring-rs","buildDate":"","goVersion":"none"}}}}"#
+        ),
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+pub async fn query_exemplars() -> Response {
+    json_response(r#"{"status":"success","data":[]}"#.to_string())
+}
+
+pub async fn rules() -> Response {
+    json_response(r#"{"status":"success","data":{"groups":[]}}"#.to_string())
+}
+
+pub async fn alerts() -> Response {
+    json_response(r#"{"status":"success","data":{"alerts":[]}}"#.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        for (t, want) in [
+            (4000, "4"),
+            (1500, "1.5"),
+            (1_700_000_000_123, "1700000000.123"),
+            (10, "0.01"),
+            (-1500, "-1.5"),
+        ] {
+            let mut s = String::new();
+            push_ts(&mut s, t);
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (s, want) in [
+            ("15", Some(15_000)),
+            ("0.5", Some(500)),
+            ("1m30s", Some(90_000)),
+            ("5m", Some(300_000)),
+            ("x", None),
+        ] {
+            assert_eq!(parse_duration(s).ok(), want, "{s}");
+        }
+    }
+}

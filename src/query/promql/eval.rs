@@ -1,0 +1,1179 @@
+//! The evaluator: preloads every selector's samples once per query (one decode per series, not per
+//! step), then evaluates the tree step by step over those buffers.
+
+use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, ValueType, VectorMatching, VectorSel};
+use super::value::{Elem, QueryValue, RangeSeries, Value, format_float_f};
+use super::{EngineOptions, QueryError, QueryOutput};
+use crate::model::{Label, Labels, METRIC_NAME, Sample, is_stale_nan};
+use crate::storage::metrics::MetricsReader;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// One selected series with its decoded samples (staleness markers included).
+pub(crate) struct Loaded {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+pub(crate) struct Evaluator<'a> {
+    pub opts: &'a EngineOptions,
+    pub start: i64,
+    pub end: i64,
+    pub interval: i64,
+    pub is_range: bool,
+    data: Vec<Vec<Loaded>>,
+    annotations: Vec<String>,
+    deadline: Instant,
+    pub total_samples: u64,
+    pub peak_samples: u64,
+}
+
+pub(crate) type R<T> = Result<T, QueryError>;
+
+pub(crate) fn exec_err(s: impl Into<String>) -> QueryError {
+    QueryError::Execution(s.into())
+}
+
+/// Runs a whole query. `instant` = true: one step at `start`.
+pub(crate) fn run(
+    opts: &EngineOptions,
+    reader: &dyn MetricsReader,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    interval: i64,
+    instant: bool,
+) -> R<QueryOutput> {
+    let began = Instant::now();
+    let mut ev = Evaluator {
+        opts,
+        start,
+        end,
+        interval,
+        is_range: !instant,
+        data: Vec::new(),
+        annotations: Vec::new(),
+        deadline: began + opts.timeout,
+        total_samples: 0,
+        peak_samples: 0,
+    };
+    ev.preload(reader, expr)?;
+    let value = if instant {
+        ev.check_deadline()?;
+        let v = ev.eval(expr, start)?;
+        match v {
+            Value::Scalar(v) => QueryValue::Scalar { t: start, v },
+            Value::String(s) => QueryValue::String { t: start, s },
+            Value::Vector(vec) => {
+                let vec = drop_names_vec(vec)?;
+                QueryValue::Vector(vec.into_iter().map(|e| (e.labels, start, e.v)).collect())
+            }
+            Value::Matrix(m) => {
+                let mut m = drop_names_matrix(m)?;
+                m.sort_by(|a, b| a.labels.cmp(&b.labels));
+                QueryValue::Matrix(m)
+            }
+        }
+    } else {
+        match expr.value_type() {
+            ValueType::Scalar | ValueType::Vector => {}
+            t => {
+                return Err(QueryError::BadData(format!(
+                    "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                    if t == ValueType::Matrix {
+                        "range vector"
+                    } else {
+                        t.name()
+                    }
+                )));
+            }
+        }
+        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+        let mut out: Vec<RangeSeries> = Vec::new();
+        let mut t = start;
+        let mut points: u64 = 0;
+        while t <= end {
+            ev.check_deadline()?;
+            match ev.eval(expr, t)? {
+                Value::Scalar(v) => {
+                    let i = *index.entry((Labels::default(), false)).or_insert_with(|| {
+                        out.push(RangeSeries::new(Labels::default(), Vec::new()));
+                        out.len() - 1
+                    });
+                    out[i].samples.push(Sample { t, v });
+                    points += 1;
+                }
+                Value::Vector(vec) => {
+                    check_unique_after_drop(&vec)?;
+                    for e in vec {
+                        // Series whose names are dropped merge with same-labelled series (Prometheus
+                        // 3.x), so key by the final label set.
+                        let key = if e.drop_name {
+                            (drop_name(&e.labels), false)
+                        } else {
+                            (e.labels, false)
+                        };
+                        let i = match index.get(&key) {
+                            Some(i) => *i,
+                            None => {
+                                out.push(RangeSeries {
+                                    labels: key.0.clone(),
+                                    samples: Vec::new(),
+                                    drop_name: key.1,
+                                });
+                                index.insert(key, out.len() - 1);
+                                out.len() - 1
+                            }
+                        };
+                        out[i].samples.push(Sample { t, v: e.v });
+                        points += 1;
+                    }
+                }
+                _ => return Err(exec_err("unexpected value type in range query")),
+            }
+            if points as usize > opts.max_samples {
+                return Err(QueryError::TooManySamples("query execution"));
+            }
+            t += interval;
+        }
+        ev.peak_samples = ev.peak_samples.max(points);
+        let mut m = drop_names_matrix(out)?;
+        m.sort_by(|a, b| a.labels.cmp(&b.labels));
+        QueryValue::Matrix(m)
+    };
+    let (warnings, infos) = ev
+        .annotations
+        .iter()
+        .cloned()
+        .partition(|a| !a.starts_with("PromQL info"));
+    Ok(QueryOutput {
+        value,
+        warnings,
+        infos,
+        total_samples: ev.total_samples,
+        peak_samples: ev.peak_samples,
+    })
+}
+
+fn check_unique_after_drop(vec: &[Elem]) -> R<()> {
+    if vec.len() < 2 || !vec.iter().any(|e| e.drop_name) {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(vec.len());
+    for e in vec {
+        let l = if e.drop_name {
+            drop_name(&e.labels)
+        } else {
+            e.labels.clone()
+        };
+        if !seen.insert(l) {
+            return Err(exec_err("vector cannot contain metrics with the same labelset"));
+        }
+    }
+    Ok(())
+}
+
+fn drop_names_vec(vec: Vec<Elem>) -> R<Vec<Elem>> {
+    check_unique_after_drop(&vec)?;
+    Ok(vec
+        .into_iter()
+        .map(|mut e| {
+            if e.drop_name {
+                e.labels = drop_name(&e.labels);
+                e.drop_name = false;
+            }
+            e
+        })
+        .collect())
+}
+
+fn drop_names_matrix(m: Vec<RangeSeries>) -> R<Vec<RangeSeries>> {
+    let any = m.iter().any(|s| s.drop_name);
+    let m: Vec<RangeSeries> = m
+        .into_iter()
+        .map(|mut s| {
+            if s.drop_name {
+                s.labels = drop_name(&s.labels);
+                s.drop_name = false;
+            }
+            s
+        })
+        .collect();
+    if any {
+        let mut seen = std::collections::HashSet::with_capacity(m.len());
+        for s in &m {
+            if !seen.insert(&s.labels) {
+                return Err(exec_err("vector cannot contain metrics with the same labelset"));
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Removes the metric name, and with it the type-and-unit labels that describe it.
+pub(crate) fn drop_name(l: &Labels) -> Labels {
+    if l.get(METRIC_NAME).is_none() && l.get("__type__").is_none() && l.get("__unit__").is_none() {
+        return l.clone();
+    }
+    let v: Vec<Label> = l
+        .iter()
+        .filter(|x| x.name != METRIC_NAME && x.name != "__type__" && x.name != "__unit__")
+        .cloned()
+        .collect();
+    Labels::from_sorted(v).unwrap_or_default()
+}
+
+pub(crate) fn drop_label(l: &Labels, name: &str) -> Labels {
+    if l.get(name).is_none() {
+        return l.clone();
+    }
+    let v: Vec<Label> = l.iter().filter(|x| x.name != name).cloned().collect();
+    Labels::from_sorted(v).unwrap_or_default()
+}
+
+/// Sets (or with an empty value removes) one label.
+pub(crate) fn set_label(l: &Labels, name: &str, value: &str) -> Labels {
+    let mut v: Vec<Label> = l.iter().filter(|x| x.name != name).cloned().collect();
+    if !value.is_empty() {
+        let pos = v.partition_point(|x| x.name.as_str() < name);
+        v.insert(pos, Label::new(name, value));
+    }
+    Labels::from_sorted(v).unwrap_or_default()
+}
+
+fn keep_labels(l: &Labels, names: &[String]) -> Labels {
+    let v: Vec<Label> = l
+        .iter()
+        .filter(|x| names.iter().any(|n| n == &x.name))
+        .cloned()
+        .collect();
+    Labels::from_sorted(v).unwrap_or_default()
+}
+
+fn remove_labels(l: &Labels, names: &[String], also_name: bool) -> Labels {
+    let v: Vec<Label> = l
+        .iter()
+        .filter(|x| !(names.iter().any(|n| n == &x.name) || (also_name && x.name == METRIC_NAME)))
+        .cloned()
+        .collect();
+    Labels::from_sorted(v).unwrap_or_default()
+}
+
+/// Matching signature labels for binary operators (Prometheus's `MatchLabels`).
+fn match_labels(l: &Labels, m: &Option<Grouping>) -> Labels {
+    match m {
+        Some(Grouping::By(names)) => keep_labels(l, names),
+        Some(Grouping::Without(names)) => remove_labels(l, names, true),
+        None => remove_labels(l, &[], true),
+    }
+}
+
+/// Prometheus's `almost.Equal`.
+pub(crate) fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+    const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
+    if a.is_nan() && b.is_nan() {
+        return true;
+    }
+    if a == b {
+        return true;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < MIN_NORMAL {
+        return diff < epsilon * MIN_NORMAL;
+    }
+    diff / abs_sum.min(f64::MAX) < epsilon
+}
+
+/// Go's `math.Max` (NaN wins; +0 beats -0).
+pub(crate) fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        return f64::NAN;
+    }
+    if a == 0.0 && b == 0.0 {
+        return if a.is_sign_negative() { b } else { a };
+    }
+    if a > b { a } else { b }
+}
+
+/// Go's `math.Min` (NaN wins; -0 beats +0).
+pub(crate) fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        return f64::NAN;
+    }
+    if a == 0.0 && b == 0.0 {
+        return if a.is_sign_negative() { a } else { b };
+    }
+    if a < b { a } else { b }
+}
+
+/// Neumaier-compensated summation step (Prometheus's `kahanSumInc`).
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// Sorts ascending with NaN first (Prometheus's `vectorByValueHeap` order) and returns the
+/// q-quantile with linear interpolation.
+pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.total_cmp(b),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = go_max(0.0, rank.floor());
+    let upper = go_min(n - 1.0, lower + 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn annotate(&mut self, a: String) {
+        if !self.annotations.contains(&a) {
+            self.annotations.push(a);
+        }
+    }
+
+    pub fn check_deadline(&self) -> R<()> {
+        if Instant::now() >= self.deadline {
+            return Err(QueryError::Timeout("expression evaluation"));
+        }
+        Ok(())
+    }
+
+    fn at_time(&self, at: &Option<At>, t: i64) -> i64 {
+        match at {
+            None => t,
+            Some(At::Start) => self.start,
+            Some(At::End) => self.end,
+            Some(At::Time(x)) => *x,
+        }
+    }
+
+    // ---- preloading -------------------------------------------------------------------------
+
+    fn preload(&mut self, reader: &dyn MetricsReader, expr: &Expr) -> R<()> {
+        let mut ranges: Vec<Option<(i64, i64, &VectorSel)>> = Vec::new();
+        self.collect_ranges(expr, self.start, self.end, &mut ranges);
+        self.data = (0..ranges.len()).map(|_| Vec::new()).collect();
+        for (id, r) in ranges.into_iter().enumerate() {
+            let Some((mint, maxt, sel)) = r else { continue };
+            let mut series: Vec<Loaded> = Vec::new();
+            for set in &sel.matcher_sets {
+                let selected = reader
+                    .select(set, mint, maxt)
+                    .map_err(|e| QueryError::Storage(e.to_string()))?;
+                for s in selected {
+                    if series.iter().any(|x| x.labels == s.labels) {
+                        continue;
+                    }
+                    let samples: Vec<Sample> = s.samples(mint, maxt).collect();
+                    self.total_samples += samples.len() as u64;
+                    if self.total_samples as usize > self.opts.max_samples {
+                        return Err(QueryError::TooManySamples("query execution"));
+                    }
+                    series.push(Loaded {
+                        labels: s.labels,
+                        samples,
+                    });
+                }
+            }
+            if sel.matcher_sets.len() > 1 {
+                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+            }
+            self.data[id] = series;
+        }
+        self.peak_samples = self.total_samples;
+        Ok(())
+    }
+
+    fn collect_ranges<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Option<(i64, i64, &'e VectorSel)>>) {
+        let mut put = |sel: &'e VectorSel, mint: i64, maxt: i64| {
+            if out.len() <= sel.id {
+                out.resize(sel.id + 1, None);
+            }
+            let slot = &mut out[sel.id];
+            *slot = Some(match slot {
+                Some((a, b, _)) => ((*a).min(mint), (*b).max(maxt), sel),
+                None => (mint, maxt, sel),
+            });
+        };
+        match e {
+            Expr::Vector(sel) => {
+                let (bs, be) = if sel.at.is_some() {
+                    let x = self.at_time(&sel.at, s);
+                    (x, x)
+                } else {
+                    (s, en)
+                };
+                put(
+                    sel,
+                    bs - sel.offset_ms - self.opts.lookback_delta_ms,
+                    be - sel.offset_ms,
+                );
+            }
+            Expr::Matrix { sel, range_ms } => {
+                let (bs, be) = if sel.at.is_some() {
+                    let x = self.at_time(&sel.at, s);
+                    (x, x)
+                } else {
+                    (s, en)
+                };
+                put(sel, bs - sel.offset_ms - range_ms, be - sel.offset_ms);
+            }
+            Expr::Subquery {
+                expr,
+                range_ms,
+                offset_ms,
+                at,
+                ..
+            } => {
+                let (bs, be) = if at.is_some() {
+                    let x = self.at_time(at, s);
+                    (x, x)
+                } else {
+                    (s, en)
+                };
+                self.collect_ranges(expr, bs - offset_ms - range_ms, be - offset_ms, out);
+            }
+            Expr::Number(_) | Expr::String(_) => {}
+            Expr::Call { args, .. } => {
+                for a in args {
+                    self.collect_ranges(a, s, en, out);
+                }
+            }
+            Expr::Aggregate { expr, param, .. } => {
+                self.collect_ranges(expr, s, en, out);
+                if let Some(p) = param {
+                    self.collect_ranges(p, s, en, out);
+                }
+            }
+            Expr::Binary { lhs, rhs, .. } => {
+                self.collect_ranges(lhs, s, en, out);
+                self.collect_ranges(rhs, s, en, out);
+            }
+            Expr::Neg(x) | Expr::Paren(x) => self.collect_ranges(x, s, en, out),
+        }
+    }
+
+    // ---- evaluation -------------------------------------------------------------------------
+
+    pub fn eval(&mut self, e: &Expr, t: i64) -> R<Value> {
+        match e {
+            Expr::Number(v) => Ok(Value::Scalar(*v)),
+            Expr::String(s) => Ok(Value::String(s.clone())),
+            Expr::Paren(x) => self.eval(x, t),
+            Expr::Vector(sel) => Ok(Value::Vector(self.select_instant(sel, t, false))),
+            Expr::Matrix { sel, range_ms } => Ok(Value::Matrix(self.select_range(sel, *range_ms, t))),
+            Expr::Subquery {
+                expr,
+                range_ms,
+                step_ms,
+                offset_ms,
+                at,
+            } => self
+                .subquery(expr, *range_ms, *step_ms, *offset_ms, at, t)
+                .map(Value::Matrix),
+            Expr::Neg(x) => match self.eval(x, t)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(mut vec) => {
+                    for el in &mut vec {
+                        el.v = -el.v;
+                        el.drop_name = true;
+                        el.t = t;
+                    }
+                    Ok(Value::Vector(vec))
+                }
+                _ => Err(exec_err("unary negation only allowed on scalars and vectors")),
+            },
+            Expr::Call { func, args } => self.call(func, args, t),
+            Expr::Aggregate {
+                op,
+                expr,
+                param,
+                grouping,
+            } => self.aggregate(*op, expr, param.as_deref(), grouping, t),
+            Expr::Binary {
+                op,
+                lhs,
+                rhs,
+                matching,
+                return_bool,
+            } => self.binary(*op, lhs, rhs, matching.as_ref(), *return_bool, t),
+        }
+    }
+
+    /// The effective time of a selector evaluated at step `t`.
+    pub fn sel_time(&self, sel: &VectorSel, t: i64) -> i64 {
+        self.at_time(&sel.at, t) - sel.offset_ms
+    }
+
+    /// Instant-vector selection: the newest sample in `(ref - lookback, ref]`, unless it is stale.
+    /// `sample_ts` keeps the samples' own timestamps (for `timestamp()`).
+    pub fn select_instant(&self, sel: &VectorSel, t: i64, sample_ts: bool) -> Vec<Elem> {
+        let rt = self.sel_time(sel, t);
+        let lo = rt - self.opts.lookback_delta_ms;
+        let Some(series) = self.data.get(sel.id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(series.len());
+        for s in series {
+            let i = s.samples.partition_point(|x| x.t <= rt);
+            if i == 0 {
+                continue;
+            }
+            let smp = s.samples[i - 1];
+            if smp.t <= lo || is_stale_nan(smp.v) {
+                continue;
+            }
+            out.push(Elem {
+                labels: s.labels.clone(),
+                v: smp.v,
+                t: if sample_ts { smp.t } else { t },
+                drop_name: false,
+            });
+        }
+        out
+    }
+
+    /// Range-vector selection: samples in `(ref - range, ref]`, staleness markers removed.
+    pub fn select_range(&self, sel: &VectorSel, range: i64, t: i64) -> Vec<RangeSeries> {
+        let rt = self.sel_time(sel, t);
+        let lo = rt - range;
+        let Some(series) = self.data.get(sel.id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in series {
+            let a = s.samples.partition_point(|x| x.t <= lo);
+            let b = s.samples.partition_point(|x| x.t <= rt);
+            if a >= b {
+                continue;
+            }
+            let samples: Vec<Sample> = s.samples[a..b].iter().filter(|x| !is_stale_nan(x.v)).copied().collect();
+            if samples.is_empty() {
+                continue;
+            }
+            out.push(RangeSeries::new(s.labels.clone(), samples));
+        }
+        out
+    }
+
+    fn subquery(
+        &mut self,
+        expr: &Expr,
+        range: i64,
+        step: i64,
+        offset: i64,
+        at: &Option<At>,
+        t: i64,
+    ) -> R<Vec<RangeSeries>> {
+        let step = if step > 0 {
+            step
+        } else {
+            self.opts.default_subquery_step_ms
+        };
+        let rt = self.at_time(at, t) - offset;
+        let lo = rt - range;
+        let mut s = step * (lo / step);
+        if s <= lo {
+            s += step;
+        }
+        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+        let mut out: Vec<RangeSeries> = Vec::new();
+        let mut ts = s;
+        while ts <= rt {
+            self.check_deadline()?;
+            match self.eval(expr, ts)? {
+                Value::Vector(vec) => {
+                    for e in vec {
+                        let key = (e.labels, e.drop_name);
+                        let i = match index.get(&key) {
+                            Some(i) => *i,
+                            None => {
+                                out.push(RangeSeries {
+                                    labels: key.0.clone(),
+                                    samples: Vec::new(),
+                                    drop_name: key.1,
+                                });
+                                index.insert(key, out.len() - 1);
+                                out.len() - 1
+                            }
+                        };
+                        out[i].samples.push(Sample { t: ts, v: e.v });
+                    }
+                }
+                Value::Scalar(v) => {
+                    let i = *index.entry((Labels::default(), false)).or_insert_with(|| {
+                        out.push(RangeSeries::new(Labels::default(), Vec::new()));
+                        out.len() - 1
+                    });
+                    out[i].samples.push(Sample { t: ts, v });
+                }
+                _ => return Err(exec_err("subquery is only allowed on instant vector")),
+            }
+            ts += step;
+        }
+        Ok(out)
+    }
+
+    pub fn eval_scalar(&mut self, e: &Expr, t: i64) -> R<f64> {
+        match self.eval(e, t)? {
+            Value::Scalar(v) => Ok(v),
+            _ => Err(exec_err("expected scalar")),
+        }
+    }
+
+    pub fn eval_vector(&mut self, e: &Expr, t: i64) -> R<Vec<Elem>> {
+        match self.eval(e, t)? {
+            Value::Vector(v) => Ok(v),
+            _ => Err(exec_err("expected instant vector")),
+        }
+    }
+
+    pub fn eval_matrix(&mut self, e: &Expr, t: i64) -> R<Vec<RangeSeries>> {
+        match self.eval(e, t)? {
+            Value::Matrix(v) => Ok(v),
+            _ => Err(exec_err("expected range vector")),
+        }
+    }
+
+    // ---- binary operators -------------------------------------------------------------------
+
+    fn binary(
+        &mut self,
+        op: BinOp,
+        lhs: &Expr,
+        rhs: &Expr,
+        matching: Option<&VectorMatching>,
+        return_bool: bool,
+        t: i64,
+    ) -> R<Value> {
+        let l = self.eval(lhs, t)?;
+        let r = self.eval(rhs, t)?;
+        match (l, r) {
+            (Value::Scalar(a), Value::Scalar(b)) => {
+                let (v, _) = scalar_op(op, a, b);
+                Ok(Value::Scalar(v))
+            }
+            (Value::Vector(v), Value::Scalar(s)) => Ok(Value::Vector(vector_scalar(op, v, s, false, return_bool, t))),
+            (Value::Scalar(s), Value::Vector(v)) => Ok(Value::Vector(vector_scalar(op, v, s, true, return_bool, t))),
+            (Value::Vector(a), Value::Vector(b)) => {
+                let default_matching = VectorMatching {
+                    card: if op.is_set() { Card::ManyToMany } else { Card::OneToOne },
+                    matching: None,
+                    fill_lhs: None,
+                    fill_rhs: None,
+                };
+                let m = matching.unwrap_or(&default_matching);
+                match op {
+                    BinOp::And => Ok(Value::Vector(set_and(a, b, m, true))),
+                    BinOp::Unless => Ok(Value::Vector(set_and(a, b, m, false))),
+                    BinOp::Or => Ok(Value::Vector(set_or(a, b, m))),
+                    _ => vector_vector(op, a, b, m, return_bool, t).map(Value::Vector),
+                }
+            }
+            _ => Err(exec_err("invalid operand types for binary operation")),
+        }
+    }
+
+    // ---- aggregation ------------------------------------------------------------------------
+
+    fn aggregate(
+        &mut self,
+        op: AggOp,
+        expr: &Expr,
+        param: Option<&Expr>,
+        grouping: &Option<Grouping>,
+        t: i64,
+    ) -> R<Value> {
+        let mut num_param = 0.0;
+        let mut str_param = String::new();
+        if let Some(p) = param {
+            match self.eval(p, t)? {
+                Value::Scalar(v) => num_param = v,
+                Value::String(s) => str_param = s,
+                _ => return Err(exec_err("invalid aggregation parameter")),
+            }
+        }
+        let vec = self.eval_vector(expr, t)?;
+        match op {
+            AggOp::TopK | AggOp::BottomK | AggOp::LimitK | AggOp::LimitRatio => {
+                self.aggregate_k(op, vec, num_param, grouping, t)
+            }
+            AggOp::CountValues => {
+                if !valid_label_name(&str_param) {
+                    return Err(exec_err(format!("invalid label name {str_param:?}")));
+                }
+                let mut index: HashMap<Labels, usize> = HashMap::new();
+                let mut out: Vec<Elem> = Vec::new();
+                for e in vec {
+                    let g = group_labels(&e.labels, grouping, e.drop_name);
+                    let l = set_label(&g, &str_param, &format_float_f(e.v));
+                    match index.get(&l) {
+                        Some(i) => out[*i].v += 1.0,
+                        None => {
+                            index.insert(l.clone(), out.len());
+                            out.push(Elem {
+                                labels: l,
+                                v: 1.0,
+                                t,
+                                drop_name: false,
+                            });
+                        }
+                    }
+                }
+                Ok(Value::Vector(out))
+            }
+            _ => {
+                if op == AggOp::Quantile && !(0.0..=1.0).contains(&num_param) {
+                    self.annotate(format!(
+                        "PromQL warning: quantile value should be between 0 and 1, got {}",
+                        super::value::format_float(num_param)
+                    ));
+                }
+                let mut index: HashMap<Labels, usize> = HashMap::new();
+                let mut groups: Vec<Group> = Vec::new();
+                for e in vec {
+                    let g = group_labels(&e.labels, grouping, e.drop_name);
+                    match index.get(&g) {
+                        Some(i) => {
+                            groups[*i].add(op, e.v);
+                            groups[*i].drop_name |= e.drop_name;
+                        }
+                        None => {
+                            index.insert(g.clone(), groups.len());
+                            let mut gr = Group::new(op, g, e.v);
+                            gr.drop_name = e.drop_name;
+                            groups.push(gr);
+                        }
+                    }
+                }
+                Ok(Value::Vector(
+                    groups
+                        .into_iter()
+                        .map(|g| {
+                            let v = g.finish(op, num_param);
+                            let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
+                            Elem {
+                                labels: g.labels,
+                                v,
+                                t,
+                                drop_name,
+                            }
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    fn aggregate_k(&mut self, op: AggOp, vec: Vec<Elem>, param: f64, grouping: &Option<Grouping>, t: i64) -> R<Value> {
+        if param.is_nan() {
+            return Err(exec_err(if op == AggOp::LimitRatio {
+                "Ratio value is NaN"
+            } else {
+                "Parameter value is NaN"
+            }));
+        }
+        let mut ratio = param;
+        if op == AggOp::LimitRatio && !(-1.0..=1.0).contains(&param) {
+            ratio = param.clamp(-1.0, 1.0);
+            self.annotate(format!(
+                "PromQL warning: ratio value should be between -1 and 1, got {}, capping to {}",
+                super::value::format_float(param),
+                super::value::format_float(ratio)
+            ));
+        }
+        let k: i64 = if param >= 9.2e18 {
+            i64::MAX
+        } else if param <= -9.2e18 {
+            i64::MIN
+        } else {
+            param as i64
+        };
+        if op != AggOp::LimitRatio && k < 1 {
+            return Ok(Value::Vector(Vec::new()));
+        }
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut groups: Vec<Vec<Elem>> = Vec::new();
+        for mut e in vec {
+            let g = group_labels(&e.labels, grouping, e.drop_name);
+            e.t = t;
+            match index.get(&g) {
+                Some(i) => groups[*i].push(e),
+                None => {
+                    index.insert(g, groups.len());
+                    groups.push(vec![e]);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for mut g in groups {
+            match op {
+                AggOp::TopK => {
+                    g.sort_by(|a, b| desc_nan_last(a.v, b.v));
+                    g.truncate(k as usize);
+                }
+                AggOp::BottomK => {
+                    g.sort_by(|a, b| asc_nan_last(a.v, b.v));
+                    g.truncate(k as usize);
+                }
+                AggOp::LimitK => g.truncate(k as usize),
+                _ => g.retain(|e| {
+                    let off = ratio_offset(&e.labels);
+                    if ratio >= 0.0 { off < ratio } else { off >= 1.0 + ratio }
+                }),
+            }
+            out.extend(g);
+        }
+        Ok(Value::Vector(out))
+    }
+}
+
+/// Where a series falls in [0, 1) for `limit_ratio`: Prometheus hashes the label set.
+fn ratio_offset(l: &Labels) -> f64 {
+    let mut b = Vec::with_capacity(l.byte_size() + 2 * l.len());
+    for x in l {
+        b.extend_from_slice(x.name.as_bytes());
+        b.push(0xff);
+        b.extend_from_slice(x.value.as_bytes());
+        b.push(0xff);
+    }
+    super::functions::xxhash64(&b) as f64 / u64::MAX as f64
+}
+
+fn desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Equal,
+        (true, false) => Greater,
+        (false, true) => Less,
+        _ => b.partial_cmp(&a).unwrap_or(Equal),
+    }
+}
+
+fn asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Equal,
+        (true, false) => Greater,
+        (false, true) => Less,
+        _ => a.partial_cmp(&b).unwrap_or(Equal),
+    }
+}
+
+pub(crate) fn valid_label_name(s: &str) -> bool {
+    !s.is_empty()
+}
+
+fn group_labels(l: &Labels, grouping: &Option<Grouping>, drop_name: bool) -> Labels {
+    match grouping {
+        None => Labels::default(),
+        Some(Grouping::By(names)) => {
+            let _ = drop_name;
+            keep_labels(l, names)
+        }
+        Some(Grouping::Without(names)) => remove_labels(l, names, true),
+    }
+}
+
+struct Group {
+    labels: Labels,
+    drop_name: bool,
+    value: f64,
+    kahan: f64,
+    mean: f64,
+    count: f64,
+    incremental: bool,
+    values: Vec<f64>,
+}
+
+impl Group {
+    fn new(op: AggOp, labels: Labels, v: f64) -> Group {
+        let mut g = Group {
+            labels,
+            drop_name: false,
+            value: v,
+            kahan: 0.0,
+            mean: v,
+            count: 1.0,
+            incremental: false,
+            values: Vec::new(),
+        };
+        match op {
+            AggOp::Stddev | AggOp::Stdvar => g.value = if v.is_finite() { 0.0 } else { f64::NAN },
+            AggOp::Quantile => g.values.push(v),
+            AggOp::Group | AggOp::Count => g.value = 1.0,
+            _ => {}
+        }
+        g
+    }
+
+    fn add(&mut self, op: AggOp, v: f64) {
+        match op {
+            AggOp::Sum => {
+                let (s, c) = kahan_inc(v, self.value, self.kahan);
+                self.value = s;
+                self.kahan = c;
+            }
+            AggOp::Avg => {
+                self.count += 1.0;
+                if !self.incremental {
+                    let (s, c) = kahan_inc(v, self.value, self.kahan);
+                    if !s.is_infinite() {
+                        self.value = s;
+                        self.kahan = c;
+                        return;
+                    }
+                    self.incremental = true;
+                    self.mean = self.value / (self.count - 1.0);
+                    self.kahan /= self.count - 1.0;
+                }
+                let q = (self.count - 1.0) / self.count;
+                let (m, c) = kahan_inc(v / self.count, q * self.mean, q * self.kahan);
+                self.mean = m;
+                self.kahan = c;
+            }
+            AggOp::Count => self.value += 1.0,
+            AggOp::Group => {}
+            AggOp::Max if self.value < v || self.value.is_nan() => self.value = v,
+            AggOp::Min if self.value > v || self.value.is_nan() => self.value = v,
+            AggOp::Stddev | AggOp::Stdvar => {
+                self.count += 1.0;
+                if !v.is_finite() {
+                    self.value = f64::NAN;
+                    return;
+                }
+                let delta = v - self.mean;
+                self.mean += delta / self.count;
+                self.value += delta * (v - self.mean);
+            }
+            AggOp::Quantile => self.values.push(v),
+            _ => {}
+        }
+    }
+
+    fn finish(&self, op: AggOp, param: f64) -> f64 {
+        match op {
+            AggOp::Sum => self.value + self.kahan,
+            AggOp::Avg => {
+                if self.incremental {
+                    self.mean + self.kahan
+                } else {
+                    self.value / self.count + self.kahan / self.count
+                }
+            }
+            AggOp::Count => self.value,
+            AggOp::Stdvar => self.value / self.count,
+            AggOp::Stddev => (self.value / self.count).sqrt(),
+            AggOp::Quantile => {
+                let mut v = self.values.clone();
+                quantile(param, &mut v)
+            }
+            _ => self.value,
+        }
+    }
+}
+
+/// Applies `op` to two floats: (value, keep). Comparisons return the left value and whether it
+/// passes.
+pub(crate) fn scalar_op(op: BinOp, a: f64, b: f64) -> (f64, bool) {
+    match op {
+        BinOp::Add => (a + b, true),
+        BinOp::Sub => (a - b, true),
+        BinOp::Mul => (a * b, true),
+        BinOp::Div => (a / b, true),
+        BinOp::Mod => (a % b, true),
+        BinOp::Pow => (a.powf(b), true),
+        BinOp::Atan2 => (a.atan2(b), true),
+        BinOp::Eq => (bool_f(a == b), a == b),
+        BinOp::Ne => (bool_f(a != b), a != b),
+        BinOp::Gt => (bool_f(a > b), a > b),
+        BinOp::Lt => (bool_f(a < b), a < b),
+        BinOp::Ge => (bool_f(a >= b), a >= b),
+        BinOp::Le => (bool_f(a <= b), a <= b),
+        _ => (f64::NAN, false),
+    }
+}
+
+fn bool_f(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn vector_scalar(op: BinOp, v: Vec<Elem>, s: f64, swap: bool, return_bool: bool, t: i64) -> Vec<Elem> {
+    let mut out = Vec::with_capacity(v.len());
+    for mut e in v {
+        let (l, r) = if swap { (s, e.v) } else { (e.v, s) };
+        let (val, keep) = scalar_op(op, l, r);
+        if op.is_comparison() {
+            if return_bool {
+                e.v = val;
+                e.drop_name = true;
+            } else if !keep {
+                continue;
+            }
+        } else {
+            e.v = val;
+            e.drop_name = true;
+        }
+        e.t = t;
+        out.push(e);
+    }
+    out
+}
+
+fn set_and(lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching, and: bool) -> Vec<Elem> {
+    let sigs: std::collections::HashSet<Labels> = rhs.iter().map(|e| match_labels(&e.labels, &m.matching)).collect();
+    lhs.into_iter()
+        .filter(|e| sigs.contains(&match_labels(&e.labels, &m.matching)) == and)
+        .collect()
+}
+
+fn set_or(lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching) -> Vec<Elem> {
+    let sigs: std::collections::HashSet<Labels> = lhs.iter().map(|e| match_labels(&e.labels, &m.matching)).collect();
+    let mut out = lhs;
+    for e in rhs {
+        if !sigs.contains(&match_labels(&e.labels, &m.matching)) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn vector_vector(
+    op: BinOp,
+    lhs: Vec<Elem>,
+    rhs: Vec<Elem>,
+    m: &VectorMatching,
+    return_bool: bool,
+    t: i64,
+) -> R<Vec<Elem>> {
+    // For one-to-many, swap so the "many" side is always on the left, as Prometheus does.
+    let swapped = matches!(m.card, Card::OneToMany(_));
+    let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };
+    let include: &[String] = match &m.card {
+        Card::ManyToOne(l) | Card::OneToMany(l) => l,
+        _ => &[],
+    };
+    // Index the "one" side by signature.
+    let mut one_idx: HashMap<Labels, usize> = HashMap::with_capacity(one.len());
+    for (i, e) in one.iter().enumerate() {
+        let sig = match_labels(&e.labels, &m.matching);
+        if let Some(prev) = one_idx.get(&sig) {
+            let side = if swapped { "left" } else { "right" };
+            return Err(exec_err(format!(
+                "found duplicate series for the match group {sig} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                one[*prev].labels, e.labels
+            )));
+        }
+        one_idx.insert(sig, i);
+    }
+    let mut matched: HashMap<Labels, std::collections::HashSet<Labels>> = HashMap::new();
+    let mut one_used = vec![false; one.len()];
+    let mut out = Vec::new();
+    let drop = !op.is_comparison() || return_bool;
+    let mut emit = |ml: &Elem, ol: Option<&Elem>, lv: f64, rv: f64, sig: &Labels, out: &mut Vec<Elem>| -> R<()> {
+        if m.card == Card::OneToOne {
+            let e = matched.entry(sig.clone()).or_default();
+            if !e.is_empty() {
+                return Err(exec_err(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+                ));
+            }
+            e.insert(Labels::default());
+        }
+        let (val, keep) = scalar_op(op, lv, rv);
+        let val = if op.is_comparison() {
+            if return_bool {
+                val
+            } else if !keep {
+                return Ok(());
+            } else {
+                lv
+            }
+        } else {
+            val
+        };
+        // Result labels (Prometheus's resultMetric).
+        let mut labels = ml.labels.clone();
+        if m.card == Card::OneToOne {
+            labels = match &m.matching {
+                Some(Grouping::By(names)) => keep_labels(&labels, names),
+                Some(Grouping::Without(names)) => remove_labels(&labels, names, false),
+                None => labels,
+            };
+        }
+        if let Some(o) = ol {
+            for n in include {
+                labels = set_label(&labels, n, o.labels.get_or_empty(n));
+            }
+        }
+        let dropn = if drop { true } else { ml.drop_name };
+        if m.card != Card::OneToOne {
+            let key = if dropn { drop_name(&labels) } else { labels.clone() };
+            if !matched.entry(sig.clone()).or_default().insert(key) {
+                return Err(exec_err(
+                    "multiple matches for labels: grouping labels must ensure unique matches",
+                ));
+            }
+        }
+        out.push(Elem {
+            labels,
+            v: val,
+            t,
+            drop_name: dropn,
+        });
+        Ok(())
+    };
+    for ml in &many {
+        let sig = match_labels(&ml.labels, &m.matching);
+        match one_idx.get(&sig) {
+            Some(&i) => {
+                one_used[i] = true;
+                let o = &one[i];
+                let (lv, rv) = if swapped { (o.v, ml.v) } else { (ml.v, o.v) };
+                emit(ml, Some(o), lv, rv, &sig, &mut out)?;
+            }
+            None => {
+                let fill = if swapped { m.fill_lhs } else { m.fill_rhs };
+                if let Some(f) = fill {
+                    let (lv, rv) = if swapped { (f, ml.v) } else { (ml.v, f) };
+                    emit(ml, None, lv, rv, &sig, &mut out)?;
+                }
+            }
+        }
+    }
+    // Fill for unmatched "one"-side series.
+    let fill_many = if swapped { m.fill_rhs } else { m.fill_lhs };
+    if let Some(f) = fill_many {
+        for (i, o) in one.iter().enumerate() {
+            if one_used[i] {
+                continue;
+            }
+            let sig = match_labels(&o.labels, &m.matching);
+            let (lv, rv) = if swapped { (o.v, f) } else { (f, o.v) };
+            emit(o, None, lv, rv, &sig, &mut out)?;
+        }
+    }
+    Ok(out)
+}
