@@ -314,6 +314,37 @@ fn convert(e: &pp::Expr, next_id: &mut usize) -> Result<Expr, ParseError> {
             for a in &c.args.args {
                 args.push(convert(a, next_id)?);
             }
+            if c.func.name == "info" {
+                // info()'s info-series selector defaults to (and without a name matcher gets)
+                // `__name__="target_info"`.
+                if args.len() < 2 {
+                    let id = *next_id;
+                    *next_id += 1;
+                    args.push(Expr::Vector(VectorSel {
+                        id,
+                        name: None,
+                        matcher_sets: vec![Vec::new()],
+                        offset_ms: 0,
+                        at: None,
+                    }));
+                }
+                if let Some(Expr::Vector(sel)) = args.get_mut(1) {
+                    for set in &mut sel.matcher_sets {
+                        if !set.iter().any(|m| m.name == METRIC_NAME) {
+                            set.push(Matcher::eq(METRIC_NAME, "target_info"));
+                        } else if !set
+                            .iter()
+                            .any(|m| m.name == METRIC_NAME && matches!(m.op, MatchOp::Equal | MatchOp::Regex))
+                        {
+                            // Only negative name matchers: info metrics are still `*_info` series.
+                            set.push(
+                                Matcher::new(MatchOp::Regex, METRIC_NAME, ".+_info")
+                                    .map_err(|e| ParseError::Syntax(e.to_string()))?,
+                            );
+                        }
+                    }
+                }
+            }
             Expr::Call {
                 func: c.func.name.to_string(),
                 args,

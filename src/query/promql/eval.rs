@@ -1155,8 +1155,9 @@ fn vector_vector(
                 emit(ml, Some(o), lv, rv, &sig, &mut out)?;
             }
             None => {
-                let fill = if swapped { m.fill_lhs } else { m.fill_rhs };
-                if let Some(f) = fill {
+                // Prometheus applies fill values after swapping sides for group_right, so the
+                // "many" side always takes `fill_rhs` and the "one" side `fill_lhs`.
+                if let Some(f) = m.fill_rhs {
                     let (lv, rv) = if swapped { (f, ml.v) } else { (ml.v, f) };
                     emit(ml, None, lv, rv, &sig, &mut out)?;
                 }
@@ -1164,15 +1165,21 @@ fn vector_vector(
         }
     }
     // Fill for unmatched "one"-side series.
-    let fill_many = if swapped { m.fill_rhs } else { m.fill_lhs };
-    if let Some(f) = fill_many {
+    if let Some(f) = m.fill_lhs {
         for (i, o) in one.iter().enumerate() {
             if one_used[i] {
                 continue;
             }
+            // An unmatched "one"-side series yields its matching labels only.
             let sig = match_labels(&o.labels, &m.matching);
+            let synthetic = Elem {
+                labels: sig.clone(),
+                v: o.v,
+                t,
+                drop_name: true,
+            };
             let (lv, rv) = if swapped { (o.v, f) } else { (f, o.v) };
-            emit(o, None, lv, rv, &sig, &mut out)?;
+            emit(&synthetic, None, lv, rv, &sig, &mut out)?;
         }
     }
     Ok(out)

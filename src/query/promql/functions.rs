@@ -454,6 +454,72 @@ fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
 }
 
 impl Evaluator<'_> {
+    /// `info(v, {data selector})`: adds the data labels of info series (default `target_info`)
+    /// that share the identifying labels `instance` and `job`.
+    fn info(&mut self, args: &[Expr], t: i64) -> R<Value> {
+        const IDENTIFYING: [&str; 2] = ["instance", "job"];
+        let base = match args.first() {
+            Some(a) => self.eval_vector(a, t)?,
+            None => return Err(exec_err("info() needs an argument")),
+        };
+        let Some(Expr::Vector(sel)) = args.get(1) else {
+            return Err(exec_err("info(): the second argument must be a vector selector"));
+        };
+        let matchers = sel.matcher_sets.first().cloned().unwrap_or_default();
+        let (name_m, data_m): (Vec<_>, Vec<_>) = matchers.into_iter().partition(|m| m.name == METRIC_NAME);
+        let infos = self.select_instant(sel, t, true);
+        let needs_match = data_m.iter().any(|m| !m.matches_empty());
+        let mut out = Vec::with_capacity(base.len());
+        for mut e in base {
+            // A base series that is itself one of the selected info metrics passes unchanged; a
+            // selector with only negative name matchers names no info metric.
+            let is_info = name_m.iter().any(|m| matches!(m.op, MatchOp::Equal | MatchOp::Regex))
+                && name_m.iter().all(|m| m.matches(e.labels.get_or_empty(METRIC_NAME)));
+            if is_info {
+                out.push(e);
+                continue;
+            }
+            // The newest matching info series per info metric name.
+            let mut best: Vec<&Elem> = Vec::new();
+            for i in &infos {
+                if !IDENTIFYING
+                    .iter()
+                    .all(|l| i.labels.get_or_empty(l) == e.labels.get_or_empty(l))
+                {
+                    continue;
+                }
+                let name = i.labels.get_or_empty(METRIC_NAME);
+                match best.iter_mut().find(|b| b.labels.get_or_empty(METRIC_NAME) == name) {
+                    Some(b) if i.t > b.t => *b = i,
+                    Some(_) => {}
+                    None => best.push(i),
+                }
+            }
+            if best.is_empty() {
+                if !needs_match {
+                    out.push(e);
+                }
+                continue;
+            }
+            for i in best {
+                for l in i.labels.iter() {
+                    if l.name == METRIC_NAME || IDENTIFYING.contains(&l.name.as_str()) {
+                        continue;
+                    }
+                    if !data_m.is_empty() && !data_m.iter().any(|m| m.name == l.name) {
+                        continue;
+                    }
+                    if e.labels.get(&l.name).is_none() {
+                        e.labels = set_label(&e.labels, &l.name, &l.value);
+                    }
+                }
+            }
+            e.t = t;
+            out.push(e);
+        }
+        Ok(Value::Vector(out))
+    }
+
     fn sort_warning(&mut self) {
         if self.is_range {
             self.annotate(
@@ -995,6 +1061,7 @@ impl Evaluator<'_> {
                 }
                 Ok(Value::Vector(out))
             }
+            "info" => self.info(args, t),
             other => Err(QueryErrorExt::unsupported(other)),
         }
     }
