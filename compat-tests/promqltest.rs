@@ -933,6 +933,16 @@ fn promqltest() {
                         || parse(&ev.expr).is_ok_and(|e| touches(&e, &ctx.hist_series));
                     if unsupported {
                         row.2 += 1;
+                        if std::env::var("PROMQLTEST_UNSUPPORTED").is_ok() {
+                            let why = if ev.has_histogram {
+                                "histogram in expected output"
+                            } else if promql_parser::parser::parse(&ev.expr).is_err() {
+                                "promql-parser cannot parse"
+                            } else {
+                                "selects native-histogram series"
+                            };
+                            eprintln!("UNSUPPORTED {name}:{} ({why}) {}", ev.line, ev.expr);
+                        }
                         continue;
                     }
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_eval(&ctx, &ev)))
