@@ -63,7 +63,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_write_body: usize::try_from(cfg.limits.remote_write_max_body.0).unwrap_or(usize::MAX),
         write_stats,
         http_requests: AtomicU64::new(0),
-        engine: crate::query::promql::Engine::default(),
+        engine: crate::query::promql::Engine::new(crate::query::promql::EngineOptions {
+            lookback_delta_ms: cfg.query.lookback_delta.0.as_millis() as i64,
+            max_samples: cfg.query.max_samples,
+            timeout: cfg.query.timeout.0,
+            ..Default::default()
+        }),
     });
     let router = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -30,6 +30,10 @@ limits:
   max_label_name_length: 1024
   max_label_value_length: 2048
   max_labels_per_series: 64
+query:
+  lookback_delta: 5m        # like --query.lookback-delta: how far back an instant selector looks
+  timeout: 2m               # like --query.timeout; a request's `timeout` can only shorten it
+  max_samples: 50000000     # like --query.max-samples: samples one query may hold in memory
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,7 @@ pub struct Config {
     pub log_level: String,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
+    pub query: QueryConfig,
 }
 
 fn default_log_level() -> String {
@@ -82,6 +87,14 @@ pub struct LimitsConfig {
     pub max_label_name_length: usize,
     pub max_label_value_length: usize,
     pub max_labels_per_series: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    pub lookback_delta: DurationStr,
+    pub timeout: DurationStr,
+    pub max_samples: usize,
 }
 
 /// A Prometheus-style duration (`15d`, `2h`, `1m30s`, `500ms`) or a number of seconds.
@@ -274,6 +287,24 @@ impl Config {
                 message: format!("{a:?} is not an ADDR:PORT socket address: {e}"),
             })?;
         }
+        let q = &self.query;
+        for (key, d) in [
+            ("query.lookback_delta", q.lookback_delta.0),
+            ("query.timeout", q.timeout.0),
+        ] {
+            if d < Duration::from_millis(1) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1ms".to_string(),
+                });
+            }
+        }
+        if q.max_samples == 0 {
+            return Err(ConfigError::Invalid {
+                key: "query.max_samples",
+                message: "must be positive".to_string(),
+            });
+        }
         let m = &self.storage.metrics;
         let bd = m.block_duration.0;
         if bd < Duration::from_secs(60) || !bd.as_millis().is_multiple_of(60_000) {
@@ -376,6 +407,8 @@ mod tests {
             Some("remote_write_max_body"),
         );
         check_config("log_level: [1]\n", Some("log_level"));
+        check_config("query:\n  max_samples: 0\n", Some("query.max_samples"));
+        check_config("query:\n  lookback_delta: 0s\n", Some("query.lookback_delta"));
         check_config("- a\n", Some("mapping"));
     }
 
