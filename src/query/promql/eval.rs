@@ -21,7 +21,7 @@ pub(crate) struct Evaluator<'a> {
     pub end: i64,
     pub interval: i64,
     pub is_range: bool,
-    data: Vec<Vec<Loaded>>,
+    pub(crate) data: Vec<Vec<Loaded>>,
     annotations: Vec<String>,
     deadline: Instant,
     pub total_samples: u64,
@@ -372,11 +372,11 @@ impl<'a> Evaluator<'a> {
     // ---- preloading -------------------------------------------------------------------------
 
     fn preload(&mut self, reader: &dyn MetricsReader, expr: &Expr) -> R<()> {
-        let mut ranges: Vec<Option<(i64, i64, &VectorSel)>> = Vec::new();
+        let mut ranges: Vec<Option<(i64, i64, &VectorSel, bool)>> = Vec::new();
         self.collect_ranges(expr, self.start, self.end, &mut ranges);
         self.data = (0..ranges.len()).map(|_| Vec::new()).collect();
         for (id, r) in ranges.into_iter().enumerate() {
-            let Some((mint, maxt, sel)) = r else { continue };
+            let Some((mint, maxt, sel, is_range)) = r else { continue };
             let mut series: Vec<Loaded> = Vec::new();
             for set in &sel.matcher_sets {
                 let selected = reader
@@ -386,7 +386,12 @@ impl<'a> Evaluator<'a> {
                     if series.iter().any(|x| x.labels == s.labels) {
                         continue;
                     }
-                    let samples: Vec<Sample> = s.samples(mint, maxt).collect();
+                    let mut samples: Vec<Sample> = s.samples(mint, maxt).collect();
+                    if is_range {
+                        // Range selections never return staleness markers: drop them once here so
+                        // every step can use a plain slice of the buffer.
+                        samples.retain(|x| !is_stale_nan(x.v));
+                    }
                     self.total_samples += samples.len() as u64;
                     if self.total_samples as usize > self.opts.max_samples {
                         return Err(QueryError::TooManySamples("query execution"));
@@ -406,15 +411,15 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    fn collect_ranges<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Option<(i64, i64, &'e VectorSel)>>) {
-        let mut put = |sel: &'e VectorSel, mint: i64, maxt: i64| {
+    fn collect_ranges<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Option<(i64, i64, &'e VectorSel, bool)>>) {
+        let mut put = |sel: &'e VectorSel, mint: i64, maxt: i64, is_range: bool| {
             if out.len() <= sel.id {
                 out.resize(sel.id + 1, None);
             }
             let slot = &mut out[sel.id];
             *slot = Some(match slot {
-                Some((a, b, _)) => ((*a).min(mint), (*b).max(maxt), sel),
-                None => (mint, maxt, sel),
+                Some((a, b, _, _)) => ((*a).min(mint), (*b).max(maxt), sel, is_range),
+                None => (mint, maxt, sel, is_range),
             });
         };
         match e {
@@ -429,6 +434,7 @@ impl<'a> Evaluator<'a> {
                     sel,
                     bs - sel.offset_ms - self.opts.lookback_delta_ms,
                     be - sel.offset_ms,
+                    false,
                 );
             }
             Expr::Matrix { sel, range_ms } => {
@@ -438,7 +444,7 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (s, en)
                 };
-                put(sel, bs - sel.offset_ms - range_ms, be - sel.offset_ms);
+                put(sel, bs - sel.offset_ms - range_ms, be - sel.offset_ms, true);
             }
             Expr::Subquery {
                 expr,
@@ -569,11 +575,7 @@ impl<'a> Evaluator<'a> {
             if a >= b {
                 continue;
             }
-            let samples: Vec<Sample> = s.samples[a..b].iter().filter(|x| !is_stale_nan(x.v)).copied().collect();
-            if samples.is_empty() {
-                continue;
-            }
-            out.push(RangeSeries::new(s.labels.clone(), samples));
+            out.push(RangeSeries::new(s.labels.clone(), s.samples[a..b].to_vec()));
         }
         out
     }

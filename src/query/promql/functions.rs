@@ -537,20 +537,43 @@ impl Evaluator<'_> {
     }
 
     /// Applies `f` to each series of the range argument; series without output are skipped.
+    /// Applies `f` to each series of the range argument; series without output are skipped. A
+    /// plain range selector is evaluated in place over the preloaded buffers: no per-step copy.
     fn over_time(
         &mut self,
         arg: &Expr,
         t: i64,
         keep_name: bool,
-        mut f: impl FnMut(&[Sample]) -> Option<f64>,
+        mut f: impl FnMut(&Labels, &[Sample]) -> Option<f64>,
     ) -> R<Value> {
+        if let Expr::Matrix { sel, range_ms } = unparen(arg) {
+            let rt = self.sel_time(sel, t);
+            let lo = rt - range_ms;
+            let mut out = Vec::new();
+            for s in self.data.get(sel.id).map(Vec::as_slice).unwrap_or_default() {
+                let a = s.samples.partition_point(|x| x.t <= lo);
+                let b = s.samples.partition_point(|x| x.t <= rt);
+                if a >= b {
+                    continue;
+                }
+                if let Some(v) = f(&s.labels, &s.samples[a..b]) {
+                    out.push(Elem {
+                        labels: s.labels.clone(),
+                        v,
+                        t,
+                        drop_name: !keep_name,
+                    });
+                }
+            }
+            return Ok(Value::Vector(out));
+        }
         let m = self.eval_matrix(arg, t)?;
         let mut out = Vec::with_capacity(m.len());
         for s in m {
             if s.samples.is_empty() {
                 continue;
             }
-            if let Some(v) = f(&s.samples) {
+            if let Some(v) = f(&s.labels, &s.samples) {
                 out.push(Elem {
                     labels: s.labels,
                     v,
@@ -817,45 +840,39 @@ impl Evaluator<'_> {
                 let (rs, re) = range_bounds(self, a, t);
                 let is_counter = func != "delta";
                 let is_rate = func == "rate";
-                let m = self.eval_matrix(a, t)?;
-                let mut out = Vec::with_capacity(m.len());
-                for s in m {
+                let mut not_counters: Vec<String> = Vec::new();
+                let v = self.over_time(a, t, false, |l, s| {
                     if is_counter
-                        && !s.samples.is_empty()
-                        && let Some(n) = s.labels.metric_name()
+                        && let Some(n) = l.metric_name()
                         && !has_counter_suffix(n)
+                        && !not_counters.iter().any(|x| x == n)
                     {
-                        let msg = format!(
-                            "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"
-                        );
-                        self.annotate(msg);
+                        not_counters.push(n.to_string());
                     }
-                    if let Some(v) = extrapolated_rate(&s.samples, rs, re, is_counter, is_rate) {
-                        out.push(Elem {
-                            labels: s.labels,
-                            v,
-                            t,
-                            drop_name: true,
-                        });
-                    }
+                    extrapolated_rate(s, rs, re, is_counter, is_rate)
+                })?;
+                for n in not_counters {
+                    self.annotate(format!(
+                        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"
+                    ));
                 }
-                Ok(Value::Vector(out))
+                Ok(v)
             }
-            "irate" => self.over_time(arg(0)?, t, false, |s| instant_value(s, true)),
-            "idelta" => self.over_time(arg(0)?, t, false, |s| instant_value(s, false)),
-            "avg_over_time" => self.over_time(arg(0)?, t, false, |s| {
+            "irate" => self.over_time(arg(0)?, t, false, |_, s| instant_value(s, true)),
+            "idelta" => self.over_time(arg(0)?, t, false, |_, s| instant_value(s, false)),
+            "avg_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 let v: Vec<f64> = s.iter().map(|x| x.v).collect();
                 Some(avg_of(&v))
             }),
-            "sum_over_time" => self.over_time(arg(0)?, t, false, |s| {
+            "sum_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 let (mut sum, mut c) = (0.0, 0.0);
                 for x in s {
                     (sum, c) = kahan_inc(x.v, sum, c);
                 }
                 Some(if sum.is_infinite() { sum } else { sum + c })
             }),
-            "count_over_time" => self.over_time(arg(0)?, t, false, |s| Some(s.len() as f64)),
-            "min_over_time" => self.over_time(arg(0)?, t, false, |s| {
+            "count_over_time" => self.over_time(arg(0)?, t, false, |_, s| Some(s.len() as f64)),
+            "min_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 let mut m = s[0].v;
                 for x in s {
                     if x.v < m || m.is_nan() {
@@ -864,7 +881,7 @@ impl Evaluator<'_> {
                 }
                 Some(m)
             }),
-            "max_over_time" => self.over_time(arg(0)?, t, false, |s| {
+            "max_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 let mut m = s[0].v;
                 for x in s {
                     if x.v > m || m.is_nan() {
@@ -873,13 +890,13 @@ impl Evaluator<'_> {
                 }
                 Some(m)
             }),
-            "last_over_time" => self.over_time(arg(0)?, t, true, |s| s.last().map(|x| x.v)),
-            "first_over_time" => self.over_time(arg(0)?, t, true, |s| s.first().map(|x| x.v)),
-            "ts_of_last_over_time" => self.over_time(arg(0)?, t, false, |s| s.last().map(|x| x.t as f64 / 1000.0)),
-            "ts_of_first_over_time" => self.over_time(arg(0)?, t, false, |s| s.first().map(|x| x.t as f64 / 1000.0)),
+            "last_over_time" => self.over_time(arg(0)?, t, true, |_, s| s.last().map(|x| x.v)),
+            "first_over_time" => self.over_time(arg(0)?, t, true, |_, s| s.first().map(|x| x.v)),
+            "ts_of_last_over_time" => self.over_time(arg(0)?, t, false, |_, s| s.last().map(|x| x.t as f64 / 1000.0)),
+            "ts_of_first_over_time" => self.over_time(arg(0)?, t, false, |_, s| s.first().map(|x| x.t as f64 / 1000.0)),
             "ts_of_max_over_time" | "ts_of_min_over_time" => {
                 let max = func == "ts_of_max_over_time";
-                self.over_time(arg(0)?, t, false, |s| {
+                self.over_time(arg(0)?, t, false, |_, s| {
                     let mut best = s[0];
                     for x in s {
                         let better = if max { x.v >= best.v } else { x.v <= best.v };
@@ -890,10 +907,10 @@ impl Evaluator<'_> {
                     Some(best.t as f64 / 1000.0)
                 })
             }
-            "present_over_time" => self.over_time(arg(0)?, t, false, |_| Some(1.0)),
-            "stddev_over_time" => self.over_time(arg(0)?, t, false, |s| Some(variance_of(s).sqrt())),
-            "stdvar_over_time" => self.over_time(arg(0)?, t, false, |s| Some(variance_of(s))),
-            "mad_over_time" => self.over_time(arg(0)?, t, false, |s| {
+            "present_over_time" => self.over_time(arg(0)?, t, false, |_, _| Some(1.0)),
+            "stddev_over_time" => self.over_time(arg(0)?, t, false, |_, s| Some(variance_of(s).sqrt())),
+            "stdvar_over_time" => self.over_time(arg(0)?, t, false, |_, s| Some(variance_of(s))),
+            "mad_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 if s.iter().any(|x| x.v.is_nan()) {
                     return Some(f64::NAN);
                 }
@@ -910,12 +927,12 @@ impl Evaluator<'_> {
                         format_float(q)
                     ));
                 }
-                self.over_time(arg(1)?, t, false, |s| {
+                self.over_time(arg(1)?, t, false, |_, s| {
                     let mut v: Vec<f64> = s.iter().map(|x| x.v).collect();
                     Some(quantile(q, &mut v))
                 })
             }
-            "changes" => self.over_time(arg(0)?, t, false, |s| {
+            "changes" => self.over_time(arg(0)?, t, false, |_, s| {
                 let mut n = 0.0;
                 for w in s.windows(2) {
                     if w[1].v != w[0].v && !(w[1].v.is_nan() && w[0].v.is_nan()) {
@@ -924,10 +941,10 @@ impl Evaluator<'_> {
                 }
                 Some(n)
             }),
-            "resets" => self.over_time(arg(0)?, t, false, |s| {
+            "resets" => self.over_time(arg(0)?, t, false, |_, s| {
                 Some(s.windows(2).filter(|w| w[1].v < w[0].v).count() as f64)
             }),
-            "deriv" => self.over_time(arg(0)?, t, false, |s| {
+            "deriv" => self.over_time(arg(0)?, t, false, |_, s| {
                 if s.len() < 2 {
                     return None;
                 }
@@ -938,7 +955,7 @@ impl Evaluator<'_> {
                 let a = arg(0)?;
                 let (_, end) = range_bounds(self, a, t);
                 let _ = end;
-                self.over_time(a, t, false, |s| {
+                self.over_time(a, t, false, |_, s| {
                     if s.len() < 2 {
                         return None;
                     }
@@ -959,7 +976,7 @@ impl Evaluator<'_> {
                         "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
                     )));
                 }
-                self.over_time(arg(0)?, t, false, |s| {
+                self.over_time(arg(0)?, t, false, |_, s| {
                     if s.len() < 2 {
                         return None;
                     }
