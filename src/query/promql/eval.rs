@@ -7,11 +7,12 @@ use super::{EngineOptions, QueryError, QueryOutput};
 use crate::model::{Label, Labels, METRIC_NAME, Sample, is_stale_nan};
 use crate::storage::metrics::MetricsReader;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One selected series with its decoded samples (staleness markers included).
 pub(crate) struct Loaded {
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
     pub samples: Vec<Sample>,
 }
 
@@ -66,7 +67,11 @@ pub(crate) fn run(
             Value::String(s) => QueryValue::String { t: start, s },
             Value::Vector(vec) => {
                 let vec = drop_names_vec(vec)?;
-                QueryValue::Vector(vec.into_iter().map(|e| (e.labels, start, e.v)).collect())
+                QueryValue::Vector(
+                    vec.into_iter()
+                        .map(|e| (Arc::unwrap_or_clone(e.labels), start, e.v))
+                        .collect(),
+                )
             }
             Value::Matrix(m) => {
                 let mut m = drop_names_matrix(m)?;
@@ -88,7 +93,12 @@ pub(crate) fn run(
                 )));
             }
         }
-        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+        // Output series by final label set, plus a fast path by label-set identity: a selected
+        // series hands out the same `Arc` every step. `held` keeps those Arcs alive so an address
+        // can never be reused for other labels while it is a key.
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut by_ptr: HashMap<usize, usize> = HashMap::new();
+        let mut held: Vec<Arc<Labels>> = Vec::new();
         let mut out: Vec<RangeSeries> = Vec::new();
         let mut t = start;
         let mut points: u64 = 0;
@@ -96,7 +106,7 @@ pub(crate) fn run(
             ev.check_deadline()?;
             match ev.eval(expr, t)? {
                 Value::Scalar(v) => {
-                    let i = *index.entry((Labels::default(), false)).or_insert_with(|| {
+                    let i = *index.entry(Labels::default()).or_insert_with(|| {
                         out.push(RangeSeries::new(Labels::default(), Vec::new()));
                         out.len() - 1
                     });
@@ -106,23 +116,30 @@ pub(crate) fn run(
                 Value::Vector(vec) => {
                     check_unique_after_drop(&vec)?;
                     for e in vec {
-                        // Series whose names are dropped merge with same-labelled series (Prometheus
-                        // 3.x), so key by the final label set.
-                        let key = if e.drop_name {
-                            (drop_name(&e.labels), false)
-                        } else {
-                            (e.labels, false)
-                        };
-                        let i = match index.get(&key) {
+                        let ptr = Arc::as_ptr(&e.labels) as usize * 2 + usize::from(e.drop_name);
+                        let i = match by_ptr.get(&ptr) {
                             Some(i) => *i,
                             None => {
-                                out.push(RangeSeries {
-                                    labels: key.0.clone(),
-                                    samples: Vec::new(),
-                                    drop_name: key.1,
-                                });
-                                index.insert(key, out.len() - 1);
-                                out.len() - 1
+                                // Series whose names are dropped merge with same-labelled series
+                                // (Prometheus 3.x), so key by the final label set.
+                                let key = if e.drop_name {
+                                    drop_name(&e.labels)
+                                } else {
+                                    (*e.labels).clone()
+                                };
+                                let i = match index.get(&key) {
+                                    Some(i) => *i,
+                                    None => {
+                                        out.push(RangeSeries::new(key.clone(), Vec::new()));
+                                        index.insert(key, out.len() - 1);
+                                        out.len() - 1
+                                    }
+                                };
+                                if Arc::strong_count(&e.labels) > 1 {
+                                    by_ptr.insert(ptr, i);
+                                    held.push(Arc::clone(&e.labels));
+                                }
+                                i
                             }
                         };
                         out[i].samples.push(Sample { t, v: e.v });
@@ -164,7 +181,7 @@ fn check_unique_after_drop(vec: &[Elem]) -> R<()> {
         let l = if e.drop_name {
             drop_name(&e.labels)
         } else {
-            e.labels.clone()
+            (*e.labels).clone()
         };
         if !seen.insert(l) {
             return Err(exec_err("vector cannot contain metrics with the same labelset"));
@@ -179,7 +196,7 @@ fn drop_names_vec(vec: Vec<Elem>) -> R<Vec<Elem>> {
         .into_iter()
         .map(|mut e| {
             if e.drop_name {
-                e.labels = drop_name(&e.labels);
+                e.labels = Arc::new(drop_name(&e.labels));
                 e.drop_name = false;
             }
             e
@@ -383,7 +400,7 @@ impl<'a> Evaluator<'a> {
                     .select(set, mint, maxt)
                     .map_err(|e| QueryError::Storage(e.to_string()))?;
                 for s in selected {
-                    if series.iter().any(|x| x.labels == s.labels) {
+                    if series.iter().any(|x| *x.labels == s.labels) {
                         continue;
                     }
                     let mut samples: Vec<Sample> = s.samples(mint, maxt).collect();
@@ -397,7 +414,7 @@ impl<'a> Evaluator<'a> {
                         return Err(QueryError::TooManySamples("query execution"));
                     }
                     series.push(Loaded {
-                        labels: s.labels,
+                        labels: Arc::new(s.labels),
                         samples,
                     });
                 }
@@ -575,7 +592,7 @@ impl<'a> Evaluator<'a> {
             if a >= b {
                 continue;
             }
-            out.push(RangeSeries::new(s.labels.clone(), s.samples[a..b].to_vec()));
+            out.push(RangeSeries::new((*s.labels).clone(), s.samples[a..b].to_vec()));
         }
         out
     }
@@ -608,7 +625,7 @@ impl<'a> Evaluator<'a> {
             match self.eval(expr, ts)? {
                 Value::Vector(vec) => {
                     for e in vec {
-                        let key = (e.labels, e.drop_name);
+                        let key = ((*e.labels).clone(), e.drop_name);
                         let i = match index.get(&key) {
                             Some(i) => *i,
                             None => {
@@ -736,7 +753,7 @@ impl<'a> Evaluator<'a> {
                         None => {
                             index.insert(l.clone(), out.len());
                             out.push(Elem {
-                                labels: l,
+                                labels: Arc::new(l),
                                 v: 1.0,
                                 t,
                                 drop_name: false,
@@ -777,7 +794,7 @@ impl<'a> Evaluator<'a> {
                             let v = g.finish(op, num_param);
                             let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
                             Elem {
-                                labels: g.labels,
+                                labels: Arc::new(g.labels),
                                 v,
                                 t,
                                 drop_name,
@@ -1116,23 +1133,27 @@ fn vector_vector(
         } else {
             val
         };
-        // Result labels (Prometheus's resultMetric).
-        let mut labels = ml.labels.clone();
+        // Result labels (Prometheus's resultMetric); the input's shared label set when unchanged.
+        let mut labels = Arc::clone(&ml.labels);
         if m.card == Card::OneToOne {
-            labels = match &m.matching {
-                Some(Grouping::By(names)) => keep_labels(&labels, names),
-                Some(Grouping::Without(names)) => remove_labels(&labels, names, false),
-                None => labels,
-            };
-        }
-        if let Some(o) = ol {
-            for n in include {
-                labels = set_label(&labels, n, o.labels.get_or_empty(n));
+            match &m.matching {
+                Some(Grouping::By(names)) => labels = Arc::new(keep_labels(&labels, names)),
+                Some(Grouping::Without(names)) => labels = Arc::new(remove_labels(&labels, names, false)),
+                None => {}
             }
+        }
+        if let Some(o) = ol
+            && !include.is_empty()
+        {
+            let mut l = (*labels).clone();
+            for n in include {
+                l = set_label(&l, n, o.labels.get_or_empty(n));
+            }
+            labels = Arc::new(l);
         }
         let dropn = if drop { true } else { ml.drop_name };
         if m.card != Card::OneToOne {
-            let key = if dropn { drop_name(&labels) } else { labels.clone() };
+            let key = if dropn { drop_name(&labels) } else { (*labels).clone() };
             if !matched.entry(sig.clone()).or_default().insert(key) {
                 return Err(exec_err(
                     "multiple matches for labels: grouping labels must ensure unique matches",
@@ -1175,7 +1196,7 @@ fn vector_vector(
             // An unmatched "one"-side series yields its matching labels only.
             let sig = match_labels(&o.labels, &m.matching);
             let synthetic = Elem {
-                labels: sig.clone(),
+                labels: Arc::new(sig.clone()),
                 v: o.v,
                 t,
                 drop_name: true,

@@ -5,6 +5,7 @@ use super::eval::{Evaluator, R, almost_equal, exec_err, go_max, go_min, kahan_in
 use super::value::{Elem, RangeSeries, Value, format_float};
 use crate::model::{Labels, METRIC_NAME, MatchOp, Sample};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Strips parentheses (Prometheus unwraps them for `timestamp()` and `absent()`).
 fn unparen(e: &Expr) -> &Expr {
@@ -510,7 +511,7 @@ impl Evaluator<'_> {
                         continue;
                     }
                     if e.labels.get(&l.name).is_none() {
-                        e.labels = set_label(&e.labels, &l.name, &l.value);
+                        e.labels = Arc::new(set_label(&e.labels, &l.name, &l.value));
                     }
                 }
             }
@@ -575,7 +576,7 @@ impl Evaluator<'_> {
             }
             if let Some(v) = f(&s.labels, &s.samples) {
                 out.push(Elem {
-                    labels: s.labels,
+                    labels: Arc::new(s.labels),
                     v,
                     t,
                     drop_name: !keep_name || s.drop_name,
@@ -616,7 +617,7 @@ impl Evaluator<'_> {
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, t)?;
                 Ok(Value::Vector(vec![Elem {
-                    labels: Labels::default(),
+                    labels: Arc::new(Labels::default()),
                     v,
                     t,
                     drop_name: false,
@@ -711,7 +712,7 @@ impl Evaluator<'_> {
             "minute" | "hour" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "month" | "year" => {
                 if args.is_empty() {
                     return Ok(Value::Vector(vec![Elem {
-                        labels: Labels::default(),
+                        labels: Arc::new(Labels::default()),
                         v: date_part(func, t as f64 / 1000.0),
                         t,
                         drop_name: false,
@@ -726,7 +727,7 @@ impl Evaluator<'_> {
                     return Ok(Value::Vector(Vec::new()));
                 }
                 Ok(Value::Vector(vec![Elem {
-                    labels: absent_labels(arg(0)?),
+                    labels: Arc::new(absent_labels(arg(0)?)),
                     v: 1.0,
                     t,
                     drop_name: false,
@@ -738,7 +739,7 @@ impl Evaluator<'_> {
                     return Ok(Value::Vector(Vec::new()));
                 }
                 Ok(Value::Vector(vec![Elem {
-                    labels: absent_labels(arg(0)?),
+                    labels: Arc::new(absent_labels(arg(0)?)),
                     v: 1.0,
                     t,
                     drop_name: false,
@@ -797,7 +798,7 @@ impl Evaluator<'_> {
                     if let Some(caps) = regex.captures(e.labels.get_or_empty(&src)) {
                         let mut res = String::new();
                         caps.expand(&repl, &mut res);
-                        e.labels = set_label(&e.labels, &dst, &res);
+                        e.labels = Arc::new(set_label(&e.labels, &dst, &res));
                         if dst == METRIC_NAME {
                             e.drop_name = false;
                         }
@@ -825,7 +826,7 @@ impl Evaluator<'_> {
                 for mut e in v {
                     let joined: Vec<&str> = srcs.iter().map(|s| e.labels.get_or_empty(s)).collect();
                     let joined = joined.join(&sep);
-                    e.labels = set_label(&e.labels, &dst, &joined);
+                    e.labels = Arc::new(set_label(&e.labels, &dst, &joined));
                     if dst == METRIC_NAME {
                         e.drop_name = false;
                     }
@@ -1046,7 +1047,7 @@ impl Evaluator<'_> {
                 for (labels, mut b, name) in groups {
                     if func == "histogram_fraction" {
                         out.push(Elem {
-                            labels,
+                            labels: Arc::new(labels),
                             v: bucket_fraction(qs[0], qs[1], &mut b),
                             t,
                             drop_name: true,
@@ -1069,7 +1070,7 @@ impl Evaluator<'_> {
                             None => labels.clone(),
                         };
                         out.push(Elem {
-                            labels,
+                            labels: Arc::new(labels),
                             v,
                             t,
                             drop_name: true,
