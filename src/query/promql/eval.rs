@@ -97,7 +97,7 @@ pub(crate) fn run(
         // series hands out the same `Arc` every step. `held` keeps those Arcs alive so an address
         // can never be reused for other labels while it is a key.
         let mut index: HashMap<Labels, usize> = HashMap::new();
-        let mut by_ptr: HashMap<usize, usize> = HashMap::new();
+        let mut by_ptr: U64Map<usize> = U64Map::default();
         let mut held: Vec<Arc<Labels>> = Vec::new();
         let mut out: Vec<RangeSeries> = Vec::new();
         let mut t = start;
@@ -116,7 +116,7 @@ pub(crate) fn run(
                 Value::Vector(vec) => {
                     check_unique_after_drop(&vec)?;
                     for e in vec {
-                        let ptr = Arc::as_ptr(&e.labels) as usize * 2 + usize::from(e.drop_name);
+                        let ptr = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
                         let i = match by_ptr.get(&ptr) {
                             Some(i) => *i,
                             None => {
@@ -176,18 +176,100 @@ fn check_unique_after_drop(vec: &[Elem]) -> R<()> {
     if vec.len() < 2 || !vec.iter().any(|e| e.drop_name) {
         return Ok(());
     }
-    let mut seen = std::collections::HashSet::with_capacity(vec.len());
-    for e in vec {
-        let l = if e.drop_name {
-            drop_name(&e.labels)
-        } else {
-            (*e.labels).clone()
-        };
-        if !seen.insert(l) {
-            return Err(exec_err("vector cannot contain metrics with the same labelset"));
+    // Hashes first (no allocation per element); exact comparison only on a hash match.
+    let mut seen: U64Map<usize> = U64Map::with_capacity_and_hasher(vec.len(), Default::default());
+    for (i, e) in vec.iter().enumerate() {
+        let h = final_hash(e);
+        if let Some(&j) = seen.get(&h) {
+            let (a, b) = (final_labels(&vec[j]), final_labels(e));
+            if a == b {
+                return Err(exec_err("vector cannot contain metrics with the same labelset"));
+            }
         }
+        seen.insert(h, i);
     }
     Ok(())
+}
+
+fn final_labels(e: &Elem) -> Labels {
+    if e.drop_name {
+        drop_name(&e.labels)
+    } else {
+        (*e.labels).clone()
+    }
+}
+
+/// Hash of the labels an element will have once its name is dropped (if it is to be).
+fn final_hash(e: &Elem) -> u64 {
+    let mut h = Fnv::new();
+    for l in e.labels.iter() {
+        if e.drop_name && is_name_label(&l.name) {
+            continue;
+        }
+        h.add(&l.name);
+        h.add(&l.value);
+    }
+    h.0
+}
+
+fn is_name_label(n: &str) -> bool {
+    n == METRIC_NAME || n == "__type__" || n == "__unit__"
+}
+
+/// Hasher for keys that are already hashes or addresses: one multiply instead of SipHash.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+type U64Set = std::collections::HashSet<u64, std::hash::BuildHasherDefault<U64Hasher>>;
+
+/// FNV-1a over label names and values with separators: cheap signatures for matching.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(&mut self, s: &str) {
+        for b in s.bytes().chain(std::iter::once(0xff)) {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Hash of the matching signature (`match_labels`) without building the label set.
+fn match_hash(l: &Labels, m: &Option<Grouping>) -> u64 {
+    let mut h = Fnv::new();
+    for x in l.iter() {
+        let take = match m {
+            Some(Grouping::By(names)) => names.iter().any(|n| n == &x.name),
+            Some(Grouping::Without(names)) => x.name != METRIC_NAME && !names.iter().any(|n| n == &x.name),
+            None => x.name != METRIC_NAME,
+        };
+        if take {
+            h.add(&x.name);
+            h.add(&x.value);
+        }
+    }
+    h.0
 }
 
 fn drop_names_vec(vec: Vec<Elem>) -> R<Vec<Elem>> {
@@ -770,17 +852,19 @@ impl<'a> Evaluator<'a> {
                         super::value::format_float(num_param)
                     ));
                 }
-                let mut index: HashMap<Labels, usize> = HashMap::new();
+                // Groups by signature hash, like Prometheus; labels are built once per group.
+                let mut index: U64Map<usize> = U64Map::default();
                 let mut groups: Vec<Group> = Vec::new();
                 for e in vec {
-                    let g = group_labels(&e.labels, grouping, e.drop_name);
-                    match index.get(&g) {
+                    let h = group_hash(&e.labels, grouping);
+                    match index.get(&h) {
                         Some(i) => {
                             groups[*i].add(op, e.v);
                             groups[*i].drop_name |= e.drop_name;
                         }
                         None => {
-                            index.insert(g.clone(), groups.len());
+                            index.insert(h, groups.len());
+                            let g = group_labels(&e.labels, grouping, e.drop_name);
                             let mut gr = Group::new(op, g, e.v);
                             gr.drop_name = e.drop_name;
                             groups.push(gr);
@@ -833,10 +917,10 @@ impl<'a> Evaluator<'a> {
         if op != AggOp::LimitRatio && k < 1 {
             return Ok(Value::Vector(Vec::new()));
         }
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut index: U64Map<usize> = U64Map::default();
         let mut groups: Vec<Vec<Elem>> = Vec::new();
         for mut e in vec {
-            let g = group_labels(&e.labels, grouping, e.drop_name);
+            let g = group_hash(&e.labels, grouping);
             e.t = t;
             match index.get(&g) {
                 Some(i) => groups[*i].push(e),
@@ -903,6 +987,14 @@ fn asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
 
 pub(crate) fn valid_label_name(s: &str) -> bool {
     !s.is_empty()
+}
+
+/// Hash of `group_labels` without building it.
+fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
+    match grouping {
+        None => 0,
+        Some(_) => match_hash(l, grouping),
+    }
 }
 
 fn group_labels(l: &Labels, grouping: &Option<Grouping>, drop_name: bool) -> Labels {
@@ -1062,17 +1154,17 @@ fn vector_scalar(op: BinOp, v: Vec<Elem>, s: f64, swap: bool, return_bool: bool,
 }
 
 fn set_and(lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching, and: bool) -> Vec<Elem> {
-    let sigs: std::collections::HashSet<Labels> = rhs.iter().map(|e| match_labels(&e.labels, &m.matching)).collect();
+    let sigs: U64Set = rhs.iter().map(|e| match_hash(&e.labels, &m.matching)).collect();
     lhs.into_iter()
-        .filter(|e| sigs.contains(&match_labels(&e.labels, &m.matching)) == and)
+        .filter(|e| sigs.contains(&match_hash(&e.labels, &m.matching)) == and)
         .collect()
 }
 
 fn set_or(lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching) -> Vec<Elem> {
-    let sigs: std::collections::HashSet<Labels> = lhs.iter().map(|e| match_labels(&e.labels, &m.matching)).collect();
+    let sigs: U64Set = lhs.iter().map(|e| match_hash(&e.labels, &m.matching)).collect();
     let mut out = lhs;
     for e in rhs {
-        if !sigs.contains(&match_labels(&e.labels, &m.matching)) {
+        if !sigs.contains(&match_hash(&e.labels, &m.matching)) {
             out.push(e);
         }
     }
@@ -1095,31 +1187,32 @@ fn vector_vector(
         _ => &[],
     };
     // Index the "one" side by signature.
-    let mut one_idx: HashMap<Labels, usize> = HashMap::with_capacity(one.len());
+    let mut one_idx: U64Map<usize> = U64Map::with_capacity_and_hasher(one.len(), Default::default());
     for (i, e) in one.iter().enumerate() {
-        let sig = match_labels(&e.labels, &m.matching);
-        if let Some(prev) = one_idx.get(&sig) {
+        let h = match_hash(&e.labels, &m.matching);
+        if let Some(prev) = one_idx.get(&h) {
+            let sig = match_labels(&e.labels, &m.matching);
             let side = if swapped { "left" } else { "right" };
             return Err(exec_err(format!(
                 "found duplicate series for the match group {sig} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
                 one[*prev].labels, e.labels
             )));
         }
-        one_idx.insert(sig, i);
+        one_idx.insert(h, i);
     }
-    let mut matched: HashMap<Labels, std::collections::HashSet<Labels>> = HashMap::new();
+    let mut matched: U64Map<U64Set> = U64Map::default();
     let mut one_used = vec![false; one.len()];
     let mut out = Vec::new();
     let drop = !op.is_comparison() || return_bool;
-    let mut emit = |ml: &Elem, ol: Option<&Elem>, lv: f64, rv: f64, sig: &Labels, out: &mut Vec<Elem>| -> R<()> {
+    let mut emit = |ml: &Elem, ol: Option<&Elem>, lv: f64, rv: f64, sig: u64, out: &mut Vec<Elem>| -> R<()> {
         if m.card == Card::OneToOne {
-            let e = matched.entry(sig.clone()).or_default();
+            let e = matched.entry(sig).or_default();
             if !e.is_empty() {
                 return Err(exec_err(
                     "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
                 ));
             }
-            e.insert(Labels::default());
+            e.insert(0);
         }
         let (val, keep) = scalar_op(op, lv, rv);
         let val = if op.is_comparison() {
@@ -1153,8 +1246,13 @@ fn vector_vector(
         }
         let dropn = if drop { true } else { ml.drop_name };
         if m.card != Card::OneToOne {
-            let key = if dropn { drop_name(&labels) } else { (*labels).clone() };
-            if !matched.entry(sig.clone()).or_default().insert(key) {
+            let probe = Elem {
+                labels: Arc::clone(&labels),
+                v: 0.0,
+                t,
+                drop_name: dropn,
+            };
+            if !matched.entry(sig).or_default().insert(final_hash(&probe)) {
                 return Err(exec_err(
                     "multiple matches for labels: grouping labels must ensure unique matches",
                 ));
@@ -1169,20 +1267,20 @@ fn vector_vector(
         Ok(())
     };
     for ml in &many {
-        let sig = match_labels(&ml.labels, &m.matching);
+        let sig = match_hash(&ml.labels, &m.matching);
         match one_idx.get(&sig) {
             Some(&i) => {
                 one_used[i] = true;
                 let o = &one[i];
                 let (lv, rv) = if swapped { (o.v, ml.v) } else { (ml.v, o.v) };
-                emit(ml, Some(o), lv, rv, &sig, &mut out)?;
+                emit(ml, Some(o), lv, rv, sig, &mut out)?;
             }
             None => {
                 // Prometheus applies fill values after swapping sides for group_right, so the
                 // "many" side always takes `fill_rhs` and the "one" side `fill_lhs`.
                 if let Some(f) = m.fill_rhs {
                     let (lv, rv) = if swapped { (f, ml.v) } else { (ml.v, f) };
-                    emit(ml, None, lv, rv, &sig, &mut out)?;
+                    emit(ml, None, lv, rv, sig, &mut out)?;
                 }
             }
         }
@@ -1194,15 +1292,15 @@ fn vector_vector(
                 continue;
             }
             // An unmatched "one"-side series yields its matching labels only.
-            let sig = match_labels(&o.labels, &m.matching);
+            let sig = match_hash(&o.labels, &m.matching);
             let synthetic = Elem {
-                labels: Arc::new(sig.clone()),
+                labels: Arc::new(match_labels(&o.labels, &m.matching)),
                 v: o.v,
                 t,
                 drop_name: true,
             };
             let (lv, rv) = if swapped { (o.v, f) } else { (f, o.v) };
-            emit(&synthetic, None, lv, rv, &sig, &mut out)?;
+            emit(&synthetic, None, lv, rv, sig, &mut out)?;
         }
     }
     Ok(out)
