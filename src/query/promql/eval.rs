@@ -23,6 +23,8 @@ pub(crate) struct Evaluator<'a> {
     pub interval: i64,
     pub is_range: bool,
     pub(crate) data: Vec<Vec<Loaded>>,
+    /// Subquery inner values by node address and timestamp.
+    sub_cache: HashMap<usize, std::collections::BTreeMap<i64, Value>>,
     annotations: Vec<String>,
     deadline: Instant,
     pub total_samples: u64,
@@ -53,6 +55,7 @@ pub(crate) fn run(
         interval,
         is_range: !instant,
         data: Vec::new(),
+        sub_cache: HashMap::new(),
         annotations: Vec::new(),
         deadline: began + opts.timeout,
         total_samples: 0,
@@ -699,40 +702,67 @@ impl<'a> Evaluator<'a> {
         if s <= lo {
             s += step;
         }
-        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
-        let mut out: Vec<RangeSeries> = Vec::new();
+        // The inner expression's value at an aligned timestamp does not depend on the outer step,
+        // so it is evaluated once per timestamp and reused by the following (overlapping) windows.
+        let key = expr as *const Expr as usize;
         let mut ts = s;
         while ts <= rt {
-            self.check_deadline()?;
-            match self.eval(expr, ts)? {
+            let cached = self.sub_cache.get(&key).is_some_and(|m| m.contains_key(&ts));
+            if !cached {
+                self.check_deadline()?;
+                let v = self.eval(expr, ts)?;
+                if !matches!(v, Value::Vector(_) | Value::Scalar(_)) {
+                    return Err(exec_err("subquery is only allowed on instant vector"));
+                }
+                self.sub_cache.entry(key).or_default().insert(ts, v);
+            }
+            ts += step;
+        }
+        let mut index: U64Map<usize> = U64Map::default();
+        let mut by_value: HashMap<(Labels, bool), usize> = HashMap::new();
+        let mut out: Vec<RangeSeries> = Vec::new();
+        let Some(cache) = self.sub_cache.get_mut(&key) else {
+            return Ok(out);
+        };
+        // Older timestamps are not needed by later (increasing) steps.
+        *cache = cache.split_off(&s);
+        for (ts, v) in cache.range(s..=rt) {
+            match v {
                 Value::Vector(vec) => {
                     for e in vec {
-                        let key = ((*e.labels).clone(), e.drop_name);
-                        let i = match index.get(&key) {
+                        let h = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
+                        let i = match index.get(&h) {
                             Some(i) => *i,
                             None => {
-                                out.push(RangeSeries {
-                                    labels: key.0.clone(),
-                                    samples: Vec::new(),
-                                    drop_name: key.1,
-                                });
-                                index.insert(key, out.len() - 1);
-                                out.len() - 1
+                                // Same label set from another Arc (computed labels): find by value.
+                                let vkey = ((*e.labels).clone(), e.drop_name);
+                                let i = match by_value.get(&vkey) {
+                                    Some(i) => *i,
+                                    None => {
+                                        out.push(RangeSeries {
+                                            labels: vkey.0.clone(),
+                                            samples: Vec::new(),
+                                            drop_name: e.drop_name,
+                                        });
+                                        by_value.insert(vkey, out.len() - 1);
+                                        out.len() - 1
+                                    }
+                                };
+                                index.insert(h, i);
+                                i
                             }
                         };
-                        out[i].samples.push(Sample { t: ts, v: e.v });
+                        out[i].samples.push(Sample { t: *ts, v: e.v });
                     }
                 }
                 Value::Scalar(v) => {
-                    let i = *index.entry((Labels::default(), false)).or_insert_with(|| {
+                    if out.is_empty() {
                         out.push(RangeSeries::new(Labels::default(), Vec::new()));
-                        out.len() - 1
-                    });
-                    out[i].samples.push(Sample { t: ts, v });
+                    }
+                    out[0].samples.push(Sample { t: *ts, v: *v });
                 }
-                _ => return Err(exec_err("subquery is only allowed on instant vector")),
+                _ => {}
             }
-            ts += step;
         }
         Ok(out)
     }
