@@ -2,7 +2,7 @@
 
 use super::ast::{Expr, VectorSel};
 use super::eval::{Evaluator, R, almost_equal, exec_err, go_max, go_min, kahan_inc, quantile, set_label};
-use super::value::{Elem, RangeSeries, Value, format_float};
+use super::value::{Elem, Value, format_float};
 use crate::model::{Labels, METRIC_NAME, MatchOp, Sample};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -953,10 +953,9 @@ impl Evaluator<'_> {
             }),
             "predict_linear" => {
                 let d = self.eval_scalar(arg(1)?, t)?;
-                let a = arg(0)?;
-                let (_, end) = range_bounds(self, a, t);
-                let _ = end;
-                self.over_time(a, t, false, |_, s| {
+                // The intercept is taken at the evaluation time (Prometheus uses the step time even
+                // under `@`, which is why predict_linear is @-unsafe in its test runner).
+                self.over_time(arg(0)?, t, false, |_, s| {
                     if s.len() < 2 {
                         return None;
                     }
@@ -1080,16 +1079,8 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(out))
             }
             "info" => self.info(args, t),
-            other => Err(QueryErrorExt::unsupported(other)),
+            other => Err(exec_err(format!("function {other:?} is not supported"))),
         }
-    }
-}
-
-struct QueryErrorExt;
-
-impl QueryErrorExt {
-    fn unsupported(f: &str) -> super::QueryError {
-        exec_err(format!("function {f:?} is not supported"))
     }
 }
 
@@ -1176,9 +1167,6 @@ pub(crate) fn xxhash64(b: &[u8]) -> u64 {
     h ^= h >> 32;
     h
 }
-
-#[allow(dead_code)]
-fn _unused(_: RangeSeries) {}
 
 #[cfg(test)]
 mod tests {
