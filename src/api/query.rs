@@ -219,6 +219,15 @@ async fn run_query(
     let expr = parse_expr(&form)?;
     let mut engine = st.engine.clone();
     engine.opts.timeout = timeout(&form, engine.opts.timeout)?;
+    // Prometheus 3.x: `lookback_delta` overrides the lookback period for this query only.
+    let lb = form.value("lookback_delta");
+    if !lb.is_empty() {
+        let ms = parse_duration(lb)
+            .map_err(|e| ApiError::bad_data(format!("error parsing lookback delta duration: {e}")))?;
+        if ms > 0 {
+            engine.opts.lookback_delta_ms = ms;
+        }
+    }
     let stats = !form.value("stats").is_empty();
     let db = Arc::clone(&st.db);
     tokio::task::spawn_blocking(move || {
