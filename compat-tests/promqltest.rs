@@ -936,8 +936,10 @@ fn promqltest() {
         .collect();
     files.sort();
     let mut table: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    // Prometheus's test engine runs with delayed name removal on.
     let opts = EngineOptions {
         timeout: Duration::from_secs(60),
+        delayed_name_removal: true,
         ..EngineOptions::default()
     };
     for f in &files {

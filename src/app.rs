@@ -67,6 +67,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             lookback_delta_ms: cfg.query.lookback_delta.0.as_millis() as i64,
             max_samples: cfg.query.max_samples,
             timeout: cfg.query.timeout.0,
+            delayed_name_removal: cfg.query.delayed_name_removal,
             ..Default::default()
         }),
     });

@@ -34,6 +34,7 @@ query:
   lookback_delta: 5m        # like --query.lookback-delta: how far back an instant selector looks
   timeout: 2m               # like --query.timeout; a request's `timeout` can only shorten it
   max_samples: 50000000     # like --query.max-samples: samples one query may hold in memory
+  delayed_name_removal: false   # like --enable-feature=promql-delayed-name-removal
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,7 @@ pub struct QueryConfig {
     pub lookback_delta: DurationStr,
     pub timeout: DurationStr,
     pub max_samples: usize,
+    pub delayed_name_removal: bool,
 }
 
 /// A Prometheus-style duration (`15d`, `2h`, `1m30s`, `500ms`) or a number of seconds.

@@ -23,6 +23,8 @@ pub(crate) struct Evaluator<'a> {
     pub interval: i64,
     pub is_range: bool,
     pub(crate) data: Vec<Vec<Loaded>>,
+    /// Name-less copies of shared label sets (immediate name removal).
+    name_cache: U64Map<(Arc<Labels>, Arc<Labels>)>,
     /// Subquery inner values by node address and timestamp.
     sub_cache: HashMap<usize, std::collections::BTreeMap<i64, Value>>,
     annotations: Vec<String>,
@@ -56,6 +58,7 @@ pub(crate) fn run(
         is_range: !instant,
         data: Vec::new(),
         sub_cache: HashMap::new(),
+        name_cache: U64Map::default(),
         annotations: Vec::new(),
         deadline: began + opts.timeout,
         total_samples: 0,
@@ -585,7 +588,55 @@ impl<'a> Evaluator<'a> {
 
     // ---- evaluation -------------------------------------------------------------------------
 
+    /// Evaluates one node at step `t`. Without delayed name removal (Prometheus's default), names
+    /// marked for removal are removed right here, and duplicates that creates are an error.
     pub fn eval(&mut self, e: &Expr, t: i64) -> R<Value> {
+        let v = self.eval_node(e, t)?;
+        if self.opts.delayed_name_removal {
+            return Ok(v);
+        }
+        match v {
+            Value::Vector(mut vec) if vec.iter().any(|x| x.drop_name) => {
+                for x in &mut vec {
+                    if x.drop_name {
+                        x.labels = self.without_name(&x.labels);
+                        x.drop_name = false;
+                    }
+                }
+                if vec.len() > 1 {
+                    let mut hashes: U64Map<usize> = U64Map::default();
+                    for (i, x) in vec.iter().enumerate() {
+                        let h = final_hash(x);
+                        if let Some(&j) = hashes.get(&h)
+                            && vec[j].labels == x.labels
+                        {
+                            return Err(exec_err("vector cannot contain metrics with the same labelset"));
+                        }
+                        hashes.insert(h, i);
+                    }
+                }
+                Ok(Value::Vector(vec))
+            }
+            Value::Matrix(m) if m.iter().any(|x| x.drop_name) => Ok(Value::Matrix(drop_names_matrix(m)?)),
+            v => Ok(v),
+        }
+    }
+
+    /// The label set without its name, cached per shared (selected) label set.
+    fn without_name(&mut self, l: &Arc<Labels>) -> Arc<Labels> {
+        let key = Arc::as_ptr(l) as u64;
+        if let Some((_, d)) = self.name_cache.get(&key) {
+            return Arc::clone(d);
+        }
+        let d = Arc::new(drop_name(l));
+        if Arc::strong_count(l) > 1 {
+            // Holding the original keeps its address from being reused for other labels.
+            self.name_cache.insert(key, (Arc::clone(l), Arc::clone(&d)));
+        }
+        d
+    }
+
+    fn eval_node(&mut self, e: &Expr, t: i64) -> R<Value> {
         match e {
             Expr::Number(v) => Ok(Value::Scalar(*v)),
             Expr::String(s) => Ok(Value::String(s.clone())),

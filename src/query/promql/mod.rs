@@ -1,6 +1,6 @@
 //! The PromQL engine: evaluates the project's AST (`ast`, converted from `promql-parser`) over the
 //! `MetricsReader` read contract, for instant and range queries, with Prometheus 3.x semantics
-//! (left-open ranges and lookback windows, staleness markers, delayed `__name__` removal).
+//! (left-open ranges and lookback windows, staleness markers, optional delayed `__name__` removal).
 //!
 //! Owns: selection windows, lookback, functions, aggregations, binary operators and vector matching,
 //! subqueries, `@`/`offset`, annotations (warnings/infos), sample limits and timeouts.
@@ -44,6 +44,10 @@ pub struct EngineOptions {
     pub timeout: Duration,
     /// Subquery step when none is given (Prometheus: the global evaluation interval, 1m).
     pub default_subquery_step_ms: i64,
+    /// Prometheus 3.x's `promql-delayed-name-removal` feature: `__name__` is removed at the end of
+    /// evaluation instead of by each operation. Off by default, as in Prometheus; its test scripts
+    /// run with it on.
+    pub delayed_name_removal: bool,
 }
 
 impl Default for EngineOptions {
@@ -53,6 +57,7 @@ impl Default for EngineOptions {
             max_samples: 50_000_000,
             timeout: Duration::from_secs(120),
             default_subquery_step_ms: 60_000,
+            delayed_name_removal: false,
         }
     }
 }
