@@ -6,6 +6,7 @@ use super::value::{Elem, QueryValue, RangeSeries, Value, format_float_f};
 use super::{EngineOptions, QueryError, QueryOutput};
 use crate::model::{Label, Labels, METRIC_NAME, Sample, is_stale_nan};
 use crate::storage::metrics::MetricsReader;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,32 @@ use std::time::Instant;
 pub(crate) struct Loaded {
     pub labels: Arc<Labels>,
     pub samples: Vec<Sample>,
+    /// Cursors for the window's end and start (see `seek`).
+    pub cur_hi: Cell<usize>,
+    pub cur_lo: Cell<usize>,
+}
+
+/// Index of the first sample after `bound`, starting from a cursor. Steps move forward, so this is
+/// usually a short forward scan over adjacent memory; a binary search over a series that does not
+/// fit in cache costs a miss per probe (`cargo bench --bench promql`, 1000 series x 2880 steps:
+/// 344 -> 118 ns per series-step for a plain selector, 1050 -> 338 for `rate`).
+pub(crate) fn seek(samples: &[Sample], cur: &Cell<usize>, bound: i64) -> usize {
+    let mut i = cur.get().min(samples.len());
+    if i > 0 && samples[i - 1].t > bound {
+        i = samples[..i].partition_point(|x| x.t <= bound);
+    } else {
+        let mut n = 0;
+        while i < samples.len() && samples[i].t <= bound {
+            i += 1;
+            n += 1;
+            if n == 16 {
+                i += samples[i..].partition_point(|x| x.t <= bound);
+                break;
+            }
+        }
+    }
+    cur.set(i);
+    i
 }
 
 pub(crate) struct Evaluator<'a> {
@@ -504,6 +531,8 @@ impl<'a> Evaluator<'a> {
                     series.push(Loaded {
                         labels: Arc::new(s.labels),
                         samples,
+                        cur_hi: Cell::new(0),
+                        cur_lo: Cell::new(0),
                     });
                 }
             }
@@ -696,7 +725,7 @@ impl<'a> Evaluator<'a> {
         };
         let mut out = Vec::with_capacity(series.len());
         for s in series {
-            let i = s.samples.partition_point(|x| x.t <= rt);
+            let i = seek(&s.samples, &s.cur_hi, rt);
             if i == 0 {
                 continue;
             }
@@ -723,8 +752,8 @@ impl<'a> Evaluator<'a> {
         };
         let mut out = Vec::new();
         for s in series {
-            let a = s.samples.partition_point(|x| x.t <= lo);
-            let b = s.samples.partition_point(|x| x.t <= rt);
+            let a = seek(&s.samples, &s.cur_lo, lo);
+            let b = seek(&s.samples, &s.cur_hi, rt);
             if a >= b {
                 continue;
             }

@@ -552,8 +552,8 @@ impl Evaluator<'_> {
             let lo = rt - range_ms;
             let mut out = Vec::new();
             for s in self.data.get(sel.id).map(Vec::as_slice).unwrap_or_default() {
-                let a = s.samples.partition_point(|x| x.t <= lo);
-                let b = s.samples.partition_point(|x| x.t <= rt);
+                let a = super::eval::seek(&s.samples, &s.cur_lo, lo);
+                let b = super::eval::seek(&s.samples, &s.cur_hi, rt);
                 if a >= b {
                     continue;
                 }
