@@ -1,5 +1,8 @@
 //! The project's own PromQL syntax tree. `promql-parser`'s AST is converted here once, so the engine
 //! never sees the parser crate and the parser can be replaced without touching evaluation.
+//!
+//! Owns: the AST types, the conversion, `format_query`/`parse_query` renderings. Never touches:
+//! evaluation or storage; it is the only file that imports `promql_parser`'s AST.
 
 use crate::model::{METRIC_NAME, MatchOp, Matcher};
 use promql_parser::parser as pp;

@@ -1,5 +1,9 @@
 //! The evaluator: preloads every selector's samples once per query (one decode per series, not per
 //! step), then evaluates the tree step by step over those buffers.
+//!
+//! Owns: selection windows and cursors, lookback and staleness, binary operators and vector
+//! matching, aggregations, subqueries, name removal, limits and deadlines. Never touches: function
+//! semantics (`functions.rs`), JSON, or storage beyond `MetricsReader::select`.
 
 use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, ValueType, VectorMatching, VectorSel};
 use super::value::{Elem, QueryValue, RangeSeries, Value, format_float_f};

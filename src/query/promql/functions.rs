@@ -1,4 +1,7 @@
 //! PromQL functions (Prometheus 3.x `promql/functions.go` semantics, float samples only).
+//!
+//! Owns: every function's arithmetic and annotations. Never touches: selection (it asks the
+//! evaluator for values and windows) or output encoding.
 
 use super::ast::{Expr, VectorSel};
 use super::eval::{Evaluator, R, almost_equal, exec_err, go_max, go_min, kahan_inc, quantile, set_label};

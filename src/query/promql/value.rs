@@ -1,4 +1,6 @@
 //! Evaluation values: what each node yields at one step, and what a query returns.
+//!
+//! Owns: the value types and Go's float formatting. Never touches: evaluation or HTTP.
 
 use crate::model::{Labels, Sample};
 use std::sync::Arc;
