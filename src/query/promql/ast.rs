@@ -267,7 +267,7 @@ fn vector_sel(vs: &pp::VectorSelector, next_id: &mut usize) -> Result<VectorSel,
                 .iter()
                 .any(|m| m.name == METRIC_NAME && m.op == MatchOp::Equal && &m.value == name)
             {
-                set.push(Matcher::eq(METRIC_NAME, name.clone()));
+                set.insert(0, Matcher::eq(METRIC_NAME, name.clone()));
             }
         }
     }
