@@ -276,7 +276,7 @@ pub async fn query_range(State(st): State<Arc<ApiState>>, uri: Uri, headers: Hea
                 "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
             ));
         }
-        if (end - start) / step > MAX_POINTS {
+        if end.saturating_sub(start) / step > MAX_POINTS {
             return Err(ApiError::bad_data(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));

@@ -188,7 +188,10 @@ pub(crate) fn run(
             if points as usize > opts.max_samples {
                 return Err(QueryError::TooManySamples("query execution"));
             }
-            t += interval;
+            match t.checked_add(interval) {
+                Some(n) => t = n,
+                None => break,
+            }
         }
         ev.peak_samples = ev.peak_samples.max(points);
         let mut m = drop_names_matrix(out)?;
@@ -513,6 +516,7 @@ impl<'a> Evaluator<'a> {
         self.data = (0..ranges.len()).map(|_| Vec::new()).collect();
         for (id, r) in ranges.into_iter().enumerate() {
             let Some((mint, maxt, sel, is_range)) = r else { continue };
+            self.check_deadline()?;
             let mut series: Vec<Loaded> = Vec::new();
             for set in &sel.matcher_sets {
                 let selected = reader
@@ -570,8 +574,9 @@ impl<'a> Evaluator<'a> {
                 };
                 put(
                     sel,
-                    bs - sel.offset_ms - self.opts.lookback_delta_ms,
-                    be - sel.offset_ms,
+                    bs.saturating_sub(sel.offset_ms)
+                        .saturating_sub(self.opts.lookback_delta_ms),
+                    be.saturating_sub(sel.offset_ms),
                     false,
                 );
             }
@@ -582,7 +587,12 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (s, en)
                 };
-                put(sel, bs - sel.offset_ms - range_ms, be - sel.offset_ms, true);
+                put(
+                    sel,
+                    bs.saturating_sub(sel.offset_ms).saturating_sub(*range_ms),
+                    be.saturating_sub(sel.offset_ms),
+                    true,
+                );
             }
             Expr::Subquery {
                 expr,
@@ -597,7 +607,12 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (s, en)
                 };
-                self.collect_ranges(expr, bs - offset_ms - range_ms, be - offset_ms, out);
+                self.collect_ranges(
+                    expr,
+                    bs.saturating_sub(*offset_ms).saturating_sub(*range_ms),
+                    be.saturating_sub(*offset_ms),
+                    out,
+                );
             }
             Expr::Number(_) | Expr::String(_) => {}
             Expr::Call { args, .. } => {
@@ -716,14 +731,14 @@ impl<'a> Evaluator<'a> {
 
     /// The effective time of a selector evaluated at step `t`.
     pub fn sel_time(&self, sel: &VectorSel, t: i64) -> i64 {
-        self.at_time(&sel.at, t) - sel.offset_ms
+        self.at_time(&sel.at, t).saturating_sub(sel.offset_ms)
     }
 
     /// Instant-vector selection: the newest sample in `(ref - lookback, ref]`, unless it is stale.
     /// `sample_ts` keeps the samples' own timestamps (for `timestamp()`).
     pub fn select_instant(&self, sel: &VectorSel, t: i64, sample_ts: bool) -> Vec<Elem> {
         let rt = self.sel_time(sel, t);
-        let lo = rt - self.opts.lookback_delta_ms;
+        let lo = rt.saturating_sub(self.opts.lookback_delta_ms);
         let Some(series) = self.data.get(sel.id) else {
             return Vec::new();
         };
@@ -750,7 +765,7 @@ impl<'a> Evaluator<'a> {
     /// Range-vector selection: samples in `(ref - range, ref]`, staleness markers removed.
     pub fn select_range(&self, sel: &VectorSel, range: i64, t: i64) -> Vec<RangeSeries> {
         let rt = self.sel_time(sel, t);
-        let lo = rt - range;
+        let lo = rt.saturating_sub(range);
         let Some(series) = self.data.get(sel.id) else {
             return Vec::new();
         };
@@ -780,8 +795,8 @@ impl<'a> Evaluator<'a> {
         } else {
             self.opts.default_subquery_step_ms
         };
-        let rt = self.at_time(at, t) - offset;
-        let lo = rt - range;
+        let rt = self.at_time(at, t).saturating_sub(offset);
+        let lo = rt.saturating_sub(range);
         let mut s = step * (lo / step);
         if s <= lo {
             s += step;
@@ -800,7 +815,10 @@ impl<'a> Evaluator<'a> {
                 }
                 self.sub_cache.entry(key).or_default().insert(ts, v);
             }
-            ts += step;
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
         }
         let mut index: U64Map<usize> = U64Map::default();
         let mut by_value: HashMap<(Labels, bool), usize> = HashMap::new();

@@ -552,7 +552,7 @@ impl Evaluator<'_> {
     ) -> R<Value> {
         if let Expr::Matrix { sel, range_ms } = unparen(arg) {
             let rt = self.sel_time(sel, t);
-            let lo = rt - range_ms;
+            let lo = rt.saturating_sub(*range_ms);
             let mut out = Vec::new();
             for s in self.data.get(sel.id).map(Vec::as_slice).unwrap_or_default() {
                 let a = super::eval::seek(&s.samples, &s.cur_lo, lo);
