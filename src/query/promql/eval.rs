@@ -47,6 +47,71 @@ pub(crate) fn seek(samples: &[Sample], cur: &Cell<usize>, bound: i64) -> usize {
     i
 }
 
+/// Subquery windows up to this many steps are cached across outer steps.
+const SUBQUERY_CACHE_STEPS: i64 = 10_000;
+
+/// Builds a subquery's range vector from per-step values: series found by label-set identity
+/// (selected series hand out the same `Arc` every step), else by value.
+#[derive(Default)]
+struct Assembler {
+    out: Vec<RangeSeries>,
+    by_ptr: U64Map<usize>,
+    by_value: HashMap<(Labels, bool), usize>,
+    held: Vec<Arc<Labels>>,
+    points: usize,
+}
+
+impl Assembler {
+    fn add(&mut self, ts: i64, v: &Value, max_samples: usize) -> R<()> {
+        match v {
+            Value::Vector(vec) => {
+                for e in vec {
+                    // `held` keeps every keyed Arc alive, so an address cannot be reused for
+                    // another label set during this assembly.
+                    let h = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
+                    let i = match self.by_ptr.get(&h) {
+                        Some(i) => *i,
+                        None => {
+                            let vkey = ((*e.labels).clone(), e.drop_name);
+                            let i = match self.by_value.get(&vkey) {
+                                Some(i) => *i,
+                                None => {
+                                    self.out.push(RangeSeries {
+                                        labels: vkey.0.clone(),
+                                        samples: Vec::new(),
+                                        drop_name: e.drop_name,
+                                    });
+                                    self.by_value.insert(vkey, self.out.len() - 1);
+                                    self.out.len() - 1
+                                }
+                            };
+                            if Arc::strong_count(&e.labels) > 1 {
+                                self.by_ptr.insert(h, i);
+                                self.held.push(Arc::clone(&e.labels));
+                            }
+                            i
+                        }
+                    };
+                    self.out[i].samples.push(Sample { t: ts, v: e.v });
+                }
+                self.points += vec.len();
+            }
+            Value::Scalar(x) => {
+                if self.out.is_empty() {
+                    self.out.push(RangeSeries::new(Labels::default(), Vec::new()));
+                }
+                self.out[0].samples.push(Sample { t: ts, v: *x });
+                self.points += 1;
+            }
+            _ => return Err(exec_err("subquery is only allowed on instant vector")),
+        }
+        if self.points > max_samples {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        Ok(())
+    }
+}
+
 pub(crate) struct Evaluator<'a> {
     pub opts: &'a EngineOptions,
     pub start: i64,
@@ -56,6 +121,7 @@ pub(crate) struct Evaluator<'a> {
     pub(crate) data: Vec<Vec<Loaded>>,
     /// Name-less copies of shared label sets (immediate name removal).
     name_cache: U64Map<(Arc<Labels>, Arc<Labels>)>,
+    subquery_depth: u32,
     /// Subquery inner values by node address and timestamp.
     sub_cache: HashMap<usize, std::collections::BTreeMap<i64, Value>>,
     annotations: Vec<String>,
@@ -89,6 +155,7 @@ pub(crate) fn run(
         is_range: !instant,
         data: Vec::new(),
         sub_cache: HashMap::new(),
+        subquery_depth: 0,
         name_cache: U64Map::default(),
         annotations: Vec::new(),
         deadline: began + opts.timeout,
@@ -781,6 +848,7 @@ impl<'a> Evaluator<'a> {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn subquery(
         &mut self,
         expr: &Expr,
@@ -801,8 +869,54 @@ impl<'a> Evaluator<'a> {
         if s <= lo {
             s += step;
         }
-        // The inner expression's value at an aligned timestamp does not depend on the outer step,
-        // so it is evaluated once per timestamp and reused by the following (overlapping) windows.
+        // Every inner step costs time and memory: count steps (even empty ones) against the sample
+        // limit so that a huge range with a tiny step fails instead of exhausting memory.
+        let steps = (rt.saturating_sub(s) / step).saturating_add(1);
+        if steps > 0 && steps as u64 > self.opts.max_samples as u64 {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        let mut asm = Assembler::default();
+        // Under a range query (or another subquery) consecutive windows overlap, and the inner value
+        // at an aligned timestamp does not depend on the outer step: evaluate it once and reuse it.
+        // A cached step costs ~200 bytes, so only modest windows are cached; an instant query
+        // streams the inner values straight into the result.
+        let cache = (self.is_range || self.subquery_depth > 0) && steps <= SUBQUERY_CACHE_STEPS;
+        self.subquery_depth += 1;
+        let r = if cache {
+            self.subquery_cached(expr, s, rt, step, &mut asm)
+        } else {
+            let mut ts = s;
+            let mut res = Ok(());
+            while ts <= rt {
+                if let Err(e) = self.check_deadline() {
+                    res = Err(e);
+                    break;
+                }
+                match self.eval(expr, ts) {
+                    Ok(v) => {
+                        if let Err(e) = asm.add(ts, &v, self.opts.max_samples) {
+                            res = Err(e);
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        res = Err(e);
+                        break;
+                    }
+                }
+                match ts.checked_add(step) {
+                    Some(n) => ts = n,
+                    None => break,
+                }
+            }
+            res
+        };
+        self.subquery_depth -= 1;
+        r?;
+        Ok(asm.out)
+    }
+
+    fn subquery_cached(&mut self, expr: &Expr, s: i64, rt: i64, step: i64, asm: &mut Assembler) -> R<()> {
         let key = expr as *const Expr as usize;
         let mut ts = s;
         while ts <= rt {
@@ -810,9 +924,6 @@ impl<'a> Evaluator<'a> {
             if !cached {
                 self.check_deadline()?;
                 let v = self.eval(expr, ts)?;
-                if !matches!(v, Value::Vector(_) | Value::Scalar(_)) {
-                    return Err(exec_err("subquery is only allowed on instant vector"));
-                }
                 self.sub_cache.entry(key).or_default().insert(ts, v);
             }
             match ts.checked_add(step) {
@@ -820,53 +931,15 @@ impl<'a> Evaluator<'a> {
                 None => break,
             }
         }
-        let mut index: U64Map<usize> = U64Map::default();
-        let mut by_value: HashMap<(Labels, bool), usize> = HashMap::new();
-        let mut out: Vec<RangeSeries> = Vec::new();
         let Some(cache) = self.sub_cache.get_mut(&key) else {
-            return Ok(out);
+            return Ok(());
         };
         // Older timestamps are not needed by later (increasing) steps.
         *cache = cache.split_off(&s);
         for (ts, v) in cache.range(s..=rt) {
-            match v {
-                Value::Vector(vec) => {
-                    for e in vec {
-                        let h = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
-                        let i = match index.get(&h) {
-                            Some(i) => *i,
-                            None => {
-                                // Same label set from another Arc (computed labels): find by value.
-                                let vkey = ((*e.labels).clone(), e.drop_name);
-                                let i = match by_value.get(&vkey) {
-                                    Some(i) => *i,
-                                    None => {
-                                        out.push(RangeSeries {
-                                            labels: vkey.0.clone(),
-                                            samples: Vec::new(),
-                                            drop_name: e.drop_name,
-                                        });
-                                        by_value.insert(vkey, out.len() - 1);
-                                        out.len() - 1
-                                    }
-                                };
-                                index.insert(h, i);
-                                i
-                            }
-                        };
-                        out[i].samples.push(Sample { t: *ts, v: e.v });
-                    }
-                }
-                Value::Scalar(v) => {
-                    if out.is_empty() {
-                        out.push(RangeSeries::new(Labels::default(), Vec::new()));
-                    }
-                    out[0].samples.push(Sample { t: *ts, v: *v });
-                }
-                _ => {}
-            }
+            asm.add(*ts, v, self.opts.max_samples)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn eval_scalar(&mut self, e: &Expr, t: i64) -> R<f64> {
