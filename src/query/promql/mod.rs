@@ -233,4 +233,32 @@ mod tests {
         check(db, "time()", 42, "42");
         check(db, "\"s\"", 1, "s");
     }
+
+    #[test]
+    fn limits() {
+        let (db, _d) = db();
+        let engine = Engine::new(EngineOptions {
+            max_samples: 100,
+            ..EngineOptions::default()
+        });
+        let run = |q: &str| match engine.instant(db.as_ref(), &parse(q).unwrap(), 100_000) {
+            Ok(o) => render(&o.value),
+            Err(e) => e.to_string(),
+        };
+        let too_many = "query processing would load too many samples into memory in query execution";
+        // Empty inner steps count too: memory, not just samples, is what the limit protects.
+        assert_eq!(run("count_over_time(nope[1h:1s])"), too_many);
+        assert_eq!(run("count_over_time(vector(1)[99s:1s])"), "{} 99");
+        let r = engine.range(db.as_ref(), &parse("vector(1)").unwrap(), 0, 1_000_000, 1000);
+        assert_eq!(r.map(|o| render(&o.value)).unwrap_or_else(|e| e.to_string()), too_many);
+        let slow = Engine::new(EngineOptions {
+            timeout: Duration::ZERO,
+            ..EngineOptions::default()
+        });
+        let r = slow.instant(db.as_ref(), &parse("a").unwrap(), 0);
+        assert_eq!(
+            r.map(|o| render(&o.value)).unwrap_or_else(|e| e.to_string()),
+            "query timed out in expression evaluation"
+        );
+    }
 }
