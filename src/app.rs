@@ -70,6 +70,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             delayed_name_removal: cfg.query.delayed_name_removal,
             ..Default::default()
         }),
+        query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query.max_concurrency)),
     });
     let router = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

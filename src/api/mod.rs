@@ -31,6 +31,8 @@ pub struct ApiState {
     pub write_stats: Arc<WriteStats>,
     pub http_requests: AtomicU64,
     pub engine: crate::query::promql::Engine,
+    /// Queries evaluated at once (`query.max_concurrency`); the rest wait for a permit.
+    pub query_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router serving both API families on every listener.

@@ -230,7 +230,15 @@ async fn run_query(
     }
     let stats = !form.value("stats").is_empty();
     let db = Arc::clone(&st.db);
+    // Waiting for a slot counts against the query's timeout, as in Prometheus's queue.
+    let queued = Instant::now();
+    let permit = tokio::time::timeout(engine.opts.timeout, Arc::clone(&st.query_slots).acquire_owned())
+        .await
+        .map_err(|_| ApiError::from(promql::QueryError::Timeout("query queue")))?
+        .map_err(|e| ApiError::internal(format!("query queue closed: {e}")))?;
+    engine.opts.timeout = engine.opts.timeout.saturating_sub(queued.elapsed());
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let began = Instant::now();
         let out = match range {
             Some((s, e, step)) => engine.range(db.as_ref(), &expr, s, e, step),
