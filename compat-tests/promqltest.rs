@@ -556,6 +556,7 @@ fn with_at(e: &Expr, ts: i64) -> Option<Expr> {
         "year",
         "predict_linear",
         "time",
+        "timestamp",
         "start",
         "end",
         "step",
@@ -779,9 +780,7 @@ fn run_eval(ctx: &Ctx, ev: &Eval) -> Result<(), String> {
     }
     // Prometheus's extra checks: @ on every selector at other evaluation times, and range mode.
     let mut cases = vec![(expr.clone(), t)];
-    // Expressions that already use `@` are checked as written only.
-    let has_at = ev.expr.contains('@');
-    if let Some(e2) = with_at(&expr, t).filter(|_| !has_at) {
+    if let Some(e2) = with_at(&expr, t) {
         let times: Vec<i64> = if t == 0 {
             vec![-1000, 0, 1000]
         } else {
