@@ -1033,7 +1033,7 @@ impl<'a> Evaluator<'a> {
                 let mut index: HashMap<Labels, usize> = HashMap::new();
                 let mut out: Vec<Elem> = Vec::new();
                 for e in vec {
-                    let g = group_labels(&e.labels, grouping, e.drop_name);
+                    let g = group_labels(&e.labels, grouping);
                     let l = set_label(&g, &str_param, &format_float_f(e.v));
                     match index.get(&l) {
                         Some(i) => out[*i].v += 1.0,
@@ -1069,7 +1069,7 @@ impl<'a> Evaluator<'a> {
                         }
                         None => {
                             index.insert(h, groups.len());
-                            let g = group_labels(&e.labels, grouping, e.drop_name);
+                            let g = group_labels(&e.labels, grouping);
                             let mut gr = Group::new(op, g, e.v);
                             gr.drop_name = e.drop_name;
                             groups.push(gr);
@@ -1202,13 +1202,12 @@ fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
     }
 }
 
-fn group_labels(l: &Labels, grouping: &Option<Grouping>, drop_name: bool) -> Labels {
+/// An aggregation group's labels. `by (__name__)` keeps a name that is only marked for removal:
+/// the group then inherits the mark (Prometheus 3.x delayed name removal).
+fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
     match grouping {
         None => Labels::default(),
-        Some(Grouping::By(names)) => {
-            let _ = drop_name;
-            keep_labels(l, names)
-        }
+        Some(Grouping::By(names)) => keep_labels(l, names),
         Some(Grouping::Without(names)) => remove_labels(l, names, true),
     }
 }
