@@ -266,6 +266,31 @@ fn parse_labels(desc: &str) -> Option<Labels> {
     Labels::from_pairs(pairs).ok()
 }
 
+#[derive(Debug, Clone)]
+enum Matcher {
+    Msg(String),
+    Regex(String),
+}
+
+impl Matcher {
+    fn parse(rest: &str) -> Option<Matcher> {
+        let rest = rest.trim();
+        if let Some(m) = rest.strip_prefix("msg:") {
+            Some(Matcher::Msg(m.trim().to_string()))
+        } else {
+            rest.strip_prefix("regex:")
+                .map(|r| Matcher::Regex(r.trim().to_string()))
+        }
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Matcher::Msg(m) => m == s,
+            Matcher::Regex(r) => regex::Regex::new(r).is_ok_and(|r| r.is_match(s)),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Expect {
     fail: bool,
@@ -273,6 +298,9 @@ struct Expect {
     fail_regex: Option<String>,
     warn: Option<bool>,
     info: Option<bool>,
+    /// `expect warn|info msg: ...` / `regex: ...`: one annotation must match.
+    warn_match: Vec<Matcher>,
+    info_match: Vec<Matcher>,
     ordered: bool,
     string: Option<String>,
     range_vector: Option<(i64, i64, i64)>,
@@ -429,10 +457,12 @@ fn parse_file(text: &str) -> Vec<Cmd> {
                     ev.expect.warn = Some(false);
                 } else if x.starts_with("no_info") {
                     ev.expect.info = Some(false);
-                } else if x.starts_with("warn") {
+                } else if let Some(r) = x.strip_prefix("warn") {
                     ev.expect.warn = Some(true);
-                } else if x.starts_with("info") {
+                    ev.expect.warn_match.extend(Matcher::parse(r));
+                } else if let Some(r) = x.strip_prefix("info") {
                     ev.expect.info = Some(true);
+                    ev.expect.info_match.extend(Matcher::parse(r));
                 } else if x.starts_with("ordered") {
                     ev.expect.ordered = true;
                 } else if let Some(s) = x.strip_prefix("string") {
@@ -526,6 +556,7 @@ fn with_at(e: &Expr, ts: i64) -> Option<Expr> {
         "year",
         "predict_linear",
         "time",
+        "timestamp",
         "start",
         "end",
         "step",
@@ -718,6 +749,16 @@ fn check_annotations(ev: &Eval, out: &QueryOutput) -> Result<(), String> {
         Some(false) if !out.infos.is_empty() => return Err(format!("unexpected infos {:?}", out.infos)),
         _ => {}
     }
+    for (want, got) in [
+        (&ev.expect.warn_match, &out.warnings),
+        (&ev.expect.info_match, &out.infos),
+    ] {
+        for m in want {
+            if !got.iter().any(|g| m.matches(g)) {
+                return Err(format!("no annotation matches {m:?}: {got:?}"));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -739,9 +780,7 @@ fn run_eval(ctx: &Ctx, ev: &Eval) -> Result<(), String> {
     }
     // Prometheus's extra checks: @ on every selector at other evaluation times, and range mode.
     let mut cases = vec![(expr.clone(), t)];
-    // Expressions that already use `@` are checked as written only.
-    let has_at = ev.expr.contains('@');
-    if let Some(e2) = with_at(&expr, t).filter(|_| !has_at) {
+    if let Some(e2) = with_at(&expr, t) {
         let times: Vec<i64> = if t == 0 {
             vec![-1000, 0, 1000]
         } else {
@@ -896,8 +935,10 @@ fn promqltest() {
         .collect();
     files.sort();
     let mut table: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    // Prometheus's test engine runs with delayed name removal on.
     let opts = EngineOptions {
         timeout: Duration::from_secs(60),
+        delayed_name_removal: true,
         ..EngineOptions::default()
     };
     for f in &files {

@@ -99,6 +99,15 @@ fn query_api() {
         200,
         "\"values\":[[",
     );
+    // A per-query lookback: 2 s after the newest sample, a 1 s lookback finds nothing.
+    check(
+        &server,
+        "GET",
+        &format!("/api/v1/query?query=gauge&time={}&lookback_delta=1s", t + 2),
+        "",
+        200,
+        r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+    );
     // Infos and stats.
     check(
         &server,

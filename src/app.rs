@@ -124,8 +124,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             lookback_delta_ms: cfg.query.lookback_delta.0.as_millis() as i64,
             max_samples: cfg.query.max_samples,
             timeout: cfg.query.timeout.0,
+            delayed_name_removal: cfg.query.delayed_name_removal,
             ..Default::default()
         }),
+        query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query.max_concurrency)),
     });
     let router = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

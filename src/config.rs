@@ -58,6 +58,8 @@ query:
   lookback_delta: 5m        # like --query.lookback-delta: how far back an instant selector looks
   timeout: 2m               # like --query.timeout; a request's `timeout` can only shorten it
   max_samples: 50000000     # like --query.max-samples: samples one query may hold in memory
+  delayed_name_removal: false   # like --enable-feature=promql-delayed-name-removal
+  max_concurrency: 20       # like --query.max-concurrency: queries evaluated at once; others wait
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +163,8 @@ pub struct QueryConfig {
     pub lookback_delta: DurationStr,
     pub timeout: DurationStr,
     pub max_samples: usize,
+    pub delayed_name_removal: bool,
+    pub max_concurrency: usize,
 }
 
 /// A Prometheus-style duration (`15d`, `2h`, `1m30s`, `500ms`) or a number of seconds.
@@ -368,6 +372,12 @@ impl Config {
         if q.max_samples == 0 {
             return Err(ConfigError::Invalid {
                 key: "query.max_samples",
+                message: "must be positive".to_string(),
+            });
+        }
+        if q.max_concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                key: "query.max_concurrency",
                 message: "must be positive".to_string(),
             });
         }

@@ -41,6 +41,8 @@ pub struct ApiState {
     pub max_push_body: usize,
     pub push_stats: Arc<PushStats>,
     pub engine: crate::query::promql::Engine,
+    /// Queries evaluated at once (`query.max_concurrency`); the rest wait for a permit.
+    pub query_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router serving both API families on every listener.

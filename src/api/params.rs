@@ -2,7 +2,7 @@
 //! URL query), times as float seconds or RFC3339, `match[]` selectors, `limit`.
 
 use super::error::ApiError;
-use crate::model::{MatchOp, Matcher};
+use crate::model::Matcher;
 use axum::http::{HeaderMap, header};
 
 /// Timestamps Prometheus uses for an absent `start` / `end` (its MinTime/MaxTime, in ms).
@@ -186,11 +186,12 @@ pub fn limit_param(form: &Form) -> Result<usize, ApiError> {
     Ok(n as usize)
 }
 
-/// Parses a series selector such as `up{job="x"}` into matchers.
+/// Parses a series selector such as `up{job="x"}` into matchers (through the query layer's AST, so
+/// the parser crate stays behind `query::promql::ast`).
 pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, ApiError> {
-    use promql_parser::label::MatchOp as P;
-    use promql_parser::parser::Expr;
-    let expr = promql_parser::parser::parse(s).map_err(|e| {
+    use crate::query::promql::Expr;
+    let expr = crate::query::promql::parse(s).map_err(|e| {
+        let e = e.to_string();
         // Prometheus's ParseMetricSelector does not run this check; its API then reports it in its
         // own words (parseMatchersParam), which is what clients see.
         if e.contains("at least one non-empty matcher") {
@@ -199,30 +200,17 @@ pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, ApiError> {
             ApiError::bad_data(e)
         }
     })?;
-    let Expr::VectorSelector(vs) = expr else {
+    let Expr::Vector(vs) = expr else {
         return Err(ApiError::bad_data(format!(
             "1:1: parse error: expected a series selector, got {s:?}"
         )));
     };
-    if !vs.matchers.or_matchers.is_empty() {
+    if vs.matcher_sets.len() > 1 {
         return Err(ApiError::bad_data(
             "1:1: parse error: `or` in a series selector is not supported",
         ));
     }
-    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
-    if let Some(name) = &vs.name {
-        out.push(Matcher::eq(crate::model::METRIC_NAME, name.clone()));
-    }
-    for m in &vs.matchers.matchers {
-        let op = match m.op {
-            P::Equal => MatchOp::Equal,
-            P::NotEqual => MatchOp::NotEqual,
-            P::Re(_) => MatchOp::Regex,
-            P::NotRe(_) => MatchOp::NotRegex,
-        };
-        out.push(Matcher::new(op, m.name.clone(), m.value.clone()).map_err(|e| ApiError::bad_data(e.to_string()))?);
-    }
-    Ok(out)
+    Ok(vs.matcher_sets.into_iter().next().unwrap_or_default())
 }
 
 /// `parseMatchersParam`: every set must have a matcher that does not match the empty string.

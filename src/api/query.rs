@@ -219,9 +219,26 @@ async fn run_query(
     let expr = parse_expr(&form)?;
     let mut engine = st.engine.clone();
     engine.opts.timeout = timeout(&form, engine.opts.timeout)?;
+    // Prometheus 3.x: `lookback_delta` overrides the lookback period for this query only.
+    let lb = form.value("lookback_delta");
+    if !lb.is_empty() {
+        let ms = parse_duration(lb)
+            .map_err(|e| ApiError::bad_data(format!("error parsing lookback delta duration: {e}")))?;
+        if ms > 0 {
+            engine.opts.lookback_delta_ms = ms;
+        }
+    }
     let stats = !form.value("stats").is_empty();
     let db = Arc::clone(&st.db);
+    // Waiting for a slot counts against the query's timeout, as in Prometheus's queue.
+    let queued = Instant::now();
+    let permit = tokio::time::timeout(engine.opts.timeout, Arc::clone(&st.query_slots).acquire_owned())
+        .await
+        .map_err(|_| ApiError::from(promql::QueryError::Timeout("query queue")))?
+        .map_err(|e| ApiError::internal(format!("query queue closed: {e}")))?;
+    engine.opts.timeout = engine.opts.timeout.saturating_sub(queued.elapsed());
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let began = Instant::now();
         let out = match range {
             Some((s, e, step)) => engine.range(db.as_ref(), &expr, s, e, step),
@@ -267,7 +284,7 @@ pub async fn query_range(State(st): State<Arc<ApiState>>, uri: Uri, headers: Hea
                 "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
             ));
         }
-        if (end - start) / step > MAX_POINTS {
+        if end.saturating_sub(start) / step > MAX_POINTS {
             return Err(ApiError::bad_data(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));

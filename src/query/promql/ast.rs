@@ -1,5 +1,8 @@
 //! The project's own PromQL syntax tree. `promql-parser`'s AST is converted here once, so the engine
 //! never sees the parser crate and the parser can be replaced without touching evaluation.
+//!
+//! Owns: the AST types, the conversion, `format_query`/`parse_query` renderings. Never touches:
+//! evaluation or storage; it is the only file that imports `promql_parser`'s AST.
 
 use crate::model::{METRIC_NAME, MatchOp, Matcher};
 use promql_parser::parser as pp;
@@ -264,7 +267,7 @@ fn vector_sel(vs: &pp::VectorSelector, next_id: &mut usize) -> Result<VectorSel,
                 .iter()
                 .any(|m| m.name == METRIC_NAME && m.op == MatchOp::Equal && &m.value == name)
             {
-                set.push(Matcher::eq(METRIC_NAME, name.clone()));
+                set.insert(0, Matcher::eq(METRIC_NAME, name.clone()));
             }
         }
     }

@@ -1,18 +1,115 @@
 //! The evaluator: preloads every selector's samples once per query (one decode per series, not per
 //! step), then evaluates the tree step by step over those buffers.
+//!
+//! Owns: selection windows and cursors, lookback and staleness, binary operators and vector
+//! matching, aggregations, subqueries, name removal, limits and deadlines. Never touches: function
+//! semantics (`functions.rs`), JSON, or storage beyond `MetricsReader::select`.
 
 use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, ValueType, VectorMatching, VectorSel};
 use super::value::{Elem, QueryValue, RangeSeries, Value, format_float_f};
 use super::{EngineOptions, QueryError, QueryOutput};
 use crate::model::{Label, Labels, METRIC_NAME, Sample, is_stale_nan};
 use crate::storage::metrics::MetricsReader;
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One selected series with its decoded samples (staleness markers included).
 pub(crate) struct Loaded {
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
     pub samples: Vec<Sample>,
+    /// Cursors for the window's end and start (see `seek`).
+    pub cur_hi: Cell<usize>,
+    pub cur_lo: Cell<usize>,
+}
+
+/// Index of the first sample after `bound`, starting from a cursor. Steps move forward, so this is
+/// usually a short forward scan over adjacent memory; a binary search over a series that does not
+/// fit in cache costs a miss per probe (`cargo bench --bench promql`, 1000 series x 2880 steps:
+/// 344 -> 118 ns per series-step for a plain selector, 1050 -> 338 for `rate`).
+pub(crate) fn seek(samples: &[Sample], cur: &Cell<usize>, bound: i64) -> usize {
+    let mut i = cur.get().min(samples.len());
+    if i > 0 && samples[i - 1].t > bound {
+        i = samples[..i].partition_point(|x| x.t <= bound);
+    } else {
+        let mut n = 0;
+        while i < samples.len() && samples[i].t <= bound {
+            i += 1;
+            n += 1;
+            if n == 16 {
+                i += samples[i..].partition_point(|x| x.t <= bound);
+                break;
+            }
+        }
+    }
+    cur.set(i);
+    i
+}
+
+/// Subquery windows up to this many steps are cached across outer steps.
+const SUBQUERY_CACHE_STEPS: i64 = 10_000;
+
+/// Builds a subquery's range vector from per-step values: series found by label-set identity
+/// (selected series hand out the same `Arc` every step), else by value.
+#[derive(Default)]
+struct Assembler {
+    out: Vec<RangeSeries>,
+    by_ptr: U64Map<usize>,
+    by_value: HashMap<(Labels, bool), usize>,
+    held: Vec<Arc<Labels>>,
+    points: usize,
+}
+
+impl Assembler {
+    fn add(&mut self, ts: i64, v: &Value, max_samples: usize) -> R<()> {
+        match v {
+            Value::Vector(vec) => {
+                for e in vec {
+                    // `held` keeps every keyed Arc alive, so an address cannot be reused for
+                    // another label set during this assembly.
+                    let h = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
+                    let i = match self.by_ptr.get(&h) {
+                        Some(i) => *i,
+                        None => {
+                            let vkey = ((*e.labels).clone(), e.drop_name);
+                            let i = match self.by_value.get(&vkey) {
+                                Some(i) => *i,
+                                None => {
+                                    self.out.push(RangeSeries {
+                                        labels: vkey.0.clone(),
+                                        samples: Vec::new(),
+                                        drop_name: e.drop_name,
+                                    });
+                                    self.by_value.insert(vkey, self.out.len() - 1);
+                                    self.out.len() - 1
+                                }
+                            };
+                            if Arc::strong_count(&e.labels) > 1 {
+                                self.by_ptr.insert(h, i);
+                                self.held.push(Arc::clone(&e.labels));
+                            }
+                            i
+                        }
+                    };
+                    self.out[i].samples.push(Sample { t: ts, v: e.v });
+                }
+                self.points += vec.len();
+            }
+            Value::Scalar(x) => {
+                if self.out.is_empty() {
+                    self.out.push(RangeSeries::new(Labels::default(), Vec::new()));
+                }
+                self.out[0].samples.push(Sample { t: ts, v: *x });
+                self.points += 1;
+            }
+            _ => return Err(exec_err("subquery is only allowed on instant vector")),
+        }
+        if self.points > max_samples {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct Evaluator<'a> {
@@ -22,6 +119,11 @@ pub(crate) struct Evaluator<'a> {
     pub interval: i64,
     pub is_range: bool,
     pub(crate) data: Vec<Vec<Loaded>>,
+    /// Name-less copies of shared label sets (immediate name removal).
+    name_cache: U64Map<(Arc<Labels>, Arc<Labels>)>,
+    subquery_depth: u32,
+    /// Subquery inner values by node address and timestamp.
+    sub_cache: HashMap<usize, std::collections::BTreeMap<i64, Value>>,
     annotations: Vec<String>,
     deadline: Instant,
     pub total_samples: u64,
@@ -52,6 +154,9 @@ pub(crate) fn run(
         interval,
         is_range: !instant,
         data: Vec::new(),
+        sub_cache: HashMap::new(),
+        subquery_depth: 0,
+        name_cache: U64Map::default(),
         annotations: Vec::new(),
         deadline: began + opts.timeout,
         total_samples: 0,
@@ -66,7 +171,11 @@ pub(crate) fn run(
             Value::String(s) => QueryValue::String { t: start, s },
             Value::Vector(vec) => {
                 let vec = drop_names_vec(vec)?;
-                QueryValue::Vector(vec.into_iter().map(|e| (e.labels, start, e.v)).collect())
+                QueryValue::Vector(
+                    vec.into_iter()
+                        .map(|e| (Arc::unwrap_or_clone(e.labels), start, e.v))
+                        .collect(),
+                )
             }
             Value::Matrix(m) => {
                 let mut m = drop_names_matrix(m)?;
@@ -88,7 +197,12 @@ pub(crate) fn run(
                 )));
             }
         }
-        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+        // Output series by final label set, plus a fast path by label-set identity: a selected
+        // series hands out the same `Arc` every step. `held` keeps those Arcs alive so an address
+        // can never be reused for other labels while it is a key.
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut by_ptr: U64Map<usize> = U64Map::default();
+        let mut held: Vec<Arc<Labels>> = Vec::new();
         let mut out: Vec<RangeSeries> = Vec::new();
         let mut t = start;
         let mut points: u64 = 0;
@@ -96,7 +210,7 @@ pub(crate) fn run(
             ev.check_deadline()?;
             match ev.eval(expr, t)? {
                 Value::Scalar(v) => {
-                    let i = *index.entry((Labels::default(), false)).or_insert_with(|| {
+                    let i = *index.entry(Labels::default()).or_insert_with(|| {
                         out.push(RangeSeries::new(Labels::default(), Vec::new()));
                         out.len() - 1
                     });
@@ -106,23 +220,30 @@ pub(crate) fn run(
                 Value::Vector(vec) => {
                     check_unique_after_drop(&vec)?;
                     for e in vec {
-                        // Series whose names are dropped merge with same-labelled series (Prometheus
-                        // 3.x), so key by the final label set.
-                        let key = if e.drop_name {
-                            (drop_name(&e.labels), false)
-                        } else {
-                            (e.labels, false)
-                        };
-                        let i = match index.get(&key) {
+                        let ptr = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
+                        let i = match by_ptr.get(&ptr) {
                             Some(i) => *i,
                             None => {
-                                out.push(RangeSeries {
-                                    labels: key.0.clone(),
-                                    samples: Vec::new(),
-                                    drop_name: key.1,
-                                });
-                                index.insert(key, out.len() - 1);
-                                out.len() - 1
+                                // Series whose names are dropped merge with same-labelled series
+                                // (Prometheus 3.x), so key by the final label set.
+                                let key = if e.drop_name {
+                                    drop_name(&e.labels)
+                                } else {
+                                    (*e.labels).clone()
+                                };
+                                let i = match index.get(&key) {
+                                    Some(i) => *i,
+                                    None => {
+                                        out.push(RangeSeries::new(key.clone(), Vec::new()));
+                                        index.insert(key, out.len() - 1);
+                                        out.len() - 1
+                                    }
+                                };
+                                if Arc::strong_count(&e.labels) > 1 {
+                                    by_ptr.insert(ptr, i);
+                                    held.push(Arc::clone(&e.labels));
+                                }
+                                i
                             }
                         };
                         out[i].samples.push(Sample { t, v: e.v });
@@ -134,7 +255,10 @@ pub(crate) fn run(
             if points as usize > opts.max_samples {
                 return Err(QueryError::TooManySamples("query execution"));
             }
-            t += interval;
+            match t.checked_add(interval) {
+                Some(n) => t = n,
+                None => break,
+            }
         }
         ev.peak_samples = ev.peak_samples.max(points);
         let mut m = drop_names_matrix(out)?;
@@ -159,18 +283,100 @@ fn check_unique_after_drop(vec: &[Elem]) -> R<()> {
     if vec.len() < 2 || !vec.iter().any(|e| e.drop_name) {
         return Ok(());
     }
-    let mut seen = std::collections::HashSet::with_capacity(vec.len());
-    for e in vec {
-        let l = if e.drop_name {
-            drop_name(&e.labels)
-        } else {
-            e.labels.clone()
-        };
-        if !seen.insert(l) {
-            return Err(exec_err("vector cannot contain metrics with the same labelset"));
+    // Hashes first (no allocation per element); exact comparison only on a hash match.
+    let mut seen: U64Map<usize> = U64Map::with_capacity_and_hasher(vec.len(), Default::default());
+    for (i, e) in vec.iter().enumerate() {
+        let h = final_hash(e);
+        if let Some(&j) = seen.get(&h) {
+            let (a, b) = (final_labels(&vec[j]), final_labels(e));
+            if a == b {
+                return Err(exec_err("vector cannot contain metrics with the same labelset"));
+            }
         }
+        seen.insert(h, i);
     }
     Ok(())
+}
+
+fn final_labels(e: &Elem) -> Labels {
+    if e.drop_name {
+        drop_name(&e.labels)
+    } else {
+        (*e.labels).clone()
+    }
+}
+
+/// Hash of the labels an element will have once its name is dropped (if it is to be).
+fn final_hash(e: &Elem) -> u64 {
+    let mut h = Fnv::new();
+    for l in e.labels.iter() {
+        if e.drop_name && is_name_label(&l.name) {
+            continue;
+        }
+        h.add(&l.name);
+        h.add(&l.value);
+    }
+    h.0
+}
+
+fn is_name_label(n: &str) -> bool {
+    n == METRIC_NAME || n == "__type__" || n == "__unit__"
+}
+
+/// Hasher for keys that are already hashes or addresses: one multiply instead of SipHash.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+type U64Set = std::collections::HashSet<u64, std::hash::BuildHasherDefault<U64Hasher>>;
+
+/// FNV-1a over label names and values with separators: cheap signatures for matching.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(&mut self, s: &str) {
+        for b in s.bytes().chain(std::iter::once(0xff)) {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Hash of the matching signature (`match_labels`) without building the label set.
+fn match_hash(l: &Labels, m: &Option<Grouping>) -> u64 {
+    let mut h = Fnv::new();
+    for x in l.iter() {
+        let take = match m {
+            Some(Grouping::By(names)) => names.iter().any(|n| n == &x.name),
+            Some(Grouping::Without(names)) => x.name != METRIC_NAME && !names.iter().any(|n| n == &x.name),
+            None => x.name != METRIC_NAME,
+        };
+        if take {
+            h.add(&x.name);
+            h.add(&x.value);
+        }
+    }
+    h.0
 }
 
 fn drop_names_vec(vec: Vec<Elem>) -> R<Vec<Elem>> {
@@ -179,7 +385,7 @@ fn drop_names_vec(vec: Vec<Elem>) -> R<Vec<Elem>> {
         .into_iter()
         .map(|mut e| {
             if e.drop_name {
-                e.labels = drop_name(&e.labels);
+                e.labels = Arc::new(drop_name(&e.labels));
                 e.drop_name = false;
             }
             e
@@ -377,13 +583,14 @@ impl<'a> Evaluator<'a> {
         self.data = (0..ranges.len()).map(|_| Vec::new()).collect();
         for (id, r) in ranges.into_iter().enumerate() {
             let Some((mint, maxt, sel, is_range)) = r else { continue };
+            self.check_deadline()?;
             let mut series: Vec<Loaded> = Vec::new();
             for set in &sel.matcher_sets {
                 let selected = reader
                     .select(set, mint, maxt)
                     .map_err(|e| QueryError::Storage(e.to_string()))?;
                 for s in selected {
-                    if series.iter().any(|x| x.labels == s.labels) {
+                    if series.iter().any(|x| *x.labels == s.labels) {
                         continue;
                     }
                     let mut samples: Vec<Sample> = s.samples(mint, maxt).collect();
@@ -397,8 +604,10 @@ impl<'a> Evaluator<'a> {
                         return Err(QueryError::TooManySamples("query execution"));
                     }
                     series.push(Loaded {
-                        labels: s.labels,
+                        labels: Arc::new(s.labels),
                         samples,
+                        cur_hi: Cell::new(0),
+                        cur_lo: Cell::new(0),
                     });
                 }
             }
@@ -432,8 +641,9 @@ impl<'a> Evaluator<'a> {
                 };
                 put(
                     sel,
-                    bs - sel.offset_ms - self.opts.lookback_delta_ms,
-                    be - sel.offset_ms,
+                    bs.saturating_sub(sel.offset_ms)
+                        .saturating_sub(self.opts.lookback_delta_ms),
+                    be.saturating_sub(sel.offset_ms),
                     false,
                 );
             }
@@ -444,7 +654,12 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (s, en)
                 };
-                put(sel, bs - sel.offset_ms - range_ms, be - sel.offset_ms, true);
+                put(
+                    sel,
+                    bs.saturating_sub(sel.offset_ms).saturating_sub(*range_ms),
+                    be.saturating_sub(sel.offset_ms),
+                    true,
+                );
             }
             Expr::Subquery {
                 expr,
@@ -459,7 +674,12 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (s, en)
                 };
-                self.collect_ranges(expr, bs - offset_ms - range_ms, be - offset_ms, out);
+                self.collect_ranges(
+                    expr,
+                    bs.saturating_sub(*offset_ms).saturating_sub(*range_ms),
+                    be.saturating_sub(*offset_ms),
+                    out,
+                );
             }
             Expr::Number(_) | Expr::String(_) => {}
             Expr::Call { args, .. } => {
@@ -483,7 +703,55 @@ impl<'a> Evaluator<'a> {
 
     // ---- evaluation -------------------------------------------------------------------------
 
+    /// Evaluates one node at step `t`. Without delayed name removal (Prometheus's default), names
+    /// marked for removal are removed right here, and duplicates that creates are an error.
     pub fn eval(&mut self, e: &Expr, t: i64) -> R<Value> {
+        let v = self.eval_node(e, t)?;
+        if self.opts.delayed_name_removal {
+            return Ok(v);
+        }
+        match v {
+            Value::Vector(mut vec) if vec.iter().any(|x| x.drop_name) => {
+                for x in &mut vec {
+                    if x.drop_name {
+                        x.labels = self.without_name(&x.labels);
+                        x.drop_name = false;
+                    }
+                }
+                if vec.len() > 1 {
+                    let mut hashes: U64Map<usize> = U64Map::default();
+                    for (i, x) in vec.iter().enumerate() {
+                        let h = final_hash(x);
+                        if let Some(&j) = hashes.get(&h)
+                            && vec[j].labels == x.labels
+                        {
+                            return Err(exec_err("vector cannot contain metrics with the same labelset"));
+                        }
+                        hashes.insert(h, i);
+                    }
+                }
+                Ok(Value::Vector(vec))
+            }
+            Value::Matrix(m) if m.iter().any(|x| x.drop_name) => Ok(Value::Matrix(drop_names_matrix(m)?)),
+            v => Ok(v),
+        }
+    }
+
+    /// The label set without its name, cached per shared (selected) label set.
+    fn without_name(&mut self, l: &Arc<Labels>) -> Arc<Labels> {
+        let key = Arc::as_ptr(l) as u64;
+        if let Some((_, d)) = self.name_cache.get(&key) {
+            return Arc::clone(d);
+        }
+        let d = Arc::new(drop_name(l));
+        if Arc::strong_count(l) > 1 {
+            // Holding the original keeps its address from being reused for other labels.
+            self.name_cache.insert(key, (Arc::clone(l), Arc::clone(&d)));
+        }
+        d
+    }
+
+    fn eval_node(&mut self, e: &Expr, t: i64) -> R<Value> {
         match e {
             Expr::Number(v) => Ok(Value::Scalar(*v)),
             Expr::String(s) => Ok(Value::String(s.clone())),
@@ -530,20 +798,20 @@ impl<'a> Evaluator<'a> {
 
     /// The effective time of a selector evaluated at step `t`.
     pub fn sel_time(&self, sel: &VectorSel, t: i64) -> i64 {
-        self.at_time(&sel.at, t) - sel.offset_ms
+        self.at_time(&sel.at, t).saturating_sub(sel.offset_ms)
     }
 
     /// Instant-vector selection: the newest sample in `(ref - lookback, ref]`, unless it is stale.
     /// `sample_ts` keeps the samples' own timestamps (for `timestamp()`).
     pub fn select_instant(&self, sel: &VectorSel, t: i64, sample_ts: bool) -> Vec<Elem> {
         let rt = self.sel_time(sel, t);
-        let lo = rt - self.opts.lookback_delta_ms;
+        let lo = rt.saturating_sub(self.opts.lookback_delta_ms);
         let Some(series) = self.data.get(sel.id) else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(series.len());
         for s in series {
-            let i = s.samples.partition_point(|x| x.t <= rt);
+            let i = seek(&s.samples, &s.cur_hi, rt);
             if i == 0 {
                 continue;
             }
@@ -564,22 +832,23 @@ impl<'a> Evaluator<'a> {
     /// Range-vector selection: samples in `(ref - range, ref]`, staleness markers removed.
     pub fn select_range(&self, sel: &VectorSel, range: i64, t: i64) -> Vec<RangeSeries> {
         let rt = self.sel_time(sel, t);
-        let lo = rt - range;
+        let lo = rt.saturating_sub(range);
         let Some(series) = self.data.get(sel.id) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for s in series {
-            let a = s.samples.partition_point(|x| x.t <= lo);
-            let b = s.samples.partition_point(|x| x.t <= rt);
+            let a = seek(&s.samples, &s.cur_lo, lo);
+            let b = seek(&s.samples, &s.cur_hi, rt);
             if a >= b {
                 continue;
             }
-            out.push(RangeSeries::new(s.labels.clone(), s.samples[a..b].to_vec()));
+            out.push(RangeSeries::new((*s.labels).clone(), s.samples[a..b].to_vec()));
         }
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn subquery(
         &mut self,
         expr: &Expr,
@@ -594,48 +863,83 @@ impl<'a> Evaluator<'a> {
         } else {
             self.opts.default_subquery_step_ms
         };
-        let rt = self.at_time(at, t) - offset;
-        let lo = rt - range;
+        let rt = self.at_time(at, t).saturating_sub(offset);
+        let lo = rt.saturating_sub(range);
         let mut s = step * (lo / step);
         if s <= lo {
             s += step;
         }
-        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
-        let mut out: Vec<RangeSeries> = Vec::new();
-        let mut ts = s;
-        while ts <= rt {
-            self.check_deadline()?;
-            match self.eval(expr, ts)? {
-                Value::Vector(vec) => {
-                    for e in vec {
-                        let key = (e.labels, e.drop_name);
-                        let i = match index.get(&key) {
-                            Some(i) => *i,
-                            None => {
-                                out.push(RangeSeries {
-                                    labels: key.0.clone(),
-                                    samples: Vec::new(),
-                                    drop_name: key.1,
-                                });
-                                index.insert(key, out.len() - 1);
-                                out.len() - 1
-                            }
-                        };
-                        out[i].samples.push(Sample { t: ts, v: e.v });
+        // Every inner step costs time and memory: count steps (even empty ones) against the sample
+        // limit so that a huge range with a tiny step fails instead of exhausting memory.
+        let steps = (rt.saturating_sub(s) / step).saturating_add(1);
+        if steps > 0 && steps as u64 > self.opts.max_samples as u64 {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        let mut asm = Assembler::default();
+        // Under a range query (or another subquery) consecutive windows overlap, and the inner value
+        // at an aligned timestamp does not depend on the outer step: evaluate it once and reuse it.
+        // A cached step costs ~200 bytes, so only modest windows are cached; an instant query
+        // streams the inner values straight into the result.
+        let cache = (self.is_range || self.subquery_depth > 0) && steps <= SUBQUERY_CACHE_STEPS;
+        self.subquery_depth += 1;
+        let r = if cache {
+            self.subquery_cached(expr, s, rt, step, &mut asm)
+        } else {
+            let mut ts = s;
+            let mut res = Ok(());
+            while ts <= rt {
+                if let Err(e) = self.check_deadline() {
+                    res = Err(e);
+                    break;
+                }
+                match self.eval(expr, ts) {
+                    Ok(v) => {
+                        if let Err(e) = asm.add(ts, &v, self.opts.max_samples) {
+                            res = Err(e);
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        res = Err(e);
+                        break;
                     }
                 }
-                Value::Scalar(v) => {
-                    let i = *index.entry((Labels::default(), false)).or_insert_with(|| {
-                        out.push(RangeSeries::new(Labels::default(), Vec::new()));
-                        out.len() - 1
-                    });
-                    out[i].samples.push(Sample { t: ts, v });
+                match ts.checked_add(step) {
+                    Some(n) => ts = n,
+                    None => break,
                 }
-                _ => return Err(exec_err("subquery is only allowed on instant vector")),
             }
-            ts += step;
+            res
+        };
+        self.subquery_depth -= 1;
+        r?;
+        Ok(asm.out)
+    }
+
+    fn subquery_cached(&mut self, expr: &Expr, s: i64, rt: i64, step: i64, asm: &mut Assembler) -> R<()> {
+        let key = expr as *const Expr as usize;
+        let mut ts = s;
+        while ts <= rt {
+            let cached = self.sub_cache.get(&key).is_some_and(|m| m.contains_key(&ts));
+            if !cached {
+                self.check_deadline()?;
+                let v = self.eval(expr, ts)?;
+                self.sub_cache.entry(key).or_default().insert(ts, v);
+            }
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
         }
-        Ok(out)
+        let Some(cache) = self.sub_cache.get_mut(&key) else {
+            return Ok(());
+        };
+        // Older timestamps are not needed by later (increasing) steps.
+        *cache = cache.split_off(&s);
+        for (ts, v) in cache.range(s..=rt) {
+            asm.add(*ts, v, self.opts.max_samples)?;
+        }
+        Ok(())
     }
 
     pub fn eval_scalar(&mut self, e: &Expr, t: i64) -> R<f64> {
@@ -729,14 +1033,14 @@ impl<'a> Evaluator<'a> {
                 let mut index: HashMap<Labels, usize> = HashMap::new();
                 let mut out: Vec<Elem> = Vec::new();
                 for e in vec {
-                    let g = group_labels(&e.labels, grouping, e.drop_name);
+                    let g = group_labels(&e.labels, grouping);
                     let l = set_label(&g, &str_param, &format_float_f(e.v));
                     match index.get(&l) {
                         Some(i) => out[*i].v += 1.0,
                         None => {
                             index.insert(l.clone(), out.len());
                             out.push(Elem {
-                                labels: l,
+                                labels: Arc::new(l),
                                 v: 1.0,
                                 t,
                                 drop_name: false,
@@ -753,17 +1057,19 @@ impl<'a> Evaluator<'a> {
                         super::value::format_float(num_param)
                     ));
                 }
-                let mut index: HashMap<Labels, usize> = HashMap::new();
+                // Groups by signature hash, like Prometheus; labels are built once per group.
+                let mut index: U64Map<usize> = U64Map::default();
                 let mut groups: Vec<Group> = Vec::new();
                 for e in vec {
-                    let g = group_labels(&e.labels, grouping, e.drop_name);
-                    match index.get(&g) {
+                    let h = group_hash(&e.labels, grouping);
+                    match index.get(&h) {
                         Some(i) => {
                             groups[*i].add(op, e.v);
                             groups[*i].drop_name |= e.drop_name;
                         }
                         None => {
-                            index.insert(g.clone(), groups.len());
+                            index.insert(h, groups.len());
+                            let g = group_labels(&e.labels, grouping);
                             let mut gr = Group::new(op, g, e.v);
                             gr.drop_name = e.drop_name;
                             groups.push(gr);
@@ -777,7 +1083,7 @@ impl<'a> Evaluator<'a> {
                             let v = g.finish(op, num_param);
                             let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
                             Elem {
-                                labels: g.labels,
+                                labels: Arc::new(g.labels),
                                 v,
                                 t,
                                 drop_name,
@@ -816,10 +1122,10 @@ impl<'a> Evaluator<'a> {
         if op != AggOp::LimitRatio && k < 1 {
             return Ok(Value::Vector(Vec::new()));
         }
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut index: U64Map<usize> = U64Map::default();
         let mut groups: Vec<Vec<Elem>> = Vec::new();
         for mut e in vec {
-            let g = group_labels(&e.labels, grouping, e.drop_name);
+            let g = group_hash(&e.labels, grouping);
             e.t = t;
             match index.get(&g) {
                 Some(i) => groups[*i].push(e),
@@ -888,13 +1194,20 @@ pub(crate) fn valid_label_name(s: &str) -> bool {
     !s.is_empty()
 }
 
-fn group_labels(l: &Labels, grouping: &Option<Grouping>, drop_name: bool) -> Labels {
+/// Hash of `group_labels` without building it.
+fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
+    match grouping {
+        None => 0,
+        Some(_) => match_hash(l, grouping),
+    }
+}
+
+/// An aggregation group's labels. `by (__name__)` keeps a name that is only marked for removal:
+/// the group then inherits the mark (Prometheus 3.x delayed name removal).
+fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
     match grouping {
         None => Labels::default(),
-        Some(Grouping::By(names)) => {
-            let _ = drop_name;
-            keep_labels(l, names)
-        }
+        Some(Grouping::By(names)) => keep_labels(l, names),
         Some(Grouping::Without(names)) => remove_labels(l, names, true),
     }
 }
@@ -1045,17 +1358,17 @@ fn vector_scalar(op: BinOp, v: Vec<Elem>, s: f64, swap: bool, return_bool: bool,
 }
 
 fn set_and(lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching, and: bool) -> Vec<Elem> {
-    let sigs: std::collections::HashSet<Labels> = rhs.iter().map(|e| match_labels(&e.labels, &m.matching)).collect();
+    let sigs: U64Set = rhs.iter().map(|e| match_hash(&e.labels, &m.matching)).collect();
     lhs.into_iter()
-        .filter(|e| sigs.contains(&match_labels(&e.labels, &m.matching)) == and)
+        .filter(|e| sigs.contains(&match_hash(&e.labels, &m.matching)) == and)
         .collect()
 }
 
 fn set_or(lhs: Vec<Elem>, rhs: Vec<Elem>, m: &VectorMatching) -> Vec<Elem> {
-    let sigs: std::collections::HashSet<Labels> = lhs.iter().map(|e| match_labels(&e.labels, &m.matching)).collect();
+    let sigs: U64Set = lhs.iter().map(|e| match_hash(&e.labels, &m.matching)).collect();
     let mut out = lhs;
     for e in rhs {
-        if !sigs.contains(&match_labels(&e.labels, &m.matching)) {
+        if !sigs.contains(&match_hash(&e.labels, &m.matching)) {
             out.push(e);
         }
     }
@@ -1078,31 +1391,32 @@ fn vector_vector(
         _ => &[],
     };
     // Index the "one" side by signature.
-    let mut one_idx: HashMap<Labels, usize> = HashMap::with_capacity(one.len());
+    let mut one_idx: U64Map<usize> = U64Map::with_capacity_and_hasher(one.len(), Default::default());
     for (i, e) in one.iter().enumerate() {
-        let sig = match_labels(&e.labels, &m.matching);
-        if let Some(prev) = one_idx.get(&sig) {
+        let h = match_hash(&e.labels, &m.matching);
+        if let Some(prev) = one_idx.get(&h) {
+            let sig = match_labels(&e.labels, &m.matching);
             let side = if swapped { "left" } else { "right" };
             return Err(exec_err(format!(
                 "found duplicate series for the match group {sig} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
                 one[*prev].labels, e.labels
             )));
         }
-        one_idx.insert(sig, i);
+        one_idx.insert(h, i);
     }
-    let mut matched: HashMap<Labels, std::collections::HashSet<Labels>> = HashMap::new();
+    let mut matched: U64Map<U64Set> = U64Map::default();
     let mut one_used = vec![false; one.len()];
     let mut out = Vec::new();
     let drop = !op.is_comparison() || return_bool;
-    let mut emit = |ml: &Elem, ol: Option<&Elem>, lv: f64, rv: f64, sig: &Labels, out: &mut Vec<Elem>| -> R<()> {
+    let mut emit = |ml: &Elem, ol: Option<&Elem>, lv: f64, rv: f64, sig: u64, out: &mut Vec<Elem>| -> R<()> {
         if m.card == Card::OneToOne {
-            let e = matched.entry(sig.clone()).or_default();
+            let e = matched.entry(sig).or_default();
             if !e.is_empty() {
                 return Err(exec_err(
                     "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
                 ));
             }
-            e.insert(Labels::default());
+            e.insert(0);
         }
         let (val, keep) = scalar_op(op, lv, rv);
         let val = if op.is_comparison() {
@@ -1116,24 +1430,33 @@ fn vector_vector(
         } else {
             val
         };
-        // Result labels (Prometheus's resultMetric).
-        let mut labels = ml.labels.clone();
+        // Result labels (Prometheus's resultMetric); the input's shared label set when unchanged.
+        let mut labels = Arc::clone(&ml.labels);
         if m.card == Card::OneToOne {
-            labels = match &m.matching {
-                Some(Grouping::By(names)) => keep_labels(&labels, names),
-                Some(Grouping::Without(names)) => remove_labels(&labels, names, false),
-                None => labels,
-            };
-        }
-        if let Some(o) = ol {
-            for n in include {
-                labels = set_label(&labels, n, o.labels.get_or_empty(n));
+            match &m.matching {
+                Some(Grouping::By(names)) => labels = Arc::new(keep_labels(&labels, names)),
+                Some(Grouping::Without(names)) => labels = Arc::new(remove_labels(&labels, names, false)),
+                None => {}
             }
+        }
+        if let Some(o) = ol
+            && !include.is_empty()
+        {
+            let mut l = (*labels).clone();
+            for n in include {
+                l = set_label(&l, n, o.labels.get_or_empty(n));
+            }
+            labels = Arc::new(l);
         }
         let dropn = if drop { true } else { ml.drop_name };
         if m.card != Card::OneToOne {
-            let key = if dropn { drop_name(&labels) } else { labels.clone() };
-            if !matched.entry(sig.clone()).or_default().insert(key) {
+            let probe = Elem {
+                labels: Arc::clone(&labels),
+                v: 0.0,
+                t,
+                drop_name: dropn,
+            };
+            if !matched.entry(sig).or_default().insert(final_hash(&probe)) {
                 return Err(exec_err(
                     "multiple matches for labels: grouping labels must ensure unique matches",
                 ));
@@ -1148,20 +1471,20 @@ fn vector_vector(
         Ok(())
     };
     for ml in &many {
-        let sig = match_labels(&ml.labels, &m.matching);
+        let sig = match_hash(&ml.labels, &m.matching);
         match one_idx.get(&sig) {
             Some(&i) => {
                 one_used[i] = true;
                 let o = &one[i];
                 let (lv, rv) = if swapped { (o.v, ml.v) } else { (ml.v, o.v) };
-                emit(ml, Some(o), lv, rv, &sig, &mut out)?;
+                emit(ml, Some(o), lv, rv, sig, &mut out)?;
             }
             None => {
                 // Prometheus applies fill values after swapping sides for group_right, so the
                 // "many" side always takes `fill_rhs` and the "one" side `fill_lhs`.
                 if let Some(f) = m.fill_rhs {
                     let (lv, rv) = if swapped { (f, ml.v) } else { (ml.v, f) };
-                    emit(ml, None, lv, rv, &sig, &mut out)?;
+                    emit(ml, None, lv, rv, sig, &mut out)?;
                 }
             }
         }
@@ -1173,15 +1496,15 @@ fn vector_vector(
                 continue;
             }
             // An unmatched "one"-side series yields its matching labels only.
-            let sig = match_labels(&o.labels, &m.matching);
+            let sig = match_hash(&o.labels, &m.matching);
             let synthetic = Elem {
-                labels: sig.clone(),
+                labels: Arc::new(match_labels(&o.labels, &m.matching)),
                 v: o.v,
                 t,
                 drop_name: true,
             };
             let (lv, rv) = if swapped { (o.v, f) } else { (f, o.v) };
-            emit(&synthetic, None, lv, rv, &sig, &mut out)?;
+            emit(&synthetic, None, lv, rv, sig, &mut out)?;
         }
     }
     Ok(out)

@@ -1,10 +1,14 @@
 //! PromQL functions (Prometheus 3.x `promql/functions.go` semantics, float samples only).
+//!
+//! Owns: every function's arithmetic and annotations. Never touches: selection (it asks the
+//! evaluator for values and windows) or output encoding.
 
 use super::ast::{Expr, VectorSel};
 use super::eval::{Evaluator, R, almost_equal, exec_err, go_max, go_min, kahan_inc, quantile, set_label};
-use super::value::{Elem, RangeSeries, Value, format_float};
+use super::value::{Elem, Value, format_float};
 use crate::model::{Labels, METRIC_NAME, MatchOp, Sample};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Strips parentheses (Prometheus unwraps them for `timestamp()` and `absent()`).
 fn unparen(e: &Expr) -> &Expr {
@@ -510,7 +514,7 @@ impl Evaluator<'_> {
                         continue;
                     }
                     if e.labels.get(&l.name).is_none() {
-                        e.labels = set_label(&e.labels, &l.name, &l.value);
+                        e.labels = Arc::new(set_label(&e.labels, &l.name, &l.value));
                     }
                 }
             }
@@ -548,11 +552,11 @@ impl Evaluator<'_> {
     ) -> R<Value> {
         if let Expr::Matrix { sel, range_ms } = unparen(arg) {
             let rt = self.sel_time(sel, t);
-            let lo = rt - range_ms;
+            let lo = rt.saturating_sub(*range_ms);
             let mut out = Vec::new();
             for s in self.data.get(sel.id).map(Vec::as_slice).unwrap_or_default() {
-                let a = s.samples.partition_point(|x| x.t <= lo);
-                let b = s.samples.partition_point(|x| x.t <= rt);
+                let a = super::eval::seek(&s.samples, &s.cur_lo, lo);
+                let b = super::eval::seek(&s.samples, &s.cur_hi, rt);
                 if a >= b {
                     continue;
                 }
@@ -575,7 +579,7 @@ impl Evaluator<'_> {
             }
             if let Some(v) = f(&s.labels, &s.samples) {
                 out.push(Elem {
-                    labels: s.labels,
+                    labels: Arc::new(s.labels),
                     v,
                     t,
                     drop_name: !keep_name || s.drop_name,
@@ -616,7 +620,7 @@ impl Evaluator<'_> {
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, t)?;
                 Ok(Value::Vector(vec![Elem {
-                    labels: Labels::default(),
+                    labels: Arc::new(Labels::default()),
                     v,
                     t,
                     drop_name: false,
@@ -711,7 +715,7 @@ impl Evaluator<'_> {
             "minute" | "hour" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "month" | "year" => {
                 if args.is_empty() {
                     return Ok(Value::Vector(vec![Elem {
-                        labels: Labels::default(),
+                        labels: Arc::new(Labels::default()),
                         v: date_part(func, t as f64 / 1000.0),
                         t,
                         drop_name: false,
@@ -726,7 +730,7 @@ impl Evaluator<'_> {
                     return Ok(Value::Vector(Vec::new()));
                 }
                 Ok(Value::Vector(vec![Elem {
-                    labels: absent_labels(arg(0)?),
+                    labels: Arc::new(absent_labels(arg(0)?)),
                     v: 1.0,
                     t,
                     drop_name: false,
@@ -738,7 +742,7 @@ impl Evaluator<'_> {
                     return Ok(Value::Vector(Vec::new()));
                 }
                 Ok(Value::Vector(vec![Elem {
-                    labels: absent_labels(arg(0)?),
+                    labels: Arc::new(absent_labels(arg(0)?)),
                     v: 1.0,
                     t,
                     drop_name: false,
@@ -797,7 +801,7 @@ impl Evaluator<'_> {
                     if let Some(caps) = regex.captures(e.labels.get_or_empty(&src)) {
                         let mut res = String::new();
                         caps.expand(&repl, &mut res);
-                        e.labels = set_label(&e.labels, &dst, &res);
+                        e.labels = Arc::new(set_label(&e.labels, &dst, &res));
                         if dst == METRIC_NAME {
                             e.drop_name = false;
                         }
@@ -825,7 +829,7 @@ impl Evaluator<'_> {
                 for mut e in v {
                     let joined: Vec<&str> = srcs.iter().map(|s| e.labels.get_or_empty(s)).collect();
                     let joined = joined.join(&sep);
-                    e.labels = set_label(&e.labels, &dst, &joined);
+                    e.labels = Arc::new(set_label(&e.labels, &dst, &joined));
                     if dst == METRIC_NAME {
                         e.drop_name = false;
                     }
@@ -952,10 +956,9 @@ impl Evaluator<'_> {
             }),
             "predict_linear" => {
                 let d = self.eval_scalar(arg(1)?, t)?;
-                let a = arg(0)?;
-                let (_, end) = range_bounds(self, a, t);
-                let _ = end;
-                self.over_time(a, t, false, |_, s| {
+                // The intercept is taken at the evaluation time (Prometheus uses the step time even
+                // under `@`, which is why predict_linear is @-unsafe in its test runner).
+                self.over_time(arg(0)?, t, false, |_, s| {
                     if s.len() < 2 {
                         return None;
                     }
@@ -1046,7 +1049,7 @@ impl Evaluator<'_> {
                 for (labels, mut b, name) in groups {
                     if func == "histogram_fraction" {
                         out.push(Elem {
-                            labels,
+                            labels: Arc::new(labels),
                             v: bucket_fraction(qs[0], qs[1], &mut b),
                             t,
                             drop_name: true,
@@ -1069,7 +1072,7 @@ impl Evaluator<'_> {
                             None => labels.clone(),
                         };
                         out.push(Elem {
-                            labels,
+                            labels: Arc::new(labels),
                             v,
                             t,
                             drop_name: true,
@@ -1079,16 +1082,8 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(out))
             }
             "info" => self.info(args, t),
-            other => Err(QueryErrorExt::unsupported(other)),
+            other => Err(exec_err(format!("function {other:?} is not supported"))),
         }
-    }
-}
-
-struct QueryErrorExt;
-
-impl QueryErrorExt {
-    fn unsupported(f: &str) -> super::QueryError {
-        exec_err(format!("function {f:?} is not supported"))
     }
 }
 
@@ -1175,9 +1170,6 @@ pub(crate) fn xxhash64(b: &[u8]) -> u64 {
     h ^= h >> 32;
     h
 }
-
-#[allow(dead_code)]
-fn _unused(_: RangeSeries) {}
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,16 @@
 //! Evaluation values: what each node yields at one step, and what a query returns.
+//!
+//! Owns: the value types and Go's float formatting. Never touches: evaluation or HTTP.
 
 use crate::model::{Labels, Sample};
+use std::sync::Arc;
 
 /// One element of an instant vector. `drop_name` implements Prometheus 3.x's delayed `__name__`
 /// removal: operations mark the element and the name is removed when the query result is built.
 #[derive(Debug, Clone)]
 pub(crate) struct Elem {
-    pub labels: Labels,
+    /// Shared with the selected series (and across steps): cloning is a reference-count increment.
+    pub labels: Arc<Labels>,
     pub v: f64,
     /// The sample's own timestamp (only `timestamp()` reads it).
     pub t: i64,
