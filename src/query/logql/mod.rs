@@ -153,51 +153,12 @@ pub fn parse_time(s: &str, name: &str) -> Result<i64, Error> {
         let digits = s.trim_start_matches('-').len();
         return Ok(if digits <= 10 { i * 1_000_000_000 } else { i });
     }
-    parse_rfc3339(s).ok_or_else(|| {
+    crate::model::text::parse_rfc3339_ns(s).ok_or_else(|| {
         Error::BadRequest(format!(
             "could not parse '{name}' parameter: strconv.ParseInt: parsing {}: invalid syntax",
             parser::go_quote(s)
         ))
     })
-}
-
-fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't') {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    let mut i = 19;
-    let mut frac = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let st = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let digits = &s[st..i];
-        let mut f = format!("{digits:0<9}");
-        f.truncate(9);
-        frac = f.parse().ok()?;
-    }
-    let tz = &s[i..];
-    let off = if tz == "Z" || tz == "z" {
-        0
-    } else {
-        let sign = if tz.starts_with('-') { -1 } else { 1 };
-        let hh: i64 = tz.get(1..3)?.parse().ok()?;
-        let mm: i64 = tz.get(4..6)?.parse().ok()?;
-        sign * (hh * 3600 + mm * 60)
-    };
-    // days from civil (Howard Hinnant)
-    let (yy, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(((days * 86400 + h * 3600 + mi * 60 + se) - off) * 1_000_000_000 + frac)
 }
 
 /// Loki's step parsing: float seconds, or a duration.
