@@ -42,6 +42,7 @@ async fn run(st: Arc<ApiState>, kind: Endpoint, uri: Uri, headers: HeaderMap, bo
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
+    let started = std::time::Instant::now();
     // Evaluation is CPU work and reads chunk files: keep it off the reactor.
     let answer = tokio::task::spawn_blocking(move || {
         let src = StoreSource {
@@ -58,17 +59,22 @@ async fn run(st: Arc<ApiState>, kind: Endpoint, uri: Uri, headers: HeaderMap, bo
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match answer.body {
         Body::Text(t) => plain_text(status, &t),
-        Body::Json(v) => match serde_json::to_vec(&v) {
-            Ok(bytes) => {
-                let mut r = (status, bytes).into_response();
-                // What Loki 3.4.6 sends (notes/loki-observed.md).
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=UTF-8"),
-                );
-                r
+        Body::Json(mut v) => {
+            if status == StatusCode::OK {
+                super::loki_misc::attach_stats(&mut v, started.elapsed().as_secs_f64());
             }
-            Err(e) => plain_text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding response: {e}")),
-        },
+            match serde_json::to_vec(&v) {
+                Ok(bytes) => {
+                    let mut r = (status, bytes).into_response();
+                    // What Loki 3.4.6 sends (notes/loki-observed.md).
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json; charset=UTF-8"),
+                    );
+                    r
+                }
+                Err(e) => plain_text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding response: {e}")),
+            }
+        }
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod error;
 mod loki;
+mod loki_explore;
+mod loki_misc;
 mod loki_query;
 pub mod params;
 mod prom;
@@ -68,6 +70,36 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/loki/api/v1/query_range",
             get(loki_query::query_range).post(loki_query::query_range),
         )
+        .route(
+            "/loki/api/v1/index/volume",
+            get(loki_explore::index_volume).post(loki_explore::index_volume),
+        )
+        .route(
+            "/loki/api/v1/index/volume_range",
+            get(loki_explore::index_volume_range).post(loki_explore::index_volume_range),
+        )
+        .route(
+            "/loki/api/v1/detected_labels",
+            get(loki_explore::detected_labels_handler),
+        )
+        .route(
+            "/loki/api/v1/detected_fields",
+            get(loki_explore::detected_fields_handler),
+        )
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(loki_explore::detected_field_values_handler),
+        )
+        .route("/loki/api/v1/patterns", get(loki_explore::patterns_handler))
+        .route("/loki/api/v1/status/buildinfo", get(loki_misc::buildinfo))
+        .route(
+            "/loki/api/v1/format_query",
+            get(loki_misc::format_query).post(loki_misc::format_query),
+        )
+        .route("/loki/api/v1/drilldown-limits", get(loki_misc::drilldown_limits))
+        // Data-source-managed Loki rules: we have no ruler, so Grafana's alert list gets nothing.
+        .route("/prometheus/api/v1/rules", get(query::rules))
+        .route("/prometheus/api/v1/alerts", get(query::alerts))
         .route("/api/v1/query", get(query::query).post(query::query))
         .route("/api/v1/query_range", get(query::query_range).post(query::query_range))
         .route(
