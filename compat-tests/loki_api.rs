@@ -188,3 +188,125 @@ fn query_stats_types() {
     assert_eq!(r.status, 400);
     assert!(r.header("content-type").unwrap_or("").starts_with("text/plain"));
 }
+
+#[test]
+fn exploration_endpoints() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 60_000_000_000;
+    push(
+        &s,
+        json!({"service_name": "api", "env": "prod"}),
+        t0,
+        &[
+            "level=info msg=\"request done\" status=200 took=15ms",
+            "level=info msg=\"request done\" status=404 took=3ms",
+            "level=error msg=\"request failed\" status=500 took=1.5s",
+        ],
+    );
+    push(
+        &s,
+        json!({"service_name": "db", "env": "prod"}),
+        t0,
+        &[r#"{"query":{"rows":12},"slow":true}"#],
+    );
+    let range = format!("start={}&end={}", t0 - 1_000_000_000, t0 + 1_000_000_000);
+    let get = |path: &str, q: &str, extra: &str| -> Value {
+        let r = s.get(&format!("{path}?query={}&{range}{extra}", enc(q)));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.json()
+    };
+    let bytes = |lines: &[&str]| lines.iter().map(|l| l.len()).sum::<usize>().to_string();
+    let api_bytes = bytes(&[
+        "level=info msg=\"request done\" status=200 took=15ms",
+        "level=info msg=\"request done\" status=404 took=3ms",
+        "level=error msg=\"request failed\" status=500 took=1.5s",
+    ]);
+
+    // Volume: grouped by the selector's label names, largest first.
+    let v = get("/loki/api/v1/index/volume", "{service_name=~\".+\"}", "&limit=10");
+    assert_eq!(v["data"]["resultType"], "vector");
+    let res = v["data"]["result"].as_array().unwrap();
+    assert_eq!(res.len(), 2, "{v}");
+    assert_eq!(res[0]["metric"], json!({"service_name": "api"}));
+    assert_eq!(res[0]["value"][1], json!(api_bytes));
+    assert_eq!(kind(&v["data"]["stats"]["summary"]["execTime"]), "float");
+    let v = get(
+        "/loki/api/v1/index/volume",
+        "{env=\"prod\"}",
+        "&targetLabels=service_name&limit=1",
+    );
+    assert_eq!(v["data"]["result"].as_array().map(Vec::len), Some(1));
+    let v = get("/loki/api/v1/index/volume", "{env=\"prod\"}", "&aggregateBy=labels");
+    let metrics: Vec<&Value> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["metric"])
+        .collect();
+    assert_eq!(metrics, vec![&json!({"env": ""})], "{v}");
+    let v = get("/loki/api/v1/index/volume_range", "{service_name=\"api\"}", "&step=60s");
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let vals = v["data"]["result"][0]["values"].as_array().unwrap();
+    let total: u64 = vals
+        .iter()
+        .map(|p| p[1].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total.to_string(), api_bytes);
+    let r = s.get(&format!(
+        "/loki/api/v1/index/volume?query=%7Ba%3D%22b%22%7D&{range}&aggregateBy=x"
+    ));
+    assert_eq!(r.status, 400);
+
+    // Detected labels: no envelope, cardinality per stream label.
+    let v = get("/loki/api/v1/detected_labels", "{env=\"prod\"}", "");
+    assert_eq!(
+        v,
+        json!({"detectedLabels": [{"label": "env", "cardinality": 1}, {"label": "service_name", "cardinality": 2}]})
+    );
+
+    // Detected fields: logfmt and json, typed.
+    let v = get("/loki/api/v1/detected_fields", "{env=\"prod\"}", "");
+    assert_eq!(v["limit"], json!(1000));
+    let fields: std::collections::HashMap<String, &Value> = v["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["label"].as_str().unwrap().to_string(), f))
+        .collect();
+    fn check(fields: &std::collections::HashMap<String, &Value>, name: &str, ty: &str, card: u64, parser: &str) {
+        let f = fields
+            .get(name)
+            .unwrap_or_else(|| panic!("no field {name}: {fields:?}"));
+        assert_eq!(f["type"], json!(ty), "{name}");
+        assert_eq!(f["cardinality"], json!(card), "{name}");
+        assert_eq!(f["parsers"], json!([parser]), "{name}");
+    }
+    check(&fields, "status", "int", 3, "logfmt");
+    check(&fields, "took", "duration", 3, "logfmt");
+    check(&fields, "level", "string", 2, "logfmt");
+    check(&fields, "query_rows", "int", 1, "json");
+    check(&fields, "slow", "boolean", 1, "json");
+    assert_eq!(fields["query_rows"]["jsonPath"], json!(["query", "rows"]));
+    let v = get("/loki/api/v1/detected_field/level/values", "{env=\"prod\"}", "");
+    assert_eq!(v, json!({"values": ["error", "info"], "limit": 1000}));
+
+    // Patterns: lines grouped by template, integer samples.
+    let v = get("/loki/api/v1/patterns", "{service_name=\"api\"}", "&step=30s");
+    assert_eq!(v["status"], "success");
+    let pats = v["data"].as_array().unwrap();
+    assert_eq!(pats.len(), 2, "{v}");
+    assert_eq!(
+        pats[0]["pattern"],
+        "level=info msg=\"request done\" status=<_> took=<_>"
+    );
+    assert_eq!(pats[0]["level"], "info");
+    let n: u64 = pats[0]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(n, 2);
+    assert!(pats[0]["samples"][0][0].is_i64());
+}

@@ -186,8 +186,10 @@ fn volume_keys(p: &VolumeParams, labels: &Labels) -> Vec<Vec<(String, String)>> 
     if key.is_empty() { Vec::new() } else { vec![key] }
 }
 
-fn entry_bytes(line: &str, sm: &[(String, String)]) -> u64 {
-    (line.len() + sm.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
+/// Line bytes, as the store's ingestion accounting counts them (metadata such as the synthesized
+/// `detected_level` would make a stream's volume depend on level detection).
+fn entry_bytes(line: &str) -> u64 {
+    line.len() as u64
 }
 
 /// Seconds as Prometheus prints a sample time.
@@ -219,8 +221,8 @@ fn volume(r: &Req, range: bool) -> Result<Value, LokiError> {
         0
     };
     let mut totals: Groups = HashMap::new();
-    for (labels, ts, line, sm) in scan(r, 0, false)? {
-        let b = entry_bytes(&line, &sm);
+    for (labels, ts, line, _) in scan(r, 0, false)? {
+        let b = entry_bytes(&line);
         for k in volume_keys(&p, &labels) {
             let e = totals.entry(k).or_default();
             e.0 += b;
