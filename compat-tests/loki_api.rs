@@ -310,3 +310,126 @@ fn exploration_endpoints() {
     assert_eq!(n, 2);
     assert!(pats[0]["samples"][0][0].is_i64());
 }
+
+type Ws = tungstenite::WebSocket<std::net::TcpStream>;
+
+fn tail_connect(s: &Server, query: &str) -> Result<Ws, tungstenite::Error> {
+    let stream = std::net::TcpStream::connect(s.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://{}/loki/api/v1/tail?{query}", s.addr);
+    tungstenite::client(url, stream).map(|(ws, _)| ws).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("handshake interrupted"),
+    })
+}
+
+/// Reads until a text message arrives; returns it and the number of pings seen before it.
+fn next_text(ws: &mut Ws) -> (Value, usize) {
+    let mut pings = 0;
+    loop {
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => return (serde_json::from_str(t.as_str()).unwrap(), pings),
+            tungstenite::Message::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn lines(v: &Value) -> Vec<String> {
+    v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e[1].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn live_tail() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 10_000_000_000;
+    push(&s, json!({"app": "tail"}), t0, &["keep old", "drop old"]);
+    let q = enc("{app=\"tail\"} |= \"keep\"");
+    let mut ws = tail_connect(&s, &format!("query={q}&limit=10&start={}", t0 - 1_000_000_000)).unwrap();
+    // History first, filtered.
+    let (hist, _) = next_text(&mut ws);
+    assert_eq!(lines(&hist), vec!["keep old"]);
+    assert_eq!(hist["streams"][0]["stream"]["app"], "tail");
+    // Then live entries, filtered, as Loki's tail message shape.
+    push(&s, json!({"app": "tail"}), now_ns(), &["drop new", "keep new"]);
+    push(&s, json!({"app": "other"}), now_ns(), &["keep other"]);
+    let (live, _) = next_text(&mut ws);
+    assert_eq!(lines(&live), vec!["keep new"], "{live}");
+    let ts = live["streams"][0]["values"][0][0].as_str().unwrap();
+    assert!(ts.parse::<i64>().is_ok(), "{ts}");
+    // Pings keep coming while idle (one per second).
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        if let tungstenite::Message::Ping(_) = ws.read().unwrap() {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 2.5 s");
+    // Clean close: the server answers the close handshake.
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("close: {e}"),
+        }
+    }
+
+    // delay_for holds live entries back.
+    let mut ws = tail_connect(&s, &format!("query={}&delay_for=1", enc("{app=\"late\"}"))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pushed = std::time::Instant::now();
+    push(&s, json!({"app": "late"}), now_ns(), &["late line"]);
+    let (v, _) = next_text(&mut ws);
+    assert_eq!(lines(&v), vec!["late line"]);
+    assert!(
+        pushed.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        pushed.elapsed()
+    );
+    drop(ws);
+
+    // Loki's limits, answered before the upgrade.
+    fn check(s: &Server, query: &str, want: &str) {
+        match tail_connect(s, query) {
+            Err(tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 400, "{query}");
+                let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string();
+                assert!(body.contains(want), "{query}: {body}");
+            }
+            Err(e) => panic!("{query}: {e}"),
+            Ok(_) => panic!("{query}: accepted"),
+        }
+    }
+    let q = enc("{app=\"tail\"}");
+    check(
+        &s,
+        &format!("query={q}&delay_for=6"),
+        "delay_for can't be greater than 5",
+    );
+    check(
+        &s,
+        &format!("query={q}&limit=6000"),
+        "max entries limit per query exceeded, limit > max_entries_limit_per_query (6000 > 5000)",
+    );
+    check(
+        &s,
+        &format!("query={}", enc("count_over_time({a=\"b\"}[1m])")),
+        "log queries",
+    );
+}

@@ -10,6 +10,7 @@ mod loki;
 mod loki_explore;
 mod loki_misc;
 mod loki_query;
+mod loki_tail;
 pub mod params;
 mod prom;
 mod query;
@@ -28,6 +29,9 @@ use std::sync::atomic::AtomicU64;
 pub use loki::{DEFAULT_TENANT, PushStats};
 pub use remote_write::WriteStats;
 
+/// Stored batches buffered per tail subscriber before it is told it dropped some.
+pub const TAIL_CHANNEL: usize = 1024;
+
 /// Everything the handlers share.
 pub struct ApiState {
     pub db: Arc<MetricsDb>,
@@ -42,6 +46,8 @@ pub struct ApiState {
     /// Decompressed and compressed Loki push body limit in bytes.
     pub max_push_body: usize,
     pub push_stats: Arc<PushStats>,
+    /// Stored log batches for `/loki/api/v1/tail` subscribers.
+    pub tail: tokio::sync::broadcast::Sender<Arc<crate::ingest::Appended>>,
     pub engine: crate::query::promql::Engine,
 }
 
@@ -91,6 +97,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(loki_explore::detected_field_values_handler),
         )
         .route("/loki/api/v1/patterns", get(loki_explore::patterns_handler))
+        .route("/loki/api/v1/tail", get(loki_tail::tail))
         .route("/loki/api/v1/status/buildinfo", get(loki_misc::buildinfo))
         .route(
             "/loki/api/v1/format_query",
