@@ -433,3 +433,41 @@ fn live_tail() {
         "log queries",
     );
 }
+
+#[test]
+fn query_protection_texts() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 30_000_000_000;
+    let streams: Vec<Value> = (0..501)
+        .map(|i| json!({"stream": {"job": "many", "i": i.to_string()}, "values": [[t0.to_string(), "x"]]}))
+        .collect();
+    let r = s.post(
+        "/loki/api/v1/push",
+        JSON,
+        json!({"streams": streams}).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    fn check(s: &Server, path: &str, status: u16, want: &str) {
+        let r = s.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().starts_with(want), "{path}: {}", r.text());
+    }
+    let end = t0 + 1_000_000_000;
+    let q = enc("count_over_time({job=\"many\"}[1m])");
+    check(
+        &s,
+        &format!("/loki/api/v1/query?query={q}&time={end}"),
+        400,
+        "maximum number of series (500) reached for a single query",
+    );
+    let q = enc("sum(count_over_time({job=\"many\"}[1m]))");
+    check(&s, &format!("/loki/api/v1/query?query={q}&time={end}"), 200, "{");
+    let q = enc("{job=\"many\"}");
+    check(
+        &s,
+        &format!("/loki/api/v1/query_range?query={q}&limit=5001"),
+        400,
+        "max entries limit per query exceeded, limit > max_entries_limit_per_query (5001 > 5000)",
+    );
+}

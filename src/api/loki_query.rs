@@ -16,6 +16,17 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Loki's default `max_query_series`.
+const MAX_QUERY_SERIES: usize = 500;
+
+/// Series in a metric result (log results are bounded by `limit` instead).
+fn series_count(v: &serde_json::Value) -> usize {
+    match v["data"]["resultType"].as_str() {
+        Some("matrix" | "vector") => v["data"]["result"].as_array().map_or(0, Vec::len),
+        _ => 0,
+    }
+}
+
 pub async fn query(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     run(st, Endpoint::Instant, uri, headers, body).await
 }
@@ -60,6 +71,15 @@ async fn run(st: Arc<ApiState>, kind: Endpoint, uri: Uri, headers: HeaderMap, bo
     match answer.body {
         Body::Text(t) => plain_text(status, &t),
         Body::Json(mut v) => {
+            if status == StatusCode::OK && series_count(&v) > MAX_QUERY_SERIES {
+                // Loki's `max_query_series` protection; we check the final result only.
+                return plain_text(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "maximum number of series ({MAX_QUERY_SERIES}) reached for a single query; consider reducing query cardinality by adding more specific stream selectors, reducing the time range, or aggregating results with functions like sum(), count() or topk()"
+                    ),
+                );
+            }
             if status == StatusCode::OK {
                 super::loki_misc::attach_stats(&mut v, started.elapsed().as_secs_f64());
             }
