@@ -103,7 +103,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("opening the log store")?
         .with_context(|| format!("opening the log store in {}", ldir.display()))?;
-    let loki = Arc::new(LokiIngester::new(Arc::clone(&logs), loki_limits(&cfg)));
+    // Live tail: the api state owns the channel, the ingester announces stored batches on it.
+    let (tail, _) = tokio::sync::broadcast::channel(crate::api::TAIL_CHANNEL);
+    let loki = Arc::new(LokiIngester::new(Arc::clone(&logs), loki_limits(&cfg)).with_tail(tail.clone()));
     let push_stats = Arc::new(PushStats::default());
     let registry = Registry::new();
     let write_stats = Arc::new(WriteStats::default());
@@ -120,6 +122,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         loki,
         max_push_body: usize::try_from(cfg.limits.logs.max_push_body.0).unwrap_or(usize::MAX),
         push_stats,
+        tail,
         engine: crate::query::promql::Engine::new(crate::query::promql::EngineOptions {
             lookback_delta_ms: cfg.query.lookback_delta.0.as_millis() as i64,
             max_samples: cfg.query.max_samples,

@@ -271,7 +271,7 @@ fn time_range(form: &Form) -> Result<(i64, i64), LokiError> {
     Ok((start, end))
 }
 
-fn selector(s: &str) -> Result<Vec<Matcher>, LokiError> {
+pub(super) fn selector(s: &str) -> Result<Vec<Matcher>, LokiError> {
     let t = s.trim();
     if t == "{}" || t.is_empty() {
         return Ok(Vec::new());
@@ -279,7 +279,7 @@ fn selector(s: &str) -> Result<Vec<Matcher>, LokiError> {
     parse_selector(t).map_err(|e| LokiError::BadRequest(e.message))
 }
 
-fn json_response<T: Serialize>(v: &T) -> Response {
+pub(super) fn json_response<T: Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => {
             let mut r = (StatusCode::OK, body).into_response();
@@ -311,7 +311,7 @@ impl Serialize for LabelsJson<'_> {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LokiError> + Send + 'static,
 ) -> Result<T, LokiError> {
     tokio::task::spawn_blocking(f)
@@ -319,19 +319,19 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| LokiError::Internal(format!("query task failed: {e}")))?
 }
 
-fn store_err(e: crate::storage::logs::LogsError) -> LokiError {
+pub(super) fn store_err(e: crate::storage::logs::LogsError) -> LokiError {
     LokiError::Internal(e.to_string())
 }
 
-struct Req {
-    store: Arc<LogStore>,
-    tenant: String,
-    start: i64,
-    end: i64,
-    form: Form,
+pub(super) struct Req {
+    pub store: Arc<LogStore>,
+    pub tenant: String,
+    pub start: i64,
+    pub end: i64,
+    pub form: Form,
 }
 
-fn req(st: &ApiState, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Req, LokiError> {
+pub(super) fn req(st: &ApiState, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Req, LokiError> {
     let form = Form::parse(uri.query(), headers, body).map_err(|e| LokiError::BadRequest(e.message))?;
     let (start, end) = time_range(&form)?;
     Ok(Req {

@@ -7,7 +7,10 @@
 
 pub mod error;
 mod loki;
+mod loki_explore;
+mod loki_misc;
 mod loki_query;
+mod loki_tail;
 pub mod params;
 mod prom;
 mod query;
@@ -26,6 +29,9 @@ use std::sync::atomic::AtomicU64;
 pub use loki::{DEFAULT_TENANT, PushStats};
 pub use remote_write::WriteStats;
 
+/// Stored batches buffered per tail subscriber before it is told it dropped some.
+pub const TAIL_CHANNEL: usize = 1024;
+
 /// Everything the handlers share.
 pub struct ApiState {
     pub db: Arc<MetricsDb>,
@@ -40,6 +46,8 @@ pub struct ApiState {
     /// Decompressed and compressed Loki push body limit in bytes.
     pub max_push_body: usize,
     pub push_stats: Arc<PushStats>,
+    /// Stored log batches for `/loki/api/v1/tail` subscribers.
+    pub tail: tokio::sync::broadcast::Sender<Arc<crate::ingest::Appended>>,
     pub engine: crate::query::promql::Engine,
     /// Queries evaluated at once (`query.max_concurrency`); the rest wait for a permit.
     pub query_slots: Arc<tokio::sync::Semaphore>,
@@ -70,6 +78,37 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/loki/api/v1/query_range",
             get(loki_query::query_range).post(loki_query::query_range),
         )
+        .route(
+            "/loki/api/v1/index/volume",
+            get(loki_explore::index_volume).post(loki_explore::index_volume),
+        )
+        .route(
+            "/loki/api/v1/index/volume_range",
+            get(loki_explore::index_volume_range).post(loki_explore::index_volume_range),
+        )
+        .route(
+            "/loki/api/v1/detected_labels",
+            get(loki_explore::detected_labels_handler),
+        )
+        .route(
+            "/loki/api/v1/detected_fields",
+            get(loki_explore::detected_fields_handler),
+        )
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(loki_explore::detected_field_values_handler),
+        )
+        .route("/loki/api/v1/patterns", get(loki_explore::patterns_handler))
+        .route("/loki/api/v1/tail", get(loki_tail::tail))
+        .route("/loki/api/v1/status/buildinfo", get(loki_misc::buildinfo))
+        .route(
+            "/loki/api/v1/format_query",
+            get(loki_misc::format_query).post(loki_misc::format_query),
+        )
+        .route("/loki/api/v1/drilldown-limits", get(loki_misc::drilldown_limits))
+        // Data-source-managed Loki rules: we have no ruler, so Grafana's alert list gets nothing.
+        .route("/prometheus/api/v1/rules", get(query::rules))
+        .route("/prometheus/api/v1/alerts", get(query::alerts))
         .route("/api/v1/query", get(query::query).post(query::query))
         .route("/api/v1/query_range", get(query::query_range).post(query::query_range))
         .route(

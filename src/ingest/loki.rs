@@ -162,6 +162,22 @@ pub struct LokiIngester {
     stats: Arc<LokiStats>,
     /// Stream id -> level given by its labels, for `detected_level`.
     label_levels: Mutex<HashMap<u32, Option<&'static str>>>,
+    /// Live-tail subscribers (the api state owns the channel); `None` in tools and tests.
+    tail: Option<tokio::sync::broadcast::Sender<Arc<Appended>>>,
+}
+
+/// Entries just stored, for live tailing: one message per stored batch.
+#[derive(Debug)]
+pub struct Appended {
+    pub tenant: String,
+    pub streams: Vec<AppendedStream>,
+}
+
+#[derive(Debug)]
+pub struct AppendedStream {
+    pub labels: Labels,
+    /// (ts ns, line)
+    pub entries: Vec<(i64, String)>,
 }
 
 /// One stream of a batch, borrowed from the decoded request.
@@ -259,7 +275,14 @@ impl LokiIngester {
             limits,
             stats: Arc::new(LokiStats::default()),
             label_levels: Mutex::new(HashMap::new()),
+            tail: None,
         }
+    }
+
+    /// Announces every stored batch on `tx` while it has receivers.
+    pub fn with_tail(mut self, tx: tokio::sync::broadcast::Sender<Arc<Appended>>) -> Self {
+        self.tail = Some(tx);
+        self
     }
 
     pub fn stats(&self) -> &Arc<LokiStats> {
@@ -364,6 +387,47 @@ impl LokiIngester {
     }
 
     /// Parses and validates a stream's label text; `Err` is (reason, Loki's message).
+    /// Copies the stored entries for tail subscribers; only runs while someone is tailing.
+    fn announce(
+        &self,
+        tx: &tokio::sync::broadcast::Sender<Arc<Appended>>,
+        tenant: &str,
+        b: &Batch<'_>,
+        push: &[PushStream<'_>],
+        slots: &[usize],
+        refused: &[usize],
+    ) {
+        let mut streams = Vec::new();
+        for (pi, ps) in push.iter().enumerate() {
+            if ps.entries.is_empty() || refused.contains(&pi) {
+                continue;
+            }
+            let labels = match &ps.key {
+                StreamKey::New { labels, .. } => labels.clone(),
+                StreamKey::Known(_) => match slots.get(pi).and_then(|si| b.streams.get(*si)) {
+                    Some(s) => match self.stream_labels(s.labels) {
+                        Ok(l) => l,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                },
+            };
+            let entries = ps
+                .entries
+                .iter()
+                .map(|e| (e.ts, String::from_utf8_lossy(e.line).into_owned()))
+                .collect();
+            streams.push(AppendedStream { labels, entries });
+        }
+        if !streams.is_empty() {
+            // An error only means every subscriber left meanwhile: nothing to deliver.
+            let _ = tx.send(Arc::new(Appended {
+                tenant: tenant.to_string(),
+                streams,
+            }));
+        }
+    }
+
     fn stream_labels(&self, text: &[u8]) -> Result<Labels, (Discard, String)> {
         let shown = String::from_utf8_lossy(text);
         let Ok(s) = std::str::from_utf8(text) else {
@@ -596,6 +660,7 @@ impl LokiIngester {
             ranges[slot] = start..i;
         }
         let mut label_levels_new = Vec::new();
+        let slots: Vec<usize> = keys.iter().map(|(si, _)| *si).collect();
         let push: Vec<PushStream<'_>> = keys
             .into_iter()
             .zip(ranges)
@@ -622,6 +687,11 @@ impl LokiIngester {
             out.error(format!(
                 "Maximum active stream limit exceeded, reduce the number of active streams (reduce labels or reduce label values), or contact your Loki administrator to see if the limit can be increased, user: '{tenant}'"
             ));
+        }
+        if let Some(tx) = &self.tail
+            && tx.receiver_count() > 0
+        {
+            self.announce(tx, tenant, b, &push, &slots, &res.refused_streams);
         }
         if self.limits.discover_log_levels && !label_levels_new.is_empty() {
             let mut ids2 = Vec::new();

@@ -8,7 +8,9 @@
 mod loki;
 mod remote_write;
 
-pub use loki::{DEFAULT_SERVICE_NAME_LABELS, Discard, LokiIngester, LokiLimits, LokiStats, PushOutcome};
+pub use loki::{
+    Appended, AppendedStream, DEFAULT_SERVICE_NAME_LABELS, Discard, LokiIngester, LokiLimits, LokiStats, PushOutcome,
+};
 
 pub use remote_write::{IngestStats, Limits, MetricsIngester, SeriesRejection, WriteOutcome};
 

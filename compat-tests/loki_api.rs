@@ -1,0 +1,473 @@
+//! Shapes of the Loki API surface around the query engine, against the server as a child process:
+//! Grafana's "Save & test", buildinfo, format_query, the ruler stand-ins, drilldown-limits, and the
+//! `stats` object with the types logcli's strict decoder expects.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
+
+fn now_ns() -> i64 {
+    now_ms() * 1_000_000
+}
+
+/// Pushes `lines` to one stream `labels` (a JSON object) at consecutive nanoseconds from `t0`.
+fn push(s: &Server, labels: Value, t0: i64, lines: &[&str]) {
+    let values: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| json!([(t0 + i as i64).to_string(), l]))
+        .collect();
+    let body = json!({"streams": [{"stream": labels, "values": values}]});
+    let r = s.post("/loki/api/v1/push", JSON, body.to_string().as_bytes());
+    assert_eq!(r.status, 204, "push: {}", r.text());
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The JSON type of `v` as Go's decoder sees it: integers and floats differ for logcli.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::Bool(_) => "bool",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+        Value::Null => "null",
+    }
+}
+
+#[test]
+fn grafana_save_and_test() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    // Exactly what Grafana ≥ 10.2 sends (API.md §3.3): 10-digit time is seconds.
+    let r = request(
+        s.addr,
+        "GET",
+        "/loki/api/v1/query?direction=backward&query=vector(1)%2Bvector(1)&time=4000000000",
+        &[("X-Loki-Response-Encoding-Flags", "categorize-labels")],
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["resultType"], "vector");
+    assert_eq!(
+        v["data"]["result"],
+        json!([{"metric": {}, "value": [4000000000i64, "2"]}])
+    );
+}
+
+#[test]
+fn fixed_shape_endpoints() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    fn check(s: &Server, path: &str, status: u16, want: &[(&str, Value)]) {
+        let r = s.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(
+            r.header("content-type").unwrap_or("").starts_with("application/json"),
+            "{path}"
+        );
+        let v = r.json();
+        for (ptr, w) in want {
+            assert_eq!(v.pointer(ptr), Some(w), "{path} {ptr}: {v}");
+        }
+    }
+    let ver = json!("3.5.0");
+    check(
+        &s,
+        "/loki/api/v1/status/buildinfo",
+        200,
+        &[("/version", ver.clone()), ("/branch", json!("HEAD"))],
+    );
+    check(
+        &s,
+        &format!("/loki/api/v1/format_query?query={}", enc("{app=\"x\"}   |=  `err`")),
+        200,
+        &[("/status", json!("success")), ("/data", json!("{app=\"x\"} |= `err`"))],
+    );
+    check(
+        &s,
+        "/loki/api/v1/format_query?query=%7Bapp%3D",
+        400,
+        &[("/status", json!("invalid-query"))],
+    );
+    check(
+        &s,
+        "/prometheus/api/v1/rules",
+        200,
+        &[("", json!({"status": "success", "data": {"groups": []}}))],
+    );
+    check(
+        &s,
+        "/prometheus/api/v1/alerts",
+        200,
+        &[("", json!({"status": "success", "data": {"alerts": []}}))],
+    );
+    check(
+        &s,
+        "/loki/api/v1/drilldown-limits",
+        200,
+        &[
+            ("/version", ver),
+            ("/limits/max_entries_limit_per_query", json!(5000)),
+            ("/limits/discover_log_levels", json!(true)),
+            ("/limits/volume_enabled", json!(true)),
+        ],
+    );
+    let r = s.post_form("/loki/api/v1/format_query", "query=%7Ba%3D%22b%22%7D");
+    assert_eq!(r.json(), json!({"status": "success", "data": "{a=\"b\"}"}));
+}
+
+#[test]
+fn query_stats_types() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 60_000_000_000;
+    push(&s, json!({"app": "api"}), t0, &["a", "b", "c"]);
+    let (start, end) = (t0 - 1_000_000_000, t0 + 1_000_000_000);
+    fn check(s: &Server, path: &str, entries: i64) {
+        let r = s.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let v = r.json();
+        let data = v["data"].as_object().unwrap();
+        // Loki's field order: stats comes after result.
+        let keys: Vec<&String> = data.keys().collect();
+        assert_eq!(keys.last().map(|k| k.as_str()), Some("stats"), "{path}");
+        let st = &data["stats"];
+        assert_eq!(st["summary"]["totalEntriesReturned"], json!(entries), "{path}");
+        for (ptr, want) in [
+            ("/summary/execTime", "float"),
+            ("/summary/queueTime", "float"),
+            ("/summary/bytesProcessedPerSecond", "int"),
+            ("/summary/totalLinesProcessed", "int"),
+            ("/summary/splits", "int"),
+            ("/summary/shards", "int"),
+            ("/summary/totalPostFilterLines", "int"),
+            ("/querier/store/totalChunksRef", "int"),
+            ("/querier/store/chunksDownloadTime", "int"),
+            ("/querier/store/queryReferencedStructuredMetadata", "bool"),
+            ("/querier/store/chunk/headChunkBytes", "int"),
+            ("/ingester/totalReached", "int"),
+            ("/ingester/store/chunk/decompressedLines", "int"),
+            ("/cache/chunk/entriesFound", "int"),
+            ("/cache/result/downloadTime", "int"),
+            ("/cache/instantMetricResult/requests", "int"),
+            ("/index/totalChunks", "int"),
+            ("/index/usedBloomFilters", "bool"),
+        ] {
+            let got = st.pointer(ptr).map_or("missing", kind);
+            assert_eq!(got, want, "{path} stats{ptr}");
+        }
+    }
+    let q = enc("{app=\"api\"}");
+    check(
+        &s,
+        &format!("/loki/api/v1/query_range?query={q}&start={start}&end={end}"),
+        3,
+    );
+    let q = enc("sum(count_over_time({app=\"api\"}[5m]))");
+    check(&s, &format!("/loki/api/v1/query?query={q}&time={end}"), 1);
+    // Errors stay plain text, without stats.
+    let r = s.get("/loki/api/v1/query?query=%7Bapp%3D");
+    assert_eq!(r.status, 400);
+    assert!(r.header("content-type").unwrap_or("").starts_with("text/plain"));
+}
+
+#[test]
+fn exploration_endpoints() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 60_000_000_000;
+    push(
+        &s,
+        json!({"service_name": "api", "env": "prod"}),
+        t0,
+        &[
+            "level=info msg=\"request done\" status=200 took=15ms",
+            "level=info msg=\"request done\" status=404 took=3ms",
+            "level=error msg=\"request failed\" status=500 took=1.5s",
+        ],
+    );
+    push(
+        &s,
+        json!({"service_name": "db", "env": "prod"}),
+        t0,
+        &[r#"{"query":{"rows":12},"slow":true}"#],
+    );
+    let range = format!("start={}&end={}", t0 - 1_000_000_000, t0 + 1_000_000_000);
+    let get = |path: &str, q: &str, extra: &str| -> Value {
+        let r = s.get(&format!("{path}?query={}&{range}{extra}", enc(q)));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.json()
+    };
+    let bytes = |lines: &[&str]| lines.iter().map(|l| l.len()).sum::<usize>().to_string();
+    let api_bytes = bytes(&[
+        "level=info msg=\"request done\" status=200 took=15ms",
+        "level=info msg=\"request done\" status=404 took=3ms",
+        "level=error msg=\"request failed\" status=500 took=1.5s",
+    ]);
+
+    // Volume: grouped by the selector's label names, largest first.
+    let v = get("/loki/api/v1/index/volume", "{service_name=~\".+\"}", "&limit=10");
+    assert_eq!(v["data"]["resultType"], "vector");
+    let res = v["data"]["result"].as_array().unwrap();
+    assert_eq!(res.len(), 2, "{v}");
+    assert_eq!(res[0]["metric"], json!({"service_name": "api"}));
+    assert_eq!(res[0]["value"][1], json!(api_bytes));
+    assert_eq!(kind(&v["data"]["stats"]["summary"]["execTime"]), "float");
+    let v = get(
+        "/loki/api/v1/index/volume",
+        "{env=\"prod\"}",
+        "&targetLabels=service_name&limit=1",
+    );
+    assert_eq!(v["data"]["result"].as_array().map(Vec::len), Some(1));
+    let v = get("/loki/api/v1/index/volume", "{env=\"prod\"}", "&aggregateBy=labels");
+    let metrics: Vec<&Value> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["metric"])
+        .collect();
+    assert_eq!(metrics, vec![&json!({"env": ""})], "{v}");
+    let v = get("/loki/api/v1/index/volume_range", "{service_name=\"api\"}", "&step=60s");
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let vals = v["data"]["result"][0]["values"].as_array().unwrap();
+    let total: u64 = vals
+        .iter()
+        .map(|p| p[1].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total.to_string(), api_bytes);
+    let r = s.get(&format!(
+        "/loki/api/v1/index/volume?query=%7Ba%3D%22b%22%7D&{range}&aggregateBy=x"
+    ));
+    assert_eq!(r.status, 400);
+
+    // Detected labels: no envelope, cardinality per stream label.
+    let v = get("/loki/api/v1/detected_labels", "{env=\"prod\"}", "");
+    assert_eq!(
+        v,
+        json!({"detectedLabels": [{"label": "env", "cardinality": 1}, {"label": "service_name", "cardinality": 2}]})
+    );
+
+    // Detected fields: logfmt and json, typed.
+    let v = get("/loki/api/v1/detected_fields", "{env=\"prod\"}", "");
+    assert_eq!(v["limit"], json!(1000));
+    let fields: std::collections::HashMap<String, &Value> = v["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["label"].as_str().unwrap().to_string(), f))
+        .collect();
+    fn check(fields: &std::collections::HashMap<String, &Value>, name: &str, ty: &str, card: u64, parser: &str) {
+        let f = fields
+            .get(name)
+            .unwrap_or_else(|| panic!("no field {name}: {fields:?}"));
+        assert_eq!(f["type"], json!(ty), "{name}");
+        assert_eq!(f["cardinality"], json!(card), "{name}");
+        assert_eq!(f["parsers"], json!([parser]), "{name}");
+    }
+    check(&fields, "status", "int", 3, "logfmt");
+    check(&fields, "took", "duration", 3, "logfmt");
+    check(&fields, "level", "string", 2, "logfmt");
+    check(&fields, "query_rows", "int", 1, "json");
+    check(&fields, "slow", "boolean", 1, "json");
+    assert_eq!(fields["query_rows"]["jsonPath"], json!(["query", "rows"]));
+    let v = get("/loki/api/v1/detected_field/level/values", "{env=\"prod\"}", "");
+    assert_eq!(v, json!({"values": ["error", "info"], "limit": 1000}));
+
+    // Patterns: lines grouped by template, integer samples.
+    let v = get("/loki/api/v1/patterns", "{service_name=\"api\"}", "&step=30s");
+    assert_eq!(v["status"], "success");
+    let pats = v["data"].as_array().unwrap();
+    assert_eq!(pats.len(), 2, "{v}");
+    assert_eq!(
+        pats[0]["pattern"],
+        "level=info msg=\"request done\" status=<_> took=<_>"
+    );
+    assert_eq!(pats[0]["level"], "info");
+    let n: u64 = pats[0]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(n, 2);
+    assert!(pats[0]["samples"][0][0].is_i64());
+}
+
+type Ws = tungstenite::WebSocket<std::net::TcpStream>;
+
+fn tail_connect(s: &Server, query: &str) -> Result<Ws, tungstenite::Error> {
+    let stream = std::net::TcpStream::connect(s.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://{}/loki/api/v1/tail?{query}", s.addr);
+    tungstenite::client(url, stream).map(|(ws, _)| ws).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("handshake interrupted"),
+    })
+}
+
+/// Reads until a text message arrives; returns it and the number of pings seen before it.
+fn next_text(ws: &mut Ws) -> (Value, usize) {
+    let mut pings = 0;
+    loop {
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => return (serde_json::from_str(t.as_str()).unwrap(), pings),
+            tungstenite::Message::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn lines(v: &Value) -> Vec<String> {
+    v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e[1].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn live_tail() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 10_000_000_000;
+    push(&s, json!({"app": "tail"}), t0, &["keep old", "drop old"]);
+    let q = enc("{app=\"tail\"} |= \"keep\"");
+    let mut ws = tail_connect(&s, &format!("query={q}&limit=10&start={}", t0 - 1_000_000_000)).unwrap();
+    // History first, filtered.
+    let (hist, _) = next_text(&mut ws);
+    assert_eq!(lines(&hist), vec!["keep old"]);
+    assert_eq!(hist["streams"][0]["stream"]["app"], "tail");
+    // Then live entries, filtered, as Loki's tail message shape.
+    push(&s, json!({"app": "tail"}), now_ns(), &["drop new", "keep new"]);
+    push(&s, json!({"app": "other"}), now_ns(), &["keep other"]);
+    let (live, _) = next_text(&mut ws);
+    assert_eq!(lines(&live), vec!["keep new"], "{live}");
+    let ts = live["streams"][0]["values"][0][0].as_str().unwrap();
+    assert!(ts.parse::<i64>().is_ok(), "{ts}");
+    // Pings keep coming while idle (one per second).
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        if let tungstenite::Message::Ping(_) = ws.read().unwrap() {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 2.5 s");
+    // Clean close: the server answers the close handshake.
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("close: {e}"),
+        }
+    }
+
+    // delay_for holds live entries back.
+    let mut ws = tail_connect(&s, &format!("query={}&delay_for=1", enc("{app=\"late\"}"))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pushed = std::time::Instant::now();
+    push(&s, json!({"app": "late"}), now_ns(), &["late line"]);
+    let (v, _) = next_text(&mut ws);
+    assert_eq!(lines(&v), vec!["late line"]);
+    assert!(
+        pushed.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        pushed.elapsed()
+    );
+    drop(ws);
+
+    // Loki's limits, answered before the upgrade.
+    fn check(s: &Server, query: &str, want: &str) {
+        match tail_connect(s, query) {
+            Err(tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 400, "{query}");
+                let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string();
+                assert!(body.contains(want), "{query}: {body}");
+            }
+            Err(e) => panic!("{query}: {e}"),
+            Ok(_) => panic!("{query}: accepted"),
+        }
+    }
+    let q = enc("{app=\"tail\"}");
+    check(
+        &s,
+        &format!("query={q}&delay_for=6"),
+        "delay_for can't be greater than 5",
+    );
+    check(
+        &s,
+        &format!("query={q}&limit=6000"),
+        "max entries limit per query exceeded, limit > max_entries_limit_per_query (6000 > 5000)",
+    );
+    check(
+        &s,
+        &format!("query={}", enc("count_over_time({a=\"b\"}[1m])")),
+        "log queries",
+    );
+}
+
+#[test]
+fn query_protection_texts() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 30_000_000_000;
+    let streams: Vec<Value> = (0..501)
+        .map(|i| json!({"stream": {"job": "many", "i": i.to_string()}, "values": [[t0.to_string(), "x"]]}))
+        .collect();
+    let r = s.post(
+        "/loki/api/v1/push",
+        JSON,
+        json!({"streams": streams}).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    fn check(s: &Server, path: &str, status: u16, want: &str) {
+        let r = s.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().starts_with(want), "{path}: {}", r.text());
+    }
+    let end = t0 + 1_000_000_000;
+    let q = enc("count_over_time({job=\"many\"}[1m])");
+    check(
+        &s,
+        &format!("/loki/api/v1/query?query={q}&time={end}"),
+        400,
+        "maximum number of series (500) reached for a single query",
+    );
+    let q = enc("sum(count_over_time({job=\"many\"}[1m]))");
+    check(&s, &format!("/loki/api/v1/query?query={q}&time={end}"), 200, "{");
+    let q = enc("{job=\"many\"}");
+    check(
+        &s,
+        &format!("/loki/api/v1/query_range?query={q}&limit=5001"),
+        400,
+        "max entries limit per query exceeded, limit > max_entries_limit_per_query (5001 > 5000)",
+    );
+}
