@@ -34,31 +34,6 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
 /// Minimum agreeing evaluations; only ever raise it.
 const AGREE_FLOOR: usize = 776;
 
-fn prometheus_binary() -> Option<String> {
-    let p = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string());
-    let ok = Command::new(&p)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        Some(p)
-    } else if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prometheus not found (CI=true): .ci/run installs Debian's prometheus package");
-    } else {
-        eprintln!("promql_diff: skipped, no `prometheus` binary (apt-get install prometheus)");
-        None
-    }
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const STEP: i64 = 15_000;
 const POINTS: i64 = 260;
 
@@ -311,7 +286,9 @@ fn same(ours: &Value, theirs: &Value) -> Result<(), String> {
 
 #[test]
 fn promql_agrees_with_prometheus() {
-    let Some(bin) = prometheus_binary() else { return };
+    let Some(bin) = prometheus_binary("promql_diff") else {
+        return;
+    };
     let dir = tempdir();
     let mut server = Server::start(&dir.path().join("data"), None);
     server.wait_ready();

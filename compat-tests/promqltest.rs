@@ -31,50 +31,12 @@ use std::time::Duration;
 const PASS_FLOOR: usize = 1105;
 
 fn parse_duration(s: &str) -> Option<i64> {
+    // Test scripts also write negative durations (offsets); the shared parser takes the rest.
     let s = s.trim();
-    if s == "0" {
-        return Some(0);
+    match s.strip_prefix('-') {
+        Some(r) => monitoring_rs::model::text::parse_duration_ms(r).ok().map(|v| -v),
+        None => monitoring_rs::model::text::parse_duration_ms(s).ok(),
     }
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s),
-    };
-    if let Ok(n) = s.parse::<f64>() {
-        let ms = (n * 1000.0).round() as i64;
-        return Some(if neg { -ms } else { ms });
-    }
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut total: i64 = 0;
-    if b.is_empty() {
-        return None;
-    }
-    while i < b.len() {
-        let st = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if st == i {
-            return None;
-        }
-        let n: i64 = s[st..i].parse().ok()?;
-        let us = i;
-        while i < b.len() && b[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        let mult = match &s[us..i] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "y" => 31_536_000_000,
-            _ => return None,
-        };
-        total += n * mult;
-    }
-    Some(if neg { -total } else { total })
 }
 
 fn parse_float(s: &str) -> Option<f64> {

@@ -8,34 +8,11 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn prometheus_binary() -> Option<String> {
-    let p = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string());
-    let ok = Command::new(&p)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        Some(p)
-    } else if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prometheus not found (CI=true): .ci/run installs Debian's prometheus package");
-    } else {
-        eprintln!("real_prometheus: skipped, no `prometheus` binary (apt-get install prometheus)");
-        None
-    }
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn prometheus_remote_write_arrives_unchanged() {
-    let Some(bin) = prometheus_binary() else { return };
+    let Some(bin) = prometheus_binary("real_prometheus") else {
+        return;
+    };
     let dir = tempdir();
     let server = Server::start(&dir.path().join("data"), None);
     let prom_port = free_port();

@@ -225,66 +225,11 @@ impl<'de> Deserialize<'de> for FsyncSetting {
 /// Parses Prometheus's duration syntax: one or more `<int><unit>` with units y, w, d, h, m, s, ms
 /// in decreasing order, or a plain (float) number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".to_string());
+    match crate::model::text::parse_duration_ms(s.trim()) {
+        Ok(ms) if ms >= 0 => Ok(Duration::from_millis(ms as u64)),
+        Ok(_) => Err(format!("invalid duration {s:?}: negative")),
+        Err(e) => Err(e),
     }
-    if let Ok(f) = s.parse::<f64>() {
-        if !f.is_finite() || f < 0.0 {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        return Ok(Duration::from_secs_f64(f));
-    }
-    const UNITS: [(&str, u64); 7] = [
-        ("y", 365 * 86_400_000),
-        ("w", 7 * 86_400_000),
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("ms", 1),
-        ("m", 60_000),
-        ("s", 1000),
-    ];
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut total_ms: u64 = 0;
-    let mut last_rank = usize::MAX;
-    while i < b.len() {
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if start == i {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        let n: u64 = s[start..i].parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        let rest = &s[i..];
-        let (rank, (unit, mult)) = UNITS
-            .iter()
-            .enumerate()
-            .find(|(_, (u, _))| rest.starts_with(u) && !(*u == "m" && rest.starts_with("ms")))
-            .ok_or_else(|| format!("invalid duration {s:?}: unknown unit"))?;
-        // Order in Prometheus is y w d h m s ms; our table lists ms before m only for prefix matching.
-        let order = match *unit {
-            "y" => 0,
-            "w" => 1,
-            "d" => 2,
-            "h" => 3,
-            "m" => 4,
-            "s" => 5,
-            _ => 6,
-        };
-        let _ = rank;
-        if last_rank != usize::MAX && order <= last_rank {
-            return Err(format!("invalid duration {s:?}: units out of order"));
-        }
-        last_rank = order;
-        total_ms = n
-            .checked_mul(*mult)
-            .and_then(|v| total_ms.checked_add(v))
-            .ok_or_else(|| format!("duration {s:?} is too large"))?;
-        i += unit.len();
-    }
-    Ok(Duration::from_millis(total_ms))
 }
 
 /// Parses `64MiB`, `512MB`, `1024`, `10GiB`.

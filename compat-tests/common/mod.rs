@@ -313,3 +313,31 @@ pub fn now_ms() -> i64 {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("mrs-test").tempdir().unwrap()
 }
+
+/// The real Prometheus binary (`PROMETHEUS_BIN`, default `prometheus` on PATH), or `None` with a
+/// message naming `test`. Under `CI=true` a missing binary is a failure, never a silent skip.
+pub fn prometheus_binary(test: &str) -> Option<String> {
+    let p = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string());
+    let ok = Command::new(&p)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Some(p)
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("prometheus not found (CI=true): .ci/run installs Debian's prometheus package");
+    } else {
+        eprintln!("{test}: skipped, no `prometheus` binary (apt-get install prometheus)");
+        None
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

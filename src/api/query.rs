@@ -37,46 +37,7 @@ fn json_response(body: String) -> Response {
 
 /// Prometheus's `parseDuration`: float seconds or a duration string such as `1m30s`.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
-    if let Ok(f) = s.parse::<f64>() {
-        let ms = f * 1000.0;
-        if !ms.is_finite() || ms > i64::MAX as f64 || ms < i64::MIN as f64 {
-            return Err(format!("cannot parse {s:?} to a valid duration. It overflows int64"));
-        }
-        return Ok(ms.round() as i64);
-    }
-    let bad = || format!("cannot parse {s:?} to a valid duration");
-    let b = s.as_bytes();
-    if b.is_empty() {
-        return Err(bad());
-    }
-    let mut i = 0;
-    let mut total: i64 = 0;
-    while i < b.len() {
-        let st = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if st == i {
-            return Err(bad());
-        }
-        let n: i64 = s[st..i].parse().map_err(|_| bad())?;
-        let us = i;
-        while i < b.len() && b[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        let mult = match &s[us..i] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "y" => 31_536_000_000,
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(n.saturating_mul(mult));
-    }
-    Ok(total)
+    crate::model::text::parse_duration_ms(s)
 }
 
 /// A timestamp in seconds with the millisecond fraction and no trailing zeros.

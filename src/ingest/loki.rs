@@ -26,22 +26,7 @@ pub const STREAMS_PER_BATCH: usize = 4096;
 /// Error lines listed in a 400 body; the rest are summarised as a count.
 const MAX_ERROR_LINES: usize = 10;
 
-/// Loki's default `discover_service_name` labels, in priority order.
-pub const DEFAULT_SERVICE_NAME_LABELS: &[&str] = &[
-    "service_name",
-    "service",
-    "app",
-    "application",
-    "name",
-    "app_kubernetes_io_name",
-    "container",
-    "container_name",
-    "k8s_container_name",
-    "component",
-    "workload",
-    "job",
-    "k8s_job_name",
-];
+pub use crate::model::level::DEFAULT_SERVICE_NAME_LABELS;
 
 /// Per-tenant push limits (from `limits.logs` in the config). 0 disables a numeric limit.
 #[derive(Debug, Clone)]

@@ -9,6 +9,24 @@ pub const LEVEL_FIELDS: &[&str] = &[
     "level", "LEVEL", "Level", "severity", "SEVERITY", "Severity", "lvl", "LVL", "Lvl",
 ];
 
+/// Loki 3.4's `discover_service_name` default label list, in priority order: the first present
+/// label's value becomes `service_name`.
+pub const DEFAULT_SERVICE_NAME_LABELS: &[&str] = &[
+    "service_name",
+    "service",
+    "app",
+    "application",
+    "name",
+    "app_kubernetes_io_name",
+    "container",
+    "container_name",
+    "k8s_container_name",
+    "component",
+    "workload",
+    "job",
+    "k8s_job_name",
+];
+
 /// The level Loki detects in `line` when neither labels nor structured metadata name one.
 pub fn from_line(line: &str) -> &'static str {
     let t = line.trim();

@@ -250,6 +250,57 @@ pub fn format_rfc3339_ns(ns: i64) -> String {
     s
 }
 
+/// Prometheus's duration syntax (`model.ParseDuration` plus the API's float seconds): a float number
+/// of seconds, or `<int><unit>` pairs with units y, w, d, h, m, s, ms in decreasing order. Returns
+/// milliseconds; the error is Prometheus's API text. One parser for the config file, the query API
+/// and the promqltest runner.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let bad = || format!("cannot parse {s:?} to a valid duration");
+    if let Ok(f) = s.parse::<f64>() {
+        let ms = f * 1000.0;
+        if !ms.is_finite() || ms > i64::MAX as f64 || ms < i64::MIN as f64 {
+            return Err(format!("cannot parse {s:?} to a valid duration. It overflows int64"));
+        }
+        return Ok(ms.round() as i64);
+    }
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return Err(bad());
+    }
+    let (mut i, mut total, mut last_rank) = (0, 0i64, None::<usize>);
+    while i < b.len() {
+        let st = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if st == i {
+            return Err(bad());
+        }
+        let n: i64 = s[st..i].parse().map_err(|_| bad())?;
+        let us = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        // Rank = position in Prometheus's required order.
+        let (rank, mult) = match &s[us..i] {
+            "y" => (0, 31_536_000_000),
+            "w" => (1, 604_800_000),
+            "d" => (2, 86_400_000),
+            "h" => (3, 3_600_000),
+            "m" => (4, 60_000),
+            "s" => (5, 1000),
+            "ms" => (6, 1),
+            _ => return Err(bad()),
+        };
+        if last_rank.is_some_and(|l| rank <= l) {
+            return Err(bad());
+        }
+        last_rank = Some(rank);
+        total = total.saturating_add(n.saturating_mul(mult));
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,22 +92,7 @@ pub struct MemSource {
     streams: Vec<SourceStream>,
 }
 
-/// Loki 3.4's `discover_service_name` default label list, in priority order.
-const SERVICE_LABELS: &[&str] = &[
-    "service_name",
-    "service",
-    "app",
-    "application",
-    "name",
-    "app_kubernetes_io_name",
-    "container",
-    "container_name",
-    "k8s_container_name",
-    "component",
-    "workload",
-    "job",
-    "k8s_job_name",
-];
+use crate::model::level::DEFAULT_SERVICE_NAME_LABELS as SERVICE_LABELS;
 
 use crate::model::level::LEVEL_FIELDS;
 

@@ -919,13 +919,24 @@ impl LogStore {
                 return;
             }
             let res = (|| -> Result<(), LogsError> {
-                let mut inner = self.inner.lock();
-                if self.opts.fsync_interval.is_some() && inner.dirty {
-                    inner.dirty = false;
-                    if let Some(w) = inner.wal.as_mut() {
+                // As in the metrics store: take a sync handle under the lock, fsync after releasing
+                // it, so that pushes do not wait for the disk.
+                let handle = {
+                    let mut inner = self.inner.lock();
+                    if self.opts.fsync_interval.is_some() && inner.dirty {
+                        inner.dirty = false;
+                        inner.wal.as_ref().map(|w| w.sync_handle())
+                    } else {
+                        None
+                    }
+                };
+                if let Some(Err(e)) = handle.map(|h| h.and_then(|h| h.sync())) {
+                    tracing::error!(error = %e, "Log write-ahead log fsync failed.");
+                    if let Some(w) = self.inner.lock().wal.as_mut() {
                         w.sync()?;
                     }
                 }
+                let mut inner = self.inner.lock();
                 if self.wal_stats.bytes_on_disk() > self.opts.wal_checkpoint_size {
                     self.checkpoint_wal(&mut inner)?;
                 }
