@@ -97,48 +97,51 @@ pub fn eval_log(src: &dyn LogSource, e: &LogExpr, p: LogParams) -> Result<Vec<Ou
     } = p;
     let hints = parser_hints(&e.stages);
     let lead = pipeline::leading_line_filters(&e.stages);
-    let mut all: Vec<(Pairs, OutEntry)> = Vec::new();
-    let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
-        let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-        for en in entries {
-            if !pipeline::prefilter(&e.stages[..lead], en.line.as_bytes()) {
-                continue;
-            }
-            let mut lb = LabelsBuilder {
-                stream: base.clone(),
-                sm: en.structured_metadata.to_vec(),
-                parsed: Vec::new(),
-                only: None,
-            };
-            let mut line = en.line.to_string();
-            if !pipeline::run(&e.stages[lead..], &hints[lead..], en.ts_ns, &mut line, &mut lb, &[]) {
-                continue;
-            }
-            let key = if categorize {
-                sort_pairs(lb.stream.clone())
-            } else {
-                lb.merged()
-            };
-            all.push((
-                key,
-                OutEntry {
-                    ts: en.ts_ns,
-                    line,
-                    sm: sort_pairs(lb.sm),
-                    parsed: sort_pairs(lb.parsed),
-                },
-            ));
+    let mut found: Vec<Option<(Pairs, OutEntry)>> = Vec::new();
+    // The store keeps the first `limit` accepted entries in output order and stops reading when
+    // no other entry can be among them; it may run the pipeline on a few more.
+    let mut pass = |labels: &Labels, en: &EntryRef<'_>| -> Option<usize> {
+        if !pipeline::prefilter(&e.stages[..lead], en.line.as_bytes()) {
+            return None;
         }
+        let mut lb = LabelsBuilder {
+            stream: labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+            sm: en.structured_metadata.to_vec(),
+            parsed: Vec::new(),
+            only: None,
+        };
+        let mut line = en.line.to_string();
+        if !pipeline::run(&e.stages[lead..], &hints[lead..], en.ts_ns, &mut line, &mut lb, &[]) {
+            return None;
+        }
+        let key = if categorize {
+            sort_pairs(lb.stream.clone())
+        } else {
+            lb.merged()
+        };
+        found.push(Some((
+            key,
+            OutEntry {
+                ts: en.ts_ns,
+                line,
+                sm: sort_pairs(lb.sm),
+                parsed: sort_pairs(lb.parsed),
+            },
+        )));
+        Some(found.len() - 1)
     };
-    src.visit_needles(&e.matchers, start, end, &e.required_substrings(), &mut visit)
+    let first = src
+        .select_first(
+            &e.matchers,
+            start,
+            end,
+            &e.required_substrings(),
+            forward,
+            limit,
+            &mut pass,
+        )
         .map_err(|x| Error::Internal(x.to_string()))?;
-    if forward {
-        all.sort_by_key(|(_, e)| e.ts);
-    } else {
-        // Stable sort keeps push order among equal timestamps; backward reverses it.
-        all.reverse();
-        all.sort_by_key(|(_, e)| std::cmp::Reverse(e.ts));
-    }
+    let mut all: Vec<(Pairs, OutEntry)> = first.into_iter().filter_map(|i| found.get_mut(i)?.take()).collect();
     // The store answers at most `limit` entries; Loki applies `interval` to those afterwards, so
     // an interval query returns far fewer than `limit` entries (recorded behaviour).
     all.truncate(limit);
@@ -359,102 +362,138 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
         first_wins.extend(g.labels.iter().cloned());
     }
     let lead = pipeline::leading_line_filters(&r.log.stages);
-    let mut series: HashMap<Pairs, Vec<Sample>> = HashMap::new();
-    let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
-        let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-        for en in entries {
-            if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
-                continue;
-            }
-            let mut lb = LabelsBuilder {
-                stream: base.clone(),
-                sm: en.structured_metadata.to_vec(),
-                parsed: Vec::new(),
-                only: only.clone(),
-            };
-            let mut line = en.line.to_string();
-            if !pipeline::run(
-                &r.log.stages[lead..],
-                &hints[lead..],
-                en.ts_ns,
-                &mut line,
-                &mut lb,
-                &first_wins,
-            ) {
-                continue;
-            }
-            let v = match &r.unwrap {
-                None => match r.op {
-                    RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
-                    _ => 1.0,
-                },
-                Some(u) => {
-                    // An absent or empty label yields no sample (not an error) in Loki.
-                    let raw = match lb.get(&u.label) {
-                        Some(v) if !v.is_empty() => v.to_string(),
-                        _ => continue,
-                    };
-                    let conv = match u.conv {
-                        UnwrapConv::None => pipeline::go_parse_float(&raw),
-                        UnwrapConv::Duration => super::parser::parse_duration(&raw)
-                            .map(super::parser::duration_seconds)
-                            .map_err(|e| format!("time: {e}")),
-                        UnwrapConv::Bytes => super::parser::parse_bytes(&raw)
-                            .ok_or_else(|| format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")),
-                    };
-                    let mut v = 0.0;
-                    match conv {
-                        Ok(x) => v = x,
-                        Err(e) => {
-                            if !lb.has_err() {
-                                lb.set_err("SampleExtractionErr", Some(e));
+    let mut series = SeriesSet::default();
+    if lead == r.log.stages.len() && r.unwrap.is_none() {
+        collect_simple(ctx, r, grouping, qs, qe, &mut series)?;
+    } else {
+        let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
+            let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+            for en in entries {
+                if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
+                    continue;
+                }
+                let mut lb = LabelsBuilder {
+                    stream: base.clone(),
+                    sm: en.structured_metadata.to_vec(),
+                    parsed: Vec::new(),
+                    only: only.clone(),
+                };
+                let mut line = en.line.to_string();
+                if !pipeline::run(
+                    &r.log.stages[lead..],
+                    &hints[lead..],
+                    en.ts_ns,
+                    &mut line,
+                    &mut lb,
+                    &first_wins,
+                ) {
+                    continue;
+                }
+                let v = match &r.unwrap {
+                    None => match r.op {
+                        RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
+                        _ => 1.0,
+                    },
+                    Some(u) => {
+                        // An absent or empty label yields no sample (not an error) in Loki.
+                        let raw = match lb.get(&u.label) {
+                            Some(v) if !v.is_empty() => v.to_string(),
+                            _ => continue,
+                        };
+                        let conv = match u.conv {
+                            UnwrapConv::None => pipeline::go_parse_float(&raw),
+                            UnwrapConv::Duration => super::parser::parse_duration(&raw)
+                                .map(super::parser::duration_seconds)
+                                .map_err(|e| format!("time: {e}")),
+                            UnwrapConv::Bytes => super::parser::parse_bytes(&raw)
+                                .ok_or_else(|| format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")),
+                        };
+                        let mut v = 0.0;
+                        match conv {
+                            Ok(x) => v = x,
+                            Err(e) => {
+                                if !lb.has_err() {
+                                    lb.set_err("SampleExtractionErr", Some(e));
+                                }
                             }
                         }
-                    }
-                    let mut keep = true;
-                    for f in &u.post {
-                        if !pipeline::label_filter(f, &mut lb) {
-                            keep = false;
-                            break;
+                        let mut keep = true;
+                        for f in &u.post {
+                            if !pipeline::label_filter(f, &mut lb) {
+                                keep = false;
+                                break;
+                            }
                         }
+                        if !keep {
+                            continue;
+                        }
+                        if !lb.has_err() {
+                            lb.del(&u.label);
+                        }
+                        v
                     }
-                    if !keep {
-                        continue;
-                    }
-                    if !lb.has_err() {
-                        lb.del(&u.label);
-                    }
-                    v
+                };
+                let mut labels = lb.merged();
+                if let Some(g) = grouping {
+                    labels = group_labels(&labels, g);
                 }
-            };
-            let mut labels = lb.merged();
-            if let Some(g) = grouping {
-                labels = group_labels(&labels, g);
+                let slot = series.slot(labels);
+                series.samples[slot].push(Sample { ts: en.ts_ns, v });
             }
-            series.entry(labels).or_default().push(Sample { ts: en.ts_ns, v });
-        }
-    };
-    ctx.src
-        .visit_needles(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut visit)
-        .map_err(|x| Error::Internal(x.to_string()))?;
-    for s in series.values_mut() {
+        };
+        ctx.src
+            .visit_needles(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut visit)
+            .map_err(|x| Error::Internal(x.to_string()))?;
+    }
+    let SeriesSet { keys, samples, .. } = series;
+    let mut samples = samples;
+    for s in &mut samples {
+        // Batches arrive block by block: a few sorted runs, which the stable sort merges.
         s.sort_by_key(|x| x.ts);
     }
-    let mut keys: Vec<&Pairs> = series.keys().collect();
-    keys.sort();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    let sums = matches!(
+        r.op,
+        RangeOp::BytesOverTime | RangeOp::BytesRate | RangeOp::SumOverTime | RangeOp::Rate
+    );
+    let prefix: Vec<Option<Vec<f64>>> = samples
+        .iter()
+        .map(|s| if sums { exact_prefix_sums(s) } else { None })
+        .collect();
+    let ascending = ctx.steps.windows(2).all(|w| w[0] <= w[1]);
+    // Window bounds per series: with ascending steps both only move forward, so each sample is
+    // passed over once per query rather than searched for at every step.
+    let mut bounds: Vec<(usize, usize)> = vec![(0, 0); keys.len()];
     let mut out = Vec::with_capacity(ctx.steps.len());
     for &t in &ctx.steps {
         let we = t - r.offset_ns;
         let ws = we - r.range_ns;
         let mut vec: Vec<(Pairs, f64)> = Vec::new();
         let mut any = false;
-        for k in &keys {
-            let ss = &series[*k];
-            let lo = ss.partition_point(|x| x.ts <= ws);
-            let hi = ss.partition_point(|x| x.ts <= we);
+        for &i in &order {
+            let k = &keys[i];
+            let ss = &samples[i];
+            let (lo, hi) = if ascending {
+                let (lo, hi) = &mut bounds[i];
+                while *lo < ss.len() && ss[*lo].ts <= ws {
+                    *lo += 1;
+                }
+                *hi = (*hi).max(*lo);
+                while *hi < ss.len() && ss[*hi].ts <= we {
+                    *hi += 1;
+                }
+                (*lo, *hi)
+            } else {
+                (ss.partition_point(|x| x.ts <= ws), ss.partition_point(|x| x.ts <= we))
+            };
             if lo >= hi {
                 continue;
             }
+            let wsum = || match &prefix[i] {
+                Some(p) => p[hi] - p[lo],
+                None => ss[lo..hi].iter().map(|x| x.v).sum::<f64>(),
+            };
             any = true;
             if r.op == RangeOp::AbsentOverTime {
                 continue;
@@ -473,13 +512,13 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
                 RangeOp::CountOverTime => w.len() as f64,
                 RangeOp::Rate => {
                     if r.unwrap.is_some() {
-                        w.iter().map(|x| x.v).sum::<f64>() / secs
+                        wsum() / secs
                     } else {
                         w.len() as f64 / secs
                     }
                 }
-                RangeOp::BytesOverTime | RangeOp::SumOverTime => w.iter().map(|x| x.v).sum(),
-                RangeOp::BytesRate => w.iter().map(|x| x.v).sum::<f64>() / secs,
+                RangeOp::BytesOverTime | RangeOp::SumOverTime => wsum(),
+                RangeOp::BytesRate => wsum() / secs,
                 RangeOp::AvgOverTime => {
                     // Loki's incremental mean (Prometheus's avg_over_time before 2.x kahan).
                     let mut mean = 0.0;
@@ -519,7 +558,7 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
                 RangeOp::RateCounter => rate_counter(w, r.range_ns),
                 RangeOp::AbsentOverTime => 0.0,
             };
-            vec.push(((*k).clone(), v));
+            vec.push((k.clone(), v));
         }
         if r.op == RangeOp::AbsentOverTime && !any {
             {
@@ -538,6 +577,122 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
         out.push(vec);
     }
     Ok(StepVal::Vector(out))
+}
+
+/// Series of a range aggregation in order of appearance, with their samples.
+#[derive(Default)]
+struct SeriesSet {
+    index: HashMap<Pairs, usize>,
+    keys: Vec<Pairs>,
+    samples: Vec<Vec<Sample>>,
+}
+
+impl SeriesSet {
+    fn slot(&mut self, key: Pairs) -> usize {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        let i = self.keys.len();
+        self.index.insert(key.clone(), i);
+        self.keys.push(key);
+        self.samples.push(Vec::new());
+        i
+    }
+}
+
+/// Prefix sums of a series' values when they give every window's sum exactly: non-negative
+/// integers (line lengths, counts) whose total stays below 2^53. Otherwise `None` and windows
+/// are summed one by one, in order, as the naive definition does.
+fn exact_prefix_sums(s: &[Sample]) -> Option<Vec<f64>> {
+    let mut p = Vec::with_capacity(s.len() + 1);
+    let mut acc = 0.0f64;
+    p.push(acc);
+    for x in s {
+        if !(x.v >= 0.0 && x.v.fract() == 0.0 && x.v.is_sign_positive()) {
+            return None;
+        }
+        acc += x.v;
+        p.push(acc);
+    }
+    if acc >= 9_007_199_254_740_992.0 {
+        return None;
+    }
+    Some(p)
+}
+
+/// Range aggregations whose pipeline is only line filters and that unwrap nothing: a sample's
+/// labels then depend only on its stream and its structured metadata, so they are worked out once
+/// per (block, metadata) rather than per entry, and without any filter the lines are not read.
+fn collect_simple(
+    ctx: &Ctx,
+    r: &RangeAgg,
+    grouping: Option<&Grouping>,
+    qs: i64,
+    qe: i64,
+    series: &mut SeriesSet,
+) -> Result<(), Error> {
+    let bytes = matches!(r.op, RangeOp::BytesOverTime | RangeOp::BytesRate);
+    // The same labels the general path gives an entry that went through no label stage.
+    let key_of = |labels: &Labels, sm: &[(String, String)]| -> Pairs {
+        let lb = LabelsBuilder {
+            stream: labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+            sm: sm.to_vec(),
+            parsed: Vec::new(),
+            only: None,
+        };
+        let l = lb.merged();
+        match grouping {
+            Some(g) => group_labels(&l, g),
+            None => l,
+        }
+    };
+    // Per batch (one stream): metadata seen → series. Bounded, so that metadata unique per entry
+    // (a trace id) degrades to a key per entry instead of a quadratic search.
+    const CACHE: usize = 8;
+    let mut cache: Vec<(Pairs, usize)> = Vec::with_capacity(CACHE);
+    let slot_of =
+        |cache: &mut Vec<(Pairs, usize)>, series: &mut SeriesSet, labels: &Labels, sm: &[(String, String)]| {
+            if let Some((_, i)) = cache.iter().find(|(c, _)| c.as_slice() == sm) {
+                return *i;
+            }
+            let i = series.slot(key_of(labels, sm));
+            if cache.len() < CACHE {
+                cache.push((sm.to_vec(), i));
+            }
+            i
+        };
+    if r.log.stages.is_empty() {
+        ctx.src
+            .visit_lens(&r.log.matchers, qs, qe, &mut |labels, entries| {
+                cache.clear();
+                for en in entries {
+                    let i = slot_of(&mut cache, series, labels, en.structured_metadata);
+                    let v = if bytes { en.len as f64 } else { 1.0 };
+                    series.samples[i].push(Sample { ts: en.ts_ns, v });
+                }
+            })
+            .map_err(|x| Error::Internal(x.to_string()))
+    } else {
+        ctx.src
+            .visit_needles(
+                &r.log.matchers,
+                qs,
+                qe,
+                &r.log.required_substrings(),
+                &mut |labels, entries| {
+                    cache.clear();
+                    for en in entries {
+                        if !pipeline::prefilter(&r.log.stages, en.line.as_bytes()) {
+                            continue;
+                        }
+                        let i = slot_of(&mut cache, series, labels, en.structured_metadata);
+                        let v = if bytes { en.line.len() as f64 } else { 1.0 };
+                        series.samples[i].push(Sample { ts: en.ts_ns, v });
+                    }
+                },
+            )
+            .map_err(|x| Error::Internal(x.to_string()))
+    }
 }
 
 /// Loki's `extrapolatedRate(..., isCounter=true, isRate=true)`, with its range start taken from

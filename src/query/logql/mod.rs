@@ -15,7 +15,7 @@ pub mod source;
 mod store;
 pub mod template;
 
-pub use source::{EntryRef, LogSource, MemSource, SourceEntry, SourceError, SourceStream};
+pub use source::{EntryRef, LenRef, LogSource, MemSource, SourceEntry, SourceError, SourceStream};
 pub use store::StoreSource;
 
 use serde_json::{Map, Value, json};

@@ -74,6 +74,91 @@ pub trait LogSource {
         let _ = needles;
         self.visit(matchers, start_ns, end_ns, f)
     }
+
+    /// For metric queries that need no line: each entry's timestamp, line length and structured
+    /// metadata, in batches per stream. A store may then skip decoding the lines.
+    fn visit_lens(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        f: &mut dyn FnMut(&Labels, &[LenRef<'_>]),
+    ) -> Result<(), SourceError> {
+        self.visit(matchers, start_ns, end_ns, &mut |labels, entries| {
+            let refs: Vec<LenRef<'_>> = entries
+                .iter()
+                .map(|e| LenRef {
+                    ts_ns: e.ts_ns,
+                    len: e.line.len(),
+                    structured_metadata: e.structured_metadata,
+                })
+                .collect();
+            f(labels, &refs);
+        })
+    }
+
+    /// For log queries: runs `pass` over entries of the matching streams and returns what it
+    /// answered (`Some`) for the first `limit` entries it accepted, in output order: oldest first
+    /// when `forward`, else newest first; equal timestamps in stream order (reversed when
+    /// backward). `pass` may also be called, in any order, on entries that turn out not to be
+    /// among them: a store stops reading once nothing left can be, so a `limit=100` query over
+    /// a day reads a few blocks when most entries pass, and scans without merging when few do.
+    #[allow(clippy::too_many_arguments)]
+    fn select_first(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        forward: bool,
+        limit: usize,
+        pass: &mut dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize>,
+    ) -> Result<Vec<usize>, SourceError> {
+        let mut streams: Vec<Labels> = Vec::new();
+        let mut all: Vec<(usize, SourceEntry)> = Vec::new();
+        self.visit_needles(matchers, start_ns, end_ns, needles, &mut |labels, entries| {
+            if streams.last() != Some(labels) {
+                streams.push(labels.clone());
+            }
+            let i = streams.len() - 1;
+            all.extend(entries.iter().map(|e| {
+                (
+                    i,
+                    SourceEntry {
+                        ts_ns: e.ts_ns,
+                        line: e.line.to_string(),
+                        structured_metadata: e.structured_metadata.to_vec(),
+                    },
+                )
+            }));
+        })?;
+        if forward {
+            all.sort_by_key(|(_, e)| e.ts_ns);
+        } else {
+            // Stable sort keeps visit order among equal timestamps; backward reverses it.
+            all.reverse();
+            all.sort_by_key(|(_, e)| std::cmp::Reverse(e.ts_ns));
+        }
+        let mut out = Vec::new();
+        for (i, e) in &all {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(v) = pass(&streams[*i], &e.as_ref()) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What [`LogSource::visit_lens`] lends: an entry without its line.
+#[derive(Debug, Clone, Copy)]
+pub struct LenRef<'a> {
+    pub ts_ns: i64,
+    /// The line's length in bytes.
+    pub len: usize,
+    pub structured_metadata: &'a [(String, String)],
 }
 
 impl SourceEntry {

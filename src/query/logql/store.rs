@@ -3,10 +3,10 @@
 //! Owns: translating a source selection into one `LogReader::select` for a tenant and grouping the
 //! merged entries back into streams. Never touches: storage internals beyond the `LogReader` trait.
 
-use super::source::{EntryRef, LogSource, SourceEntry, SourceError, SourceStream};
+use super::source::{EntryRef, LenRef, LogSource, SourceEntry, SourceError, SourceStream};
 use crate::model::{Labels, Matcher};
-use crate::storage::logs::{Direction, EntryIter, LogReader, SelectRequest};
-use std::collections::HashMap;
+use crate::storage::logs::{BlockBatch, Direction, EntryIter, LogReader, SelectRequest};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 /// One tenant's view of a log store.
@@ -16,6 +16,29 @@ pub struct StoreSource<'a> {
 }
 
 impl StoreSource<'_> {
+    fn request(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        forward: bool,
+    ) -> SelectRequest {
+        SelectRequest {
+            tenant: self.tenant.to_string(),
+            matchers: matchers.to_vec(),
+            start: start_ns,
+            end: end_ns,
+            direction: if forward {
+                Direction::Forward
+            } else {
+                Direction::Backward
+            },
+            limit: 0,
+            line_contains: needles.to_vec(),
+        }
+    }
+
     fn entries(
         &self,
         matchers: &[Matcher],
@@ -23,16 +46,38 @@ impl StoreSource<'_> {
         end_ns: i64,
         needles: &[String],
     ) -> Result<EntryIter, SourceError> {
-        let req = SelectRequest {
-            tenant: self.tenant.to_string(),
-            matchers: matchers.to_vec(),
-            start: start_ns,
-            end: end_ns,
-            direction: Direction::Forward,
-            limit: 0,
-            line_contains: needles.to_vec(),
-        };
+        let req = self.request(matchers, start_ns, end_ns, needles, true);
         self.reader.select(&req).map_err(|e| SourceError::Store(e.to_string()))
+    }
+}
+
+/// Turns borrowed byte metadata into the `(String, String)` pairs `EntryRef` lends, reusing the
+/// strings of earlier batches so that steady state allocates nothing.
+#[derive(Default)]
+struct MetaArena {
+    pairs: Vec<(String, String)>,
+}
+
+fn set_str(dst: &mut String, b: &[u8]) {
+    dst.clear();
+    match std::str::from_utf8(b) {
+        Ok(s) => dst.push_str(s),
+        Err(_) => dst.push_str(&String::from_utf8_lossy(b)),
+    }
+}
+
+impl MetaArena {
+    fn fill(&mut self, b: &BlockBatch<'_>) {
+        for (i, (n, v)) in b.meta.iter().enumerate() {
+            if i == self.pairs.len() {
+                self.pairs.push((String::new(), String::new()));
+            }
+            set_str(&mut self.pairs[i].0, n);
+            set_str(&mut self.pairs[i].1, v);
+        }
+    }
+    fn get(&self, r: (u32, u32)) -> &[(String, String)] {
+        self.pairs.get(r.0 as usize..r.1 as usize).unwrap_or(&[])
     }
 }
 
@@ -49,6 +94,9 @@ impl LogSource for StoreSource<'_> {
 
     /// Streams entries one at a time (no per-stream buffering), letting the store skip chunks whose
     /// filters rule the needles out: a needle query then reads a few chunks, not the corpus.
+    ///
+    /// Block by block, unmerged: lines are lent from the decompressed block (a line that is not
+    /// UTF-8 is copied, lossily), so a metric query allocates per block, not per entry.
     fn visit_needles(
         &self,
         matchers: &[Matcher],
@@ -57,16 +105,137 @@ impl LogSource for StoreSource<'_> {
         needles: &[String],
         f: &mut dyn FnMut(&Labels, &[EntryRef<'_>]),
     ) -> Result<(), SourceError> {
-        for item in self.entries(matchers, start_ns, end_ns, needles)? {
-            let se = item.map_err(|e| SourceError::Store(e.to_string()))?;
-            let e = EntryRef {
-                ts_ns: se.entry.ts,
-                line: &se.entry.line,
-                structured_metadata: &se.entry.metadata,
-            };
-            f(&se.labels, std::slice::from_ref(&e));
+        let req = self.request(matchers, start_ns, end_ns, needles, true);
+        let mut arena = MetaArena::default();
+        let mut fixed: Vec<String> = Vec::new();
+        self.reader
+            .visit_blocks(&req, true, false, &mut |b| {
+                arena.fill(b);
+                fixed.clear();
+                fixed.extend(
+                    b.entries
+                        .iter()
+                        .filter(|e| std::str::from_utf8(e.line).is_err())
+                        .map(|e| String::from_utf8_lossy(e.line).into_owned()),
+                );
+                let mut k = 0;
+                let refs: Vec<EntryRef<'_>> = b
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let line = match std::str::from_utf8(e.line) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                k += 1;
+                                fixed.get(k - 1).map_or("", String::as_str)
+                            }
+                        };
+                        EntryRef {
+                            ts_ns: e.ts,
+                            line,
+                            structured_metadata: arena.get(e.meta),
+                        }
+                    })
+                    .collect();
+                f(b.labels, &refs);
+                true
+            })
+            .map_err(|e| SourceError::Store(e.to_string()))
+    }
+
+    fn visit_lens(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        f: &mut dyn FnMut(&Labels, &[LenRef<'_>]),
+    ) -> Result<(), SourceError> {
+        let req = self.request(matchers, start_ns, end_ns, &[], true);
+        let mut arena = MetaArena::default();
+        self.reader
+            .visit_blocks(&req, false, false, &mut |b| {
+                arena.fill(b);
+                let refs: Vec<LenRef<'_>> = b
+                    .entries
+                    .iter()
+                    .map(|e| LenRef {
+                        ts_ns: e.ts,
+                        len: e.len as usize,
+                        structured_metadata: arena.get(e.meta),
+                    })
+                    .collect();
+                f(b.labels, &refs);
+                true
+            })
+            .map_err(|e| SourceError::Store(e.to_string()))
+    }
+
+    /// Blocks in the asked direction, unmerged, keeping the best `limit` accepted entries by the
+    /// merge order (time, stream, sequence): an entry that cannot beat the worst kept one is not
+    /// even run through `pass`, and the visit stops at the first block whose bound cannot.
+    #[allow(clippy::too_many_arguments)]
+    fn select_first(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        forward: bool,
+        limit: usize,
+        pass: &mut dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize>,
+    ) -> Result<Vec<usize>, SourceError> {
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        Ok(())
+        let req = self.request(matchers, start_ns, end_ns, needles, forward);
+        // Smaller is better; backward negates every component, as the merging iterator does.
+        let key = |ts: i64, stream: usize, seq: u64| {
+            if forward {
+                (ts, stream, seq)
+            } else {
+                (ts.saturating_neg(), usize::MAX - stream, u64::MAX - seq)
+            }
+        };
+        let mut kept: BinaryHeap<((i64, usize, u64), usize)> = BinaryHeap::new();
+        let mut arena = MetaArena::default();
+        let mut lossy = String::new();
+        self.reader
+            .visit_blocks(&req, true, true, &mut |b| {
+                if kept.len() >= limit
+                    && let Some(((worst, _, _), _)) = kept.peek()
+                    && key(b.bound, 0, 0).0 > *worst
+                {
+                    return false;
+                }
+                arena.fill(b);
+                for e in b.entries {
+                    let k = key(e.ts, b.stream, e.seq);
+                    if kept.len() >= limit && kept.peek().is_some_and(|(w, _)| k >= *w) {
+                        continue;
+                    }
+                    let line = match std::str::from_utf8(e.line) {
+                        Ok(s) => s,
+                        Err(_) => {
+                            lossy = String::from_utf8_lossy(e.line).into_owned();
+                            lossy.as_str()
+                        }
+                    };
+                    let en = EntryRef {
+                        ts_ns: e.ts,
+                        line,
+                        structured_metadata: arena.get(e.meta),
+                    };
+                    if let Some(v) = pass(b.labels, &en) {
+                        kept.push((k, v));
+                        if kept.len() > limit {
+                            kept.pop();
+                        }
+                    }
+                }
+                true
+            })
+            .map_err(|e| SourceError::Store(e.to_string()))?;
+        Ok(kept.into_sorted_vec().into_iter().map(|(_, v)| v).collect())
     }
 
     fn select(&self, matchers: &[Matcher], start_ns: i64, end_ns: i64) -> Result<Vec<SourceStream>, SourceError> {

@@ -67,7 +67,99 @@ pub trait LogReader: Send + Sync {
         end: i64,
     ) -> Result<Vec<String>, LogsError>;
     fn index_stats(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<IndexStats, LogsError>;
+    /// Hands every block of the matching streams holding entries in `[req.start, req.end)` to
+    /// `f`, unmerged, lending lines and metadata straight from the decompressed block (the limit
+    /// is ignored); `f` returns false to stop. With `ordered` false blocks come in no particular
+    /// order (the fast read for metric queries); with `ordered` true, head blocks first (where
+    /// false skips just that head), then blocks by `bound` in `req.direction` (newest `max_t`
+    /// first when backward, oldest `min_t` first when forward), so a caller keeping the first N
+    /// entries can stop once a block's bound is past its N-th. With `lines` false the entries'
+    /// `line` may be empty (`len` is right).
+    fn visit_blocks(
+        &self,
+        req: &SelectRequest,
+        lines: bool,
+        ordered: bool,
+        f: &mut dyn FnMut(&BlockBatch<'_>) -> bool,
+    ) -> Result<(), LogsError>;
 }
+
+/// One entry lent by [`LogReader::visit_blocks`].
+#[derive(Debug, Clone, Copy)]
+pub struct BlockEntry<'a> {
+    pub ts: i64,
+    /// The entry's sequence number in its stream (the merge order's tie-break).
+    pub seq: u64,
+    /// The line's length in bytes.
+    pub len: u32,
+    /// The line, or empty when the visit did not ask for lines.
+    pub line: &'a [u8],
+    /// This entry's structured metadata: `BlockBatch::meta[meta.0..meta.1]`.
+    pub meta: (u32, u32),
+}
+
+/// The entries of one block (or head) of one stream, with `ts` in the visit's range.
+#[derive(Debug)]
+pub struct BlockBatch<'a> {
+    pub labels: &'a Arc<Labels>,
+    /// The stream's index in this select (the merge order's tie-break among streams).
+    pub stream: usize,
+    /// Newest entry time when backward, oldest when forward (of the whole block).
+    pub bound: i64,
+    pub entries: &'a [BlockEntry<'a>],
+    /// (name, value) pairs of all entries, back to back.
+    pub meta: &'a [(&'a [u8], &'a [u8])],
+}
+
+/// Decodes a decompressed block into borrowed entries in `[start, end)`. The one place that picks
+/// the block decoder: once `block` can decode timestamps, lengths and metadata without the lines,
+/// `lines == false` should call that here.
+fn decode_batch<'a>(
+    raw: &'a [u8],
+    first_seq: u64,
+    _lines: bool,
+    start: i64,
+    end: i64,
+    entries: &mut Vec<BlockEntry<'a>>,
+    meta: &mut Vec<(&'a [u8], &'a [u8])>,
+) -> Result<(), LogsError> {
+    let mut seq = first_seq;
+    block::for_each_entry(raw, |ts, line, m| {
+        seq += 1;
+        if ts < start || ts >= end {
+            return;
+        }
+        let a = meta.len() as u32;
+        meta.extend(m);
+        entries.push(BlockEntry {
+            ts,
+            seq: seq - 1,
+            len: line.len() as u32,
+            line,
+            meta: (a, meta.len() as u32),
+        });
+    })
+}
+
+/// Reads, checks and decompresses one block record into `raw` (`buf` is the record scratch).
+fn load_block(
+    dir: &std::path::Path,
+    b: &BlockSource,
+    buf: &mut Vec<u8>,
+    raw: &mut Vec<u8>,
+    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
+) -> Result<(), LogsError> {
+    crate::storage::wal::read_record_at(dir, b.block.pos, buf)?;
+    let (ty, mut r) = block::open_record(buf)?;
+    if ty != block::REC_BLOCK {
+        return Err(LogsError::BadRecord("not a block"));
+    }
+    let (h, data) = block::decode_block_header(&mut r)?;
+    block::decompress_with(&h, data, raw, dctx)
+}
+
+/// Below this many blocks a visit stays on the calling thread (a thread costs ~50 µs).
+const PARALLEL_BLOCKS: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BlockSource {
@@ -346,5 +438,145 @@ impl LogReader for LogStore {
 
     fn index_stats(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<IndexStats, LogsError> {
         Ok(self.stats_over(tenant, matchers, start, end))
+    }
+
+    /// Decompression is most of a scan's cost, so with enough blocks a second thread reads and
+    /// decompresses blocks and hands the buffers over a bounded channel, while this thread runs `f`
+    /// (which need not be `Send`): unordered, the two threads take every other block; ordered, the
+    /// second thread reads ahead in order.
+    fn visit_blocks(
+        &self,
+        req: &SelectRequest,
+        lines: bool,
+        ordered: bool,
+        f: &mut dyn FnMut(&BlockBatch<'_>) -> bool,
+    ) -> Result<(), LogsError> {
+        let mut sel = self.snapshot(
+            &req.tenant,
+            &req.matchers,
+            req.start,
+            req.end.saturating_sub(1),
+            &req.line_contains,
+        )?;
+        let (start, end) = (req.start, req.end);
+        let forward = req.direction == Direction::Forward;
+        let bound_of = |min_t: i64, max_t: i64| if forward { min_t } else { max_t };
+        let mut entries: Vec<BlockEntry<'_>> = Vec::new();
+        let mut meta: Vec<(&[u8], &[u8])> = Vec::new();
+        for (stream, first_seq, es) in &sel.heads {
+            entries.clear();
+            meta.clear();
+            let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
+            for (i, e) in es.iter().enumerate() {
+                min_t = min_t.min(e.ts);
+                max_t = max_t.max(e.ts);
+                if e.ts < start || e.ts >= end {
+                    continue;
+                }
+                let a = meta.len() as u32;
+                meta.extend(e.metadata.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+                entries.push(BlockEntry {
+                    ts: e.ts,
+                    seq: first_seq + i as u64,
+                    len: e.line.len() as u32,
+                    line: e.line.as_bytes(),
+                    meta: (a, meta.len() as u32),
+                });
+            }
+            // Heads come unsorted: when ordered, a refusal skips only that head.
+            if !entries.is_empty()
+                && !f(&BlockBatch {
+                    labels: &sel.labels[*stream],
+                    stream: *stream,
+                    bound: bound_of(min_t, max_t),
+                    entries: &entries,
+                    meta: &meta,
+                })
+                && !ordered
+            {
+                return Ok(());
+            }
+        }
+        drop(entries);
+        drop(meta);
+        if ordered {
+            if forward {
+                sel.blocks.sort_by_key(|b| b.block.min_t);
+            } else {
+                sel.blocks.sort_by_key(|b| std::cmp::Reverse(b.block.max_t));
+            }
+        }
+        let labels = &sel.labels;
+        // Ok(false): `f` asked to stop.
+        let mut run = |b: &BlockSource, raw: &[u8]| -> Result<bool, LogsError> {
+            let mut entries = Vec::new();
+            let mut meta = Vec::new();
+            decode_batch(raw, b.block.first_seq, lines, start, end, &mut entries, &mut meta)?;
+            if entries.is_empty() {
+                return Ok(true);
+            }
+            Ok(f(&BlockBatch {
+                labels: &labels[b.stream],
+                stream: b.stream,
+                bound: bound_of(b.block.min_t, b.block.max_t),
+                entries: &entries,
+                meta: &meta,
+            }))
+        };
+        let dir = sel.dir.as_path();
+        let (mut buf, mut raw, mut dctx) = (Vec::new(), Vec::new(), None);
+        if sel.blocks.len() < PARALLEL_BLOCKS {
+            for b in &sel.blocks {
+                load_block(dir, b, &mut buf, &mut raw, &mut dctx)?;
+                if !run(b, &raw)? {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        std::thread::scope(|sc| -> Result<(), LogsError> {
+            // Created inside the scope: an early return drops `rx`, which ends the worker before
+            // the scope joins it.
+            type Loaded = Result<(usize, Vec<u8>), LogsError>;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Loaded>(4);
+            let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let blocks = &sel.blocks;
+            // Ordered: the worker reads every block ahead of this thread; unordered: the odd ones.
+            let (step, first) = if ordered { (1, 0) } else { (2, 1) };
+            sc.spawn(move || {
+                let (mut buf, mut dctx) = (Vec::new(), None);
+                for (i, b) in blocks.iter().enumerate().skip(first).step_by(step) {
+                    let mut raw = back_rx.try_recv().unwrap_or_default();
+                    let r = load_block(dir, b, &mut buf, &mut raw, &mut dctx).map(|()| (i, raw));
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            if !ordered {
+                for b in blocks.iter().step_by(2) {
+                    load_block(dir, b, &mut buf, &mut raw, &mut dctx)?;
+                    if !run(b, &raw)? {
+                        return Ok(());
+                    }
+                    while let Ok(m) = rx.try_recv() {
+                        let (i, r) = m?;
+                        if !run(&blocks[i], &r)? {
+                            return Ok(());
+                        }
+                        let _ = back_tx.send(r);
+                    }
+                }
+            }
+            for m in rx.iter() {
+                let (i, r) = m?;
+                if !run(&blocks[i], &r)? {
+                    return Ok(());
+                }
+                let _ = back_tx.send(r);
+            }
+            Ok(())
+        })
     }
 }
