@@ -366,19 +366,30 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
     if lead == r.log.stages.len() && r.unwrap.is_none() {
         collect_simple(ctx, r, grouping, qs, qe, &mut series)?;
     } else {
+        let mut lb = LabelsBuilder {
+            only: only.clone(),
+            ..LabelsBuilder::default()
+        };
+        let mut line = String::new();
+        // A `by` grouping's names, sorted and unique: the order of the series' labels.
+        let mut by_names: Vec<&str> = grouping
+            .filter(|g| !g.without)
+            .map(|g| g.labels.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        by_names.sort_unstable();
+        by_names.dedup();
         let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
             let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
             for en in entries {
                 if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
                     continue;
                 }
-                let mut lb = LabelsBuilder {
-                    stream: base.clone(),
-                    sm: en.structured_metadata.to_vec(),
-                    parsed: Vec::new(),
-                    only: only.clone(),
-                };
-                let mut line = en.line.to_string();
+                // One builder and line buffer for the whole query: their strings are reused.
+                assign_pairs(&mut lb.stream, &base);
+                assign_pairs(&mut lb.sm, en.structured_metadata);
+                lb.parsed.clear();
+                line.clear();
+                line.push_str(en.line);
                 if !pipeline::run(
                     &r.log.stages[lead..],
                     &hints[lead..],
@@ -433,11 +444,7 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
                         v
                     }
                 };
-                let mut labels = lb.merged();
-                if let Some(g) = grouping {
-                    labels = group_labels(&labels, g);
-                }
-                let slot = series.slot(labels);
+                let slot = series.slot_for(&lb, grouping, &by_names);
                 series.samples[slot].push(Sample { ts: en.ts_ns, v });
             }
         };
@@ -579,25 +586,93 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
     Ok(StepVal::Vector(out))
 }
 
-/// Series of a range aggregation in order of appearance, with their samples.
+/// Series of a range aggregation in order of appearance, with their samples. Looked up by a
+/// hash of their label pairs, so that a borrowed key can be tried without building an owned one.
 #[derive(Default)]
 struct SeriesSet {
-    index: HashMap<Pairs, usize>,
+    hasher: std::collections::hash_map::RandomState,
+    index: HashMap<u64, Vec<usize>>,
     keys: Vec<Pairs>,
     samples: Vec<Vec<Sample>>,
 }
 
 impl SeriesSet {
-    fn slot(&mut self, key: Pairs) -> usize {
-        if let Some(&i) = self.index.get(&key) {
-            return i;
+    fn hash<'a>(&self, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hasher.build_hasher();
+        for (k, v) in pairs {
+            k.hash(&mut h);
+            v.hash(&mut h);
         }
+        h.finish()
+    }
+
+    fn find(&self, h: u64, key: &[(&str, &str)]) -> Option<usize> {
+        self.index.get(&h)?.iter().copied().find(|&i| {
+            let k = &self.keys[i];
+            k.len() == key.len() && k.iter().zip(key).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+        })
+    }
+
+    fn insert(&mut self, h: u64, key: Pairs) -> usize {
         let i = self.keys.len();
-        self.index.insert(key.clone(), i);
+        self.index.entry(h).or_default().push(i);
         self.keys.push(key);
         self.samples.push(Vec::new());
         i
     }
+
+    fn slot(&mut self, key: Pairs) -> usize {
+        let refs: Vec<(&str, &str)> = key.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let h = self.hash(refs.iter().copied());
+        if let Some(i) = self.find(h, &refs) {
+            return i;
+        }
+        self.insert(h, key)
+    }
+
+    /// The series of an entry: `group_labels(&lb.merged(), g)`. For a `by` grouping (`by_names`
+    /// sorted and unique) the key is looked up borrowed, and copied only for a new series.
+    fn slot_for(&mut self, lb: &LabelsBuilder, g: Option<&Grouping>, by_names: &[&str]) -> usize {
+        match g {
+            Some(g) if !g.without => {
+                // `merged` keeps a name's first value among stream, metadata, parsed.
+                let key: Vec<(&str, &str)> = by_names
+                    .iter()
+                    .filter_map(|n| {
+                        [&lb.stream, &lb.sm, &lb.parsed]
+                            .into_iter()
+                            .find_map(|p| p.iter().find(|(k, _)| k == n))
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                    })
+                    .collect();
+                let h = self.hash(key.iter().copied());
+                if let Some(i) = self.find(h, &key) {
+                    return i;
+                }
+                let owned = key.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                self.insert(h, owned)
+            }
+            _ => {
+                let mut labels = lb.merged();
+                if let Some(g) = g {
+                    labels = group_labels(&labels, g);
+                }
+                self.slot(labels)
+            }
+        }
+    }
+}
+
+/// `dst = src`, reusing `dst`'s strings.
+fn assign_pairs(dst: &mut Pairs, src: &[(String, String)]) {
+    dst.truncate(src.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.0.clone_from(&s.0);
+        d.1.clone_from(&s.1);
+    }
+    let n = dst.len();
+    dst.extend(src[n..].iter().cloned());
 }
 
 /// Prefix sums of a series' values when they give every window's sum exactly: non-negative

@@ -7,6 +7,7 @@
 
 pub mod ast;
 pub mod eval;
+mod jsonwalk;
 mod lexer;
 pub mod parser;
 pub mod pattern;
