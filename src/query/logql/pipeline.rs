@@ -591,6 +591,16 @@ fn json_stage(params: &[(String, Vec<PathPart>)], h: &[&LabelFilter], line: &str
             super::jsonwalk::Walked::Duplicate => {}
         }
     }
+    json_stage_value(params, h, line, lb)
+}
+
+/// The `json` stage through a whole `serde_json::Value`: for parameters and duplicated keys.
+fn json_stage_value(
+    params: &[(String, Vec<PathPart>)],
+    h: &[&LabelFilter],
+    line: &str,
+    lb: &mut LabelsBuilder,
+) -> bool {
     let parsed: serde_json::Value = match parse_json_object(line) {
         Ok(v) => v,
         Err(e) => {
@@ -976,4 +986,75 @@ fn unquote_go(raw: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod json_walk_tests {
+    use super::*;
+
+    /// The `json` stage's walk and its `Value` path give the same labels, errors and verdict,
+    /// with all labels wanted and with hints (`only`), on a stream with an `app` label.
+    fn check(line: &str, only: Option<&[&str]>, filter: Option<&str>) {
+        let hint = filter.map(
+            |f| match crate::query::logql::parser::parse(&format!("{{a=\"b\"}} | {f}")) {
+                Ok(Expr::Log(e)) => match e.stages.into_iter().next() {
+                    Some(Stage::LabelFilter(lf)) => lf,
+                    _ => panic!("not a label filter: {f}"),
+                },
+                _ => panic!("bad filter {f}"),
+            },
+        );
+        let h: Vec<&LabelFilter> = hint.iter().collect();
+        let new_lb = || LabelsBuilder {
+            stream: vec![("app".into(), "x".into())],
+            sm: vec![("level".into(), "sm".into())],
+            parsed: Vec::new(),
+            only: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
+        };
+        let (mut fast, mut slow) = (new_lb(), new_lb());
+        let a = json_stage(&[], &h, line, &mut fast);
+        let b = json_stage_value(&[], &h, line, &mut slow);
+        assert_eq!(
+            (a, &fast.stream, &fast.sm, &fast.parsed),
+            (b, &slow.stream, &slow.sm, &slow.parsed),
+            "line {line:?} only {only:?} filter {filter:?}"
+        );
+    }
+
+    #[test]
+    fn walk_matches_value_path() {
+        let lines = [
+            r#"{"level":"error","latency_ms":12.5,"user_id":42,"ok":true,"none":null}"#,
+            r#"{"app":"shadow","level":"warn","nested":{"a":1,"b":{"c":"deep"},"arr":[1,{"x":2}]}}"#,
+            r#"  {"k.with-dots":"v","1digit":"d","a b":-3,"big":1e300,"neg":-0.0,"u":18446744073709551615}"#,
+            r#"{"esc\"aped":"v\u00e9\n","s":"\ud83d\ude00","":{"inner":"under empty key"}}"#,
+            r#"{"dup":1,"dup":2}"#,
+            r#"{"o":{"x":1,"x":{"y":2}},"level":"info"}"#,
+            r#"{"level":"error"} trailing"#,
+            r#"{"level":"error""#,
+            r#"["not","an","object"]"#,
+            r#""string""#,
+            r#"{"bad":"\ud800"}"#,
+            r#"{"bad":01}"#,
+            r#"{"ctl":"a	b"}"#,
+            "not json at all",
+            "",
+            r#"{}"#,
+            r#"{"a":{"b":{"c":{"d":"four"}}},"a_b_c_d":"flat"}"#,
+        ];
+        let onlys: [Option<&[&str]>; 5] = [
+            None,
+            Some(&["level"]),
+            Some(&["app_extracted", "nested_b_c"]),
+            Some(&["a_b_c_d", "inner", "k_with_dots", "_1digit"]),
+            Some(&["o_x", "o_x_y", "dup", "big", "neg", "u", "s", "esc_aped"]),
+        ];
+        for l in lines {
+            for o in onlys {
+                for f in [None, Some(r#"level="error""#), Some("latency_ms > 100")] {
+                    check(l, o, f);
+                }
+            }
+        }
+    }
 }

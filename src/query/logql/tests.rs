@@ -242,3 +242,400 @@ fn parameter_parsing() {
     assert_eq!(pipeline::go_parse_float("0x1p-2").unwrap(), 0.25);
     assert!(pipeline::go_parse_float("abc").is_err());
 }
+
+/// A deterministic generator (splitmix64) for the data-driven checks below.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const S: i64 = 1_000_000_000;
+
+/// (app, ts, line) of generated entries: three apps, times over 10 minutes (with repeats), lines
+/// `v=<value> n=<int>` where the value is an integer when `ints`, else a fraction.
+fn gen_entries(seed: u64, ints: bool) -> Vec<(String, i64, String)> {
+    let mut g = Gen(seed);
+    (0..1500)
+        .map(|_| {
+            let app = ["a", "b", "c"][g.below(3) as usize].to_string();
+            let ts = 1_000 * S + g.below(600) as i64 * S + g.below(3) as i64 * (S / 2);
+            let v = if ints {
+                g.below(1000).to_string()
+            } else {
+                format!("{}.{}", g.below(100), g.below(1000))
+            };
+            (
+                app,
+                ts,
+                format!("v={v} n={} {}", g.below(100), "x".repeat(g.below(40) as usize)),
+            )
+        })
+        .collect()
+}
+
+/// Reduces a window's (ts, line) entries to a value.
+type Agg<'a> = &'a dyn Fn(&[(i64, &str)]) -> f64;
+
+/// The naive definition of a range aggregation grouped by `app`: for every step `t`, each app's
+/// entries with `t - range < ts <= t` that `keep` accepts, reduced by `agg`.
+fn naive(
+    entries: &[(String, i64, String)],
+    steps: &[i64],
+    range: i64,
+    keep: &dyn Fn(&str) -> bool,
+    agg: Agg<'_>,
+) -> Vec<Vec<(String, f64)>> {
+    steps
+        .iter()
+        .map(|&t| {
+            let mut out = Vec::new();
+            for app in ["a", "b", "c"] {
+                let mut w: Vec<(i64, &str)> = entries
+                    .iter()
+                    .filter(|(a, ts, l)| a == app && *ts > t - range && *ts <= t && keep(l))
+                    .map(|(_, ts, l)| (*ts, l.as_str()))
+                    .collect();
+                w.sort_by_key(|x| x.0);
+                if !w.is_empty() {
+                    out.push((app.to_string(), agg(&w)));
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+fn value_of(line: &str) -> f64 {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("v="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Evaluates `q` (grouped by `app`) over the generated entries at `steps` and compares it with
+/// the naive definition, exactly or, for sums of fractions, to 1e-9 relative.
+fn check_windows(
+    q: &str,
+    entries: &[(String, i64, String)],
+    steps: &[i64],
+    range: i64,
+    keep: &dyn Fn(&str) -> bool,
+    agg: Agg<'_>,
+    exact: bool,
+) {
+    let mut src = MemSource::new();
+    for (i, (app, ts, line)) in entries.iter().enumerate() {
+        let level = if i % 3 == 0 { "error" } else { "info" };
+        src.push(
+            &pairs(&[("app", app), ("pod", &format!("p{}", i % 2))]),
+            *ts,
+            line,
+            pairs(&[("detected_level", level)]),
+        );
+    }
+    let ast::Expr::Metric(e) = parser::parse(q).unwrap() else {
+        panic!("not a metric query: {q}")
+    };
+    let ctx = eval::Ctx {
+        src: &src,
+        steps: steps.to_vec(),
+    };
+    let eval::StepVal::Vector(got) = eval::eval_metric(&ctx, &e).unwrap() else {
+        panic!("scalar from {q}")
+    };
+    let want = naive(entries, steps, range, keep, agg);
+    assert_eq!(got.len(), want.len(), "{q}");
+    for ((t, g), w) in steps.iter().zip(got).zip(want) {
+        let mut g: Vec<(String, f64)> = g
+            .into_iter()
+            .map(|(l, v)| {
+                (
+                    l.iter()
+                        .find(|(k, _)| k == "app")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                    v,
+                )
+            })
+            .collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(g.len(), w.len(), "{q} at {t}: {g:?} vs {w:?}");
+        for ((ga, gv), (wa, wv)) in g.iter().zip(&w) {
+            assert_eq!(ga, wa, "{q} at {t}");
+            if exact {
+                assert_eq!(gv.to_bits(), wv.to_bits(), "{q} at {t} app {ga}: {gv} vs {wv}");
+            } else {
+                assert!(
+                    (gv - wv).abs() <= 1e-9 * wv.abs().max(1.0),
+                    "{q} at {t} app {ga}: {gv} vs {wv}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn range_windows_match_the_naive_definition() {
+    let all: &dyn Fn(&str) -> bool = &|_| true;
+    let count: Agg<'_> = &|w| w.len() as f64;
+    let bytes: Agg<'_> = &|w| w.iter().map(|x| x.1.len() as f64).sum();
+    let sum: Agg<'_> = &|w| w.iter().map(|x| value_of(x.1)).sum();
+    let max: Agg<'_> = &|w| w.iter().map(|x| value_of(x.1)).fold(f64::MIN, f64::max);
+    let q90: Agg<'_> = &|w| {
+        let mut v: Vec<f64> = w.iter().map(|x| value_of(x.1)).collect();
+        v.sort_by(f64::total_cmp);
+        let rank = 0.9 * (v.len() - 1) as f64;
+        let (lo, hi) = (rank.floor() as usize, (rank.floor() as usize + 1).min(v.len() - 1));
+        v[lo] * (1.0 - (rank - rank.floor())) + v[hi] * (rank - rank.floor())
+    };
+    let seven: &dyn Fn(&str) -> bool = &|l| l.contains('7');
+    // (range s, step s): windows overlapping many steps, a range that is no multiple of the step,
+    // and steps longer than the range (gaps).
+    for (range, step) in [(300, 14), (50, 7), (5, 13), (60, 60)] {
+        let steps: Vec<i64> = (0..(700 / step)).map(|i| 1_000 * S + i * step * S).collect();
+        let r = range * S;
+        for ints in [true, false] {
+            let es = gen_entries(range as u64 * 31 + u64::from(ints), ints);
+            let exact_sum = ints;
+            check_windows(
+                &format!(r#"sum by (app) (count_over_time({{app=~".+"}}[{range}s]))"#),
+                &es,
+                &steps,
+                r,
+                all,
+                count,
+                true,
+            );
+            let rate: Agg<'_> = &|w| w.len() as f64 / range as f64;
+            check_windows(
+                &format!(r#"sum by (app) (rate({{app=~".+"}}[{range}s]))"#),
+                &es,
+                &steps,
+                r,
+                all,
+                rate,
+                true,
+            );
+            check_windows(
+                &format!(r#"sum by (app) (bytes_over_time({{app=~".+"}} |= "7" [{range}s]))"#),
+                &es,
+                &steps,
+                r,
+                seven,
+                bytes,
+                true,
+            );
+            // Grouped at the range aggregation: one series per app, summed in time order.
+            check_windows(
+                &format!(
+                    r#"sum by (app) (sum_over_time({{app=~".+"}} | logfmt | unwrap v | __error__="" [{range}s]))"#
+                ),
+                &es,
+                &steps,
+                r,
+                all,
+                sum,
+                exact_sum,
+            );
+            check_windows(
+                &format!(r#"max_over_time({{app=~".+"}} | logfmt | unwrap v [{range}s]) by (app)"#),
+                &es,
+                &steps,
+                r,
+                all,
+                max,
+                true,
+            );
+            check_windows(
+                &format!(r#"quantile_over_time(0.9, {{app=~".+"}} | logfmt | unwrap v [{range}s]) by (app)"#),
+                &es,
+                &steps,
+                r,
+                all,
+                q90,
+                true,
+            );
+        }
+    }
+}
+
+/// The store's answers through the merging iterator, one entry at a time in merge order: what
+/// `StoreSource` did before it read blocks unmerged, and what the trait's default `select_first`
+/// and `visit_lens` then compute.
+struct Merged<'a>(StoreSource<'a>);
+
+impl LogSource for Merged<'_> {
+    fn select(&self, m: &[crate::model::Matcher], s: i64, e: i64) -> Result<Vec<SourceStream>, SourceError> {
+        self.0.select(m, s, e)
+    }
+    fn visit_needles(
+        &self,
+        m: &[crate::model::Matcher],
+        s: i64,
+        e: i64,
+        needles: &[String],
+        f: &mut dyn FnMut(&crate::model::Labels, &[EntryRef<'_>]),
+    ) -> Result<(), SourceError> {
+        let req = crate::storage::logs::SelectRequest {
+            tenant: self.0.tenant.to_string(),
+            matchers: m.to_vec(),
+            start: s,
+            end: e,
+            direction: crate::storage::logs::Direction::Forward,
+            limit: 0,
+            line_contains: needles.to_vec(),
+        };
+        for it in self
+            .0
+            .reader
+            .select(&req)
+            .map_err(|e| SourceError::Store(e.to_string()))?
+        {
+            let se = it.map_err(|e| SourceError::Store(e.to_string()))?;
+            let en = EntryRef {
+                ts_ns: se.entry.ts,
+                line: &se.entry.line,
+                structured_metadata: &se.entry.metadata,
+            };
+            f(&se.labels, std::slice::from_ref(&en));
+        }
+        Ok(())
+    }
+}
+
+fn flat(streams: Vec<eval::OutStream>) -> Vec<(pipeline::Pairs, i64, String)> {
+    streams
+        .into_iter()
+        .flat_map(|s| s.entries.into_iter().map(move |e| (s.labels.clone(), e.ts, e.line)))
+        .collect()
+}
+
+/// A log query and a metric query over a real store (small blocks, many of them, heads left in
+/// memory, timestamps shared across streams) give through `StoreSource`'s block reads exactly
+/// what the merging iterator gives.
+fn check_store_source(src: &StoreSource<'_>, q: &str, start: i64, end: i64) {
+    let merged = Merged(StoreSource {
+        reader: src.reader,
+        tenant: src.tenant,
+    });
+    match parser::parse(q).unwrap() {
+        ast::Expr::Log(e) => {
+            for forward in [true, false] {
+                for limit in [1, 7, 100, 5000] {
+                    let p = LogParams {
+                        start,
+                        end,
+                        limit,
+                        forward,
+                        categorize: false,
+                        interval: 0,
+                    };
+                    let got = flat(eval_log(src, &e, p).unwrap());
+                    let want = flat(eval_log(&merged, &e, p).unwrap());
+                    assert_eq!(got, want, "{q} forward={forward} limit={limit}");
+                }
+            }
+        }
+        ast::Expr::Metric(e) => {
+            let steps: Vec<i64> = (0..60).map(|i| start + i * 10 * S).collect();
+            let run = |s: &dyn LogSource| {
+                let ctx = eval::Ctx {
+                    src: s,
+                    steps: steps.clone(),
+                };
+                match eval::eval_metric(&ctx, &e).unwrap() {
+                    eval::StepVal::Vector(v) => v
+                        .into_iter()
+                        .map(|mut x| {
+                            x.sort_by(|a, b| a.0.cmp(&b.0));
+                            x
+                        })
+                        .collect::<Vec<_>>(),
+                    eval::StepVal::Scalar(_) => panic!("scalar"),
+                }
+            };
+            assert_eq!(run(src), run(&merged), "{q}");
+        }
+    }
+}
+
+#[test]
+fn store_source_matches_the_merged_iterator() {
+    use crate::storage::logs::{LogStore, LogsOptions, PushEntry, PushStream, StreamKey};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = LogsOptions::new(dir.path());
+    opts.block_size = 600;
+    let store = LogStore::open(opts).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let base = now / S * S - 3600 * S;
+    let mut g = Gen(7);
+    for round in 0..40 {
+        for app in ["a", "b", "c", "d"] {
+            let lines: Vec<String> = (0..8)
+                .map(|i| {
+                    format!(
+                        "level={} n={} round={round} i={i}",
+                        ["info", "error"][g.below(2) as usize],
+                        g.below(100)
+                    )
+                })
+                .collect();
+            let metas: Vec<[(&str, &str); 1]> = (0..8)
+                .map(|i| [("detected_level", if i % 3 == 0 { "error" } else { "info" })])
+                .collect();
+            let entries: Vec<PushEntry<'_>> = (0..8)
+                .map(|i| PushEntry {
+                    // Whole seconds, so streams share timestamps (the merge order's tie-break).
+                    ts: base + (round * 8 + i as i64 / 2) * S,
+                    line: lines[i].as_bytes(),
+                    meta: &metas[i],
+                })
+                .collect();
+            let labels = crate::model::Labels::from_pairs([("app", app), ("service_name", app)]).unwrap();
+            let alias = format!("{{app=\"{app}\"}}");
+            store
+                .append(
+                    "fake",
+                    &[PushStream {
+                        key: StreamKey::New {
+                            alias: alias.as_bytes(),
+                            labels,
+                        },
+                        entries: &entries,
+                    }],
+                )
+                .unwrap();
+        }
+    }
+    let src = StoreSource {
+        reader: store.as_ref(),
+        tenant: "fake",
+    };
+    let (start, end) = (base, base + 400 * S);
+    for q in [
+        r#"{app=~".+"}"#,
+        r#"{app=~"a|c"} |= "n=1""#,
+        r#"{app=~".+"} | logfmt | n > 90"#,
+        r#"{app=~".+"} | logfmt | level="nothing""#,
+        r#"sum by (app) (count_over_time({app=~".+"}[30s]))"#,
+        r#"bytes_over_time({app=~".+"}[45s])"#,
+        r#"count_over_time({app=~".+"} |= "error" [1m])"#,
+        r#"sum by (level) (count_over_time({app=~".+"} | logfmt [1m]))"#,
+    ] {
+        check_store_source(&src, q, start, end);
+    }
+    store.close().unwrap();
+}

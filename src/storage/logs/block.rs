@@ -596,6 +596,34 @@ impl Bloom {
     }
 }
 
+/// [`decompress`] with a zstd context kept by the caller across blocks: creating one per block
+/// (what `zstd::bulk::decompress_to_buffer` does) was 11 % of the CPU of a full scan
+/// (`perf`, `sum by (namespace) (rate({job=~".+"}[1m]))` over the lokiload corpus).
+pub fn decompress_with(
+    h: &BlockHeader,
+    data: &[u8],
+    out: &mut Vec<u8>,
+    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
+) -> Result<(), LogsError> {
+    if h.codec != 2 {
+        return decompress(h, data, out);
+    }
+    let d = match dctx {
+        Some(d) => d,
+        None => dctx.insert(zstd::bulk::Decompressor::new().map_err(|e| LogsError::Codec(e.to_string()))?),
+    };
+    out.clear();
+    out.resize(h.raw_len as usize, 0);
+    let n = d
+        .decompress_to_buffer(data, out.as_mut_slice())
+        .map_err(|e| LogsError::Codec(e.to_string()))?;
+    out.truncate(n);
+    if out.len() != h.raw_len as usize {
+        return Err(LogsError::BadRecord("block length mismatch"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,32 +811,4 @@ mod tests {
             .count();
         assert!(absent > 900, "only {absent} of 1000 absent needles were excluded");
     }
-}
-
-/// [`decompress`] with a zstd context kept by the caller across blocks: creating one per block
-/// (what `zstd::bulk::decompress_to_buffer` does) was 11 % of the CPU of a full scan
-/// (`perf`, `sum by (namespace) (rate({job=~".+"}[1m]))` over the lokiload corpus).
-pub fn decompress_with(
-    h: &BlockHeader,
-    data: &[u8],
-    out: &mut Vec<u8>,
-    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
-) -> Result<(), LogsError> {
-    if h.codec != 2 {
-        return decompress(h, data, out);
-    }
-    let d = match dctx {
-        Some(d) => d,
-        None => dctx.insert(zstd::bulk::Decompressor::new().map_err(|e| LogsError::Codec(e.to_string()))?),
-    };
-    out.clear();
-    out.resize(h.raw_len as usize, 0);
-    let n = d
-        .decompress_to_buffer(data, out.as_mut_slice())
-        .map_err(|e| LogsError::Codec(e.to_string()))?;
-    out.truncate(n);
-    if out.len() != h.raw_len as usize {
-        return Err(LogsError::BadRecord("block length mismatch"));
-    }
-    Ok(())
 }
