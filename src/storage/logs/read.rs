@@ -2,6 +2,9 @@
 //! iterate their entries forward or backward, merged across streams, up to a limit. Blocks are read
 //! and decompressed lazily, in the order the merge needs them, so `limit=100` over a day of data
 //! reads a few blocks; chunks whose n-gram filter rules out a required substring are not read.
+//! `visit_blocks` is the unmerged read: whole blocks lent to a callback (lines and metadata
+//! borrowed from the decompressed buffer), with a second thread decompressing ahead; metric
+//! queries and log queries that keep their first N entries use it.
 
 use super::LogsError;
 use super::block::{self, Entry};
