@@ -6,10 +6,11 @@
 //! semantics (`functions.rs`), JSON, or storage beyond `MetricsReader::select`.
 
 use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, ValueType, VectorMatching, VectorSel};
+use super::series_agg::{self, Encoded, Plan};
 use super::value::{Elem, QueryValue, RangeSeries, Value, format_float_f};
 use super::{EngineOptions, QueryError, QueryOutput};
 use crate::model::{Label, Labels, METRIC_NAME, Sample, is_stale_nan};
-use crate::storage::metrics::MetricsReader;
+use crate::storage::metrics::{MetricsReader, SelectedSeries};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,6 +129,11 @@ pub(crate) struct Evaluator<'a> {
     deadline: Instant,
     pub total_samples: u64,
     pub peak_samples: u64,
+    /// Selector ids whose series are kept encoded for a `series_agg` plan, by id.
+    lazy: Vec<bool>,
+    encoded: Vec<Option<Encoded>>,
+    /// `series_agg` results: per step vectors by the aggregation node's address.
+    pre: U64Map<Vec<Vec<Elem>>>,
 }
 
 pub(crate) type R<T> = Result<T, QueryError>;
@@ -161,8 +167,28 @@ pub(crate) fn run(
         deadline: began + opts.timeout,
         total_samples: 0,
         peak_samples: 0,
+        lazy: Vec::new(),
+        encoded: Vec::new(),
+        pre: U64Map::default(),
     };
+    let mut plans = Vec::new();
+    Plan::find(expr, opts.delayed_name_removal, &mut plans);
+    for p in &plans {
+        if ev.lazy.len() <= p.sel.id {
+            ev.lazy.resize(p.sel.id + 1, false);
+        }
+        ev.lazy[p.sel.id] = true;
+    }
     ev.preload(reader, expr)?;
+    let times = if plans.is_empty() {
+        Vec::new()
+    } else {
+        series_agg::step_times(start, end, if instant { 0 } else { interval })
+    };
+    for p in &plans {
+        ev.precompute(p, &times)?;
+    }
+    ev.peak_samples = ev.peak_samples.max(ev.total_samples);
     let value = if instant {
         ev.check_deadline()?;
         let v = ev.eval(expr, start)?;
@@ -581,43 +607,105 @@ impl<'a> Evaluator<'a> {
         let mut ranges: Vec<Option<(i64, i64, &VectorSel, bool)>> = Vec::new();
         self.collect_ranges(expr, self.start, self.end, &mut ranges);
         self.data = (0..ranges.len()).map(|_| Vec::new()).collect();
+        self.encoded = (0..ranges.len()).map(|_| None).collect();
         for (id, r) in ranges.into_iter().enumerate() {
             let Some((mint, maxt, sel, is_range)) = r else { continue };
             self.check_deadline()?;
-            let mut series: Vec<Loaded> = Vec::new();
+            let mut selected: Vec<SelectedSeries> = Vec::new();
             for set in &sel.matcher_sets {
-                let selected = reader
+                let part = reader
                     .select(set, mint, maxt)
                     .map_err(|e| QueryError::Storage(e.to_string()))?;
-                for s in selected {
-                    if series.iter().any(|x| *x.labels == s.labels) {
-                        continue;
+                if sel.matcher_sets.len() == 1 {
+                    selected = part;
+                    break;
+                }
+                for s in part {
+                    if !selected.iter().any(|x| x.labels == s.labels) {
+                        selected.push(s);
                     }
-                    let mut samples: Vec<Sample> = s.samples(mint, maxt).collect();
-                    if is_range {
-                        // Range selections never return staleness markers: drop them once here so
-                        // every step can use a plain slice of the buffer.
-                        samples.retain(|x| !is_stale_nan(x.v));
-                    }
-                    self.total_samples += samples.len() as u64;
-                    if self.total_samples as usize > self.opts.max_samples {
-                        return Err(QueryError::TooManySamples("query execution"));
-                    }
-                    series.push(Loaded {
-                        labels: Arc::new(s.labels),
-                        samples,
-                        cur_hi: Cell::new(0),
-                        cur_lo: Cell::new(0),
-                    });
                 }
             }
             if sel.matcher_sets.len() > 1 {
-                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+                selected.sort_by(|a, b| a.labels.cmp(&b.labels));
             }
-            self.data[id] = series;
+            let enc = Encoded {
+                mint,
+                maxt,
+                is_range,
+                series: selected,
+            };
+            if self.lazy.get(id).copied().unwrap_or(false) {
+                self.encoded[id] = Some(enc);
+            } else {
+                self.data[id] = self.decode(enc)?;
+            }
         }
         self.peak_samples = self.total_samples;
         Ok(())
+    }
+
+    /// Decodes a selector's series for the step-wise evaluation.
+    fn decode(&mut self, enc: Encoded) -> R<Vec<Loaded>> {
+        let mut out = Vec::with_capacity(enc.series.len());
+        for s in enc.series {
+            let mut samples: Vec<Sample> = s.samples(enc.mint, enc.maxt).collect();
+            if enc.is_range {
+                // Range selections never return staleness markers: drop them once here so
+                // every step can use a plain slice of the buffer.
+                samples.retain(|x| !is_stale_nan(x.v));
+            }
+            self.count_samples(samples.len())?;
+            out.push(Loaded {
+                labels: Arc::new(s.labels),
+                samples,
+                cur_hi: Cell::new(0),
+                cur_lo: Cell::new(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Counts decoded samples against `--query.max-samples`.
+    pub(crate) fn count_samples(&mut self, n: usize) -> R<()> {
+        self.total_samples += n as u64;
+        if self.total_samples as usize > self.opts.max_samples {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        Ok(())
+    }
+
+    /// Evaluates a `series_agg` plan for every step, or, where it cannot, decodes its selector for
+    /// the step-wise path.
+    fn precompute(&mut self, plan: &Plan<'_>, times: &[i64]) -> R<()> {
+        let Some(enc) = self.encoded.get_mut(plan.sel.id).and_then(Option::take) else {
+            return Ok(());
+        };
+        match series_agg::evaluate(self, plan, &enc, times)? {
+            Some(steps) => {
+                self.pre.insert(plan.node as *const Expr as u64, steps);
+            }
+            None => self.data[plan.sel.id] = self.decode(enc)?,
+        }
+        Ok(())
+    }
+
+    /// A `series_agg` result for `e` at step `t`, if there is one.
+    fn precomputed(&self, e: &Expr, t: i64) -> Option<Vec<Elem>> {
+        if self.pre.is_empty() || self.subquery_depth > 0 || t < self.start || (!self.is_range && t != self.start) {
+            return None;
+        }
+        let steps = self.pre.get(&(e as *const Expr as u64))?;
+        let k = if self.interval > 0 && self.is_range {
+            let off = t - self.start;
+            if off % self.interval != 0 {
+                return None;
+            }
+            usize::try_from(off / self.interval).ok()?
+        } else {
+            0
+        };
+        steps.get(k).cloned()
     }
 
     fn collect_ranges<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Option<(i64, i64, &'e VectorSel, bool)>>) {
@@ -785,7 +873,10 @@ impl<'a> Evaluator<'a> {
                 expr,
                 param,
                 grouping,
-            } => self.aggregate(*op, expr, param.as_deref(), grouping, t),
+            } => match self.precomputed(e, t) {
+                Some(v) => Ok(Value::Vector(v)),
+                None => self.aggregate(*op, expr, param.as_deref(), grouping, t),
+            },
             Expr::Binary {
                 op,
                 lhs,
@@ -1195,7 +1286,7 @@ pub(crate) fn valid_label_name(s: &str) -> bool {
 }
 
 /// Hash of `group_labels` without building it.
-fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
+pub(crate) fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
     match grouping {
         None => 0,
         Some(_) => match_hash(l, grouping),
@@ -1204,7 +1295,7 @@ fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
 
 /// An aggregation group's labels. `by (__name__)` keeps a name that is only marked for removal:
 /// the group then inherits the mark (Prometheus 3.x delayed name removal).
-fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
+pub(crate) fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
     match grouping {
         None => Labels::default(),
         Some(Grouping::By(names)) => keep_labels(l, names),
@@ -1215,36 +1306,70 @@ fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
 struct Group {
     labels: Labels,
     drop_name: bool,
-    value: f64,
-    kahan: f64,
-    mean: f64,
-    count: f64,
-    incremental: bool,
+    acc: Acc,
+    /// `quantile` only: every value of the group.
     values: Vec<f64>,
 }
 
 impl Group {
     fn new(op: AggOp, labels: Labels, v: f64) -> Group {
-        let mut g = Group {
+        Group {
             labels,
             drop_name: false,
+            acc: Acc::new(op, v),
+            values: if op == AggOp::Quantile { vec![v] } else { Vec::new() },
+        }
+    }
+
+    fn add(&mut self, op: AggOp, v: f64) {
+        match op {
+            AggOp::Quantile => self.values.push(v),
+            _ => self.acc.add(op, v),
+        }
+    }
+
+    fn finish(&self, op: AggOp, param: f64) -> f64 {
+        match op {
+            AggOp::Quantile => {
+                let mut v = self.values.clone();
+                quantile(param, &mut v)
+            }
+            _ => self.acc.finish(op),
+        }
+    }
+}
+
+/// The running state of one aggregation group at one step, for every operator that needs O(1)
+/// state (all but `quantile` and the k/ratio ones). Shared by the step-wise aggregation above and
+/// the series-at-a-time one (`series_agg`), so both do the very same float arithmetic in the same
+/// order.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Acc {
+    value: f64,
+    kahan: f64,
+    mean: f64,
+    count: f64,
+    incremental: bool,
+}
+
+impl Acc {
+    pub(crate) fn new(op: AggOp, v: f64) -> Acc {
+        let mut g = Acc {
             value: v,
             kahan: 0.0,
             mean: v,
             count: 1.0,
             incremental: false,
-            values: Vec::new(),
         };
         match op {
             AggOp::Stddev | AggOp::Stdvar => g.value = if v.is_finite() { 0.0 } else { f64::NAN },
-            AggOp::Quantile => g.values.push(v),
             AggOp::Group | AggOp::Count => g.value = 1.0,
             _ => {}
         }
         g
     }
 
-    fn add(&mut self, op: AggOp, v: f64) {
+    pub(crate) fn add(&mut self, op: AggOp, v: f64) {
         match op {
             AggOp::Sum => {
                 let (s, c) = kahan_inc(v, self.value, self.kahan);
@@ -1283,12 +1408,11 @@ impl Group {
                 self.mean += delta / self.count;
                 self.value += delta * (v - self.mean);
             }
-            AggOp::Quantile => self.values.push(v),
             _ => {}
         }
     }
 
-    fn finish(&self, op: AggOp, param: f64) -> f64 {
+    pub(crate) fn finish(&self, op: AggOp) -> f64 {
         match op {
             AggOp::Sum => self.value + self.kahan,
             AggOp::Avg => {
@@ -1301,10 +1425,6 @@ impl Group {
             AggOp::Count => self.value,
             AggOp::Stdvar => self.value / self.count,
             AggOp::Stddev => (self.value / self.count).sqrt(),
-            AggOp::Quantile => {
-                let mut v = self.values.clone();
-                quantile(param, &mut v)
-            }
             _ => self.value,
         }
     }

@@ -88,7 +88,92 @@ fn range_bounds(ev: &Evaluator<'_>, e: &Expr, t: i64) -> (i64, i64) {
     }
 }
 
-fn has_counter_suffix(name: &str) -> bool {
+pub(crate) fn not_counter_info(name: &str) -> String {
+    format!(
+        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {name:?}"
+    )
+}
+
+/// The range-vector functions with one value per window and no parameters, which drop the metric
+/// name: what `series_agg` can evaluate series by series. `call` uses the same arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum WindowFn {
+    /// `rate` (counter, rate), `increase` (counter), `delta` (neither).
+    Rate { counter: bool, rate: bool },
+    /// `irate` (rate) and `idelta`.
+    Instant { rate: bool },
+    Sum,
+    Count,
+    Min,
+    Max,
+}
+
+impl WindowFn {
+    pub(crate) fn of(func: &str) -> Option<WindowFn> {
+        Some(match func {
+            "rate" => WindowFn::Rate {
+                counter: true,
+                rate: true,
+            },
+            "increase" => WindowFn::Rate {
+                counter: true,
+                rate: false,
+            },
+            "delta" => WindowFn::Rate {
+                counter: false,
+                rate: false,
+            },
+            "irate" => WindowFn::Instant { rate: true },
+            "idelta" => WindowFn::Instant { rate: false },
+            "sum_over_time" => WindowFn::Sum,
+            "count_over_time" => WindowFn::Count,
+            "min_over_time" => WindowFn::Min,
+            "max_over_time" => WindowFn::Max,
+            _ => return None,
+        })
+    }
+
+    /// Whether the function annotates series whose name does not look like a counter's.
+    pub(crate) fn wants_counter(self) -> bool {
+        matches!(self, WindowFn::Rate { counter: true, .. })
+    }
+
+    /// The value over the non-empty window `s` of `(range_start, range_end]`.
+    pub(crate) fn apply(self, s: &[Sample], range_start: i64, range_end: i64) -> Option<f64> {
+        match self {
+            WindowFn::Rate { counter, rate } => extrapolated_rate(s, range_start, range_end, counter, rate),
+            WindowFn::Instant { rate } => instant_value(s, rate),
+            WindowFn::Sum => {
+                let (mut sum, mut c) = (0.0, 0.0);
+                for x in s {
+                    (sum, c) = kahan_inc(x.v, sum, c);
+                }
+                Some(if sum.is_infinite() { sum } else { sum + c })
+            }
+            WindowFn::Count => Some(s.len() as f64),
+            WindowFn::Min => {
+                let mut m = s.first()?.v;
+                for x in s {
+                    if x.v < m || m.is_nan() {
+                        m = x.v;
+                    }
+                }
+                Some(m)
+            }
+            WindowFn::Max => {
+                let mut m = s.first()?.v;
+                for x in s {
+                    if x.v > m || m.is_nan() {
+                        m = x.v;
+                    }
+                }
+                Some(m)
+            }
+        }
+    }
+}
+
+pub(crate) fn has_counter_suffix(name: &str) -> bool {
     ["_total", "_sum", "_count", "_bucket"]
         .iter()
         .any(|s| name.ends_with(s))
@@ -853,47 +938,27 @@ impl Evaluator<'_> {
                     {
                         not_counters.push(n.to_string());
                     }
-                    extrapolated_rate(s, rs, re, is_counter, is_rate)
+                    WindowFn::Rate {
+                        counter: is_counter,
+                        rate: is_rate,
+                    }
+                    .apply(s, rs, re)
                 })?;
                 for n in not_counters {
-                    self.annotate(format!(
-                        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"
-                    ));
+                    self.annotate(not_counter_info(&n));
                 }
                 Ok(v)
             }
-            "irate" => self.over_time(arg(0)?, t, false, |_, s| instant_value(s, true)),
-            "idelta" => self.over_time(arg(0)?, t, false, |_, s| instant_value(s, false)),
+            "irate" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Instant { rate: true }.apply(s, 0, 0)),
+            "idelta" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Instant { rate: false }.apply(s, 0, 0)),
             "avg_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 let v: Vec<f64> = s.iter().map(|x| x.v).collect();
                 Some(avg_of(&v))
             }),
-            "sum_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
-                let (mut sum, mut c) = (0.0, 0.0);
-                for x in s {
-                    (sum, c) = kahan_inc(x.v, sum, c);
-                }
-                Some(if sum.is_infinite() { sum } else { sum + c })
-            }),
-            "count_over_time" => self.over_time(arg(0)?, t, false, |_, s| Some(s.len() as f64)),
-            "min_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
-                let mut m = s[0].v;
-                for x in s {
-                    if x.v < m || m.is_nan() {
-                        m = x.v;
-                    }
-                }
-                Some(m)
-            }),
-            "max_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
-                let mut m = s[0].v;
-                for x in s {
-                    if x.v > m || m.is_nan() {
-                        m = x.v;
-                    }
-                }
-                Some(m)
-            }),
+            "sum_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Sum.apply(s, 0, 0)),
+            "count_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Count.apply(s, 0, 0)),
+            "min_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Min.apply(s, 0, 0)),
+            "max_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Max.apply(s, 0, 0)),
             "last_over_time" => self.over_time(arg(0)?, t, true, |_, s| s.last().map(|x| x.v)),
             "first_over_time" => self.over_time(arg(0)?, t, true, |_, s| s.first().map(|x| x.v)),
             "ts_of_last_over_time" => self.over_time(arg(0)?, t, false, |_, s| s.last().map(|x| x.t as f64 / 1000.0)),

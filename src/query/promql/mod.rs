@@ -9,6 +9,7 @@
 pub mod ast;
 mod eval;
 mod functions;
+mod series_agg;
 mod value;
 
 pub use ast::{Expr, ParseError, ValueType, parse};

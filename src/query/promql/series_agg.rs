@@ -1,0 +1,314 @@
+//! Series-at-a-time evaluation of the aggregations dashboards run most: `agg by (..) (selector)` and
+//! `agg by (..) (f(selector[range]))` with `f` a one-value-per-window function (`rate`, `increase`,
+//! `*_over_time`, ...; see `WindowFn`) and `agg` an O(1)-state operator (sum, avg, count, min, max,
+//! group, stddev, stdvar).
+//!
+//! The step-wise evaluator builds, at every step, one element per series (an `Arc` clone, a hash of
+//! its group labels, a name-removal lookup) and throws it away again. Here every series is decoded
+//! once, into one reused buffer, walked over all steps, and folded into a `groups x steps` table of
+//! accumulators; the group of a series is found once per query. Peak memory is then the series'
+//! encoded chunks plus one decoded series plus the table, instead of every series decoded at once.
+//! The result is stored per step and handed out when the step-wise evaluation reaches the node, so
+//! everything around it (`histogram_quantile`, binary operators, the range assembly) is unchanged.
+//!
+//! Exactness: the accumulators are `eval::Acc`, fed with the series of each (group, step) in the
+//! same order as the step-wise path feeds them, and each step's groups are listed in the order the
+//! step-wise path would create them (by their first series present at that step). Cases whose
+//! step-wise answer depends on more than that fall back to the step-wise path: name removal that
+//! makes two series' labels equal (an error there, at the steps where both are present), and delayed
+//! name removal under `by (__name__)`.
+//!
+//! Owns: recognising the shape, the per-series fold. Never touches: function semantics (it calls
+//! `WindowFn::apply`), storage beyond decoding the `SelectedSeries` the evaluator selected, HTTP.
+
+use super::ast::{AggOp, Expr, Grouping, VectorSel};
+use super::eval::{Acc, Evaluator, R, U64Map, drop_name, group_hash, group_labels};
+use super::functions::{WindowFn, has_counter_suffix, not_counter_info};
+use super::value::Elem;
+use crate::model::{Labels, METRIC_NAME, Sample, is_stale_nan};
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// Above this many (group, step) cells the table would cost more memory than the step-wise path's
+/// per-step vectors: fall back. 48 bytes a cell; 2 M cells = 96 MiB.
+const MAX_CELLS: usize = 2_000_000;
+
+/// What the aggregated series contribute at a step.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Inner {
+    /// The instant selector's value (lookback, staleness).
+    Instant,
+    /// A window function over `(t - range, t]`.
+    Window { f: WindowFn, range_ms: i64 },
+}
+
+/// One aggregation node this module evaluates.
+pub(crate) struct Plan<'e> {
+    /// The `Expr::Aggregate` node: its address keys the stored result.
+    pub node: &'e Expr,
+    pub op: AggOp,
+    pub grouping: &'e Option<Grouping>,
+    pub sel: &'e VectorSel,
+    pub inner: Inner,
+}
+
+fn unparen(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(x) => unparen(x),
+        _ => e,
+    }
+}
+
+impl<'e> Plan<'e> {
+    /// The plan for `e` if it has one of the supported shapes.
+    pub(crate) fn of(e: &'e Expr, delayed_name_removal: bool) -> Option<Plan<'e>> {
+        let Expr::Aggregate {
+            op,
+            expr,
+            param: None,
+            grouping,
+        } = e
+        else {
+            return None;
+        };
+        if !matches!(
+            op,
+            AggOp::Sum
+                | AggOp::Avg
+                | AggOp::Count
+                | AggOp::Min
+                | AggOp::Max
+                | AggOp::Group
+                | AggOp::Stddev
+                | AggOp::Stdvar
+        ) {
+            return None;
+        }
+        let (sel, inner) = match unparen(expr) {
+            Expr::Vector(sel) => (sel, Inner::Instant),
+            Expr::Call { func, args } if args.len() == 1 => {
+                let f = WindowFn::of(func)?;
+                let Expr::Matrix { sel, range_ms } = unparen(&args[0]) else {
+                    return None;
+                };
+                (
+                    sel,
+                    Inner::Window {
+                        f,
+                        range_ms: *range_ms,
+                    },
+                )
+            }
+            _ => return None,
+        };
+        // Under delayed name removal a `by (__name__)` group of name-dropping elements keeps the
+        // name until the end and merges there: the step-wise path knows how.
+        if delayed_name_removal
+            && matches!(inner, Inner::Window { .. })
+            && matches!(grouping, Some(Grouping::By(names)) if names.iter().any(|n| n == METRIC_NAME))
+        {
+            return None;
+        }
+        Some(Plan {
+            node: e,
+            op: *op,
+            grouping,
+            sel,
+            inner,
+        })
+    }
+
+    /// Every plan in `e` that is evaluated at the query's own steps only (not under a subquery).
+    pub(crate) fn find(e: &'e Expr, delayed_name_removal: bool, out: &mut Vec<Plan<'e>>) {
+        if let Some(p) = Plan::of(e, delayed_name_removal) {
+            out.push(p);
+            return;
+        }
+        match e {
+            Expr::Paren(x) | Expr::Neg(x) => Plan::find(x, delayed_name_removal, out),
+            Expr::Call { args, .. } => {
+                for a in args {
+                    Plan::find(a, delayed_name_removal, out);
+                }
+            }
+            Expr::Aggregate { expr, param, .. } => {
+                Plan::find(expr, delayed_name_removal, out);
+                if let Some(p) = param {
+                    Plan::find(p, delayed_name_removal, out);
+                }
+            }
+            Expr::Binary { lhs, rhs, .. } => {
+                Plan::find(lhs, delayed_name_removal, out);
+                Plan::find(rhs, delayed_name_removal, out);
+            }
+            Expr::Subquery { .. } | Expr::Vector(_) | Expr::Matrix { .. } | Expr::Number(_) | Expr::String(_) => {}
+        }
+    }
+
+    fn drops_name(&self) -> bool {
+        matches!(self.inner, Inner::Window { .. })
+    }
+}
+
+/// The evaluation times of the query's steps.
+pub(crate) fn step_times(start: i64, end: i64, interval: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut t = start;
+    while t <= end {
+        out.push(t);
+        if interval <= 0 {
+            break;
+        }
+        match t.checked_add(interval) {
+            Some(n) => t = n,
+            None => break,
+        }
+    }
+    out
+}
+
+/// The encoded series of one selector, kept undecoded for a plan (see `Evaluator::precompute`).
+pub(crate) struct Encoded {
+    pub mint: i64,
+    pub maxt: i64,
+    pub is_range: bool,
+    pub series: Vec<crate::storage::metrics::SelectedSeries>,
+}
+
+/// The result of a plan: one vector per step, `None` when the plan has to fall back.
+pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, times: &[i64]) -> R<Option<Vec<Vec<Elem>>>> {
+    let delayed = ev.opts.delayed_name_removal;
+    let drops = plan.drops_name();
+    // 1. Each series' group, from labels only.
+    let mut group_of: Vec<usize> = Vec::with_capacity(enc.series.len());
+    let mut index: U64Map<usize> = U64Map::default();
+    let mut group_lbls: Vec<Labels> = Vec::new();
+    let mut seen: U64Map<usize> = U64Map::default();
+    let mut dropped: Vec<Labels> = Vec::new();
+    for s in &enc.series {
+        let elem_labels: &Labels = if drops && !delayed {
+            // The step-wise path removes the name right after the function; two series left with
+            // equal labels are an error there, at the steps where both have a value.
+            let d = drop_name(&s.labels);
+            let h = d.stable_hash();
+            if let Some(&j) = seen.get(&h)
+                && dropped[j] == d
+            {
+                return Ok(None);
+            }
+            seen.insert(h, dropped.len());
+            dropped.push(d);
+            &dropped[dropped.len() - 1]
+        } else {
+            &s.labels
+        };
+        let h = group_hash(elem_labels, plan.grouping);
+        let g = *index.entry(h).or_insert_with(|| {
+            group_lbls.push(group_labels(elem_labels, plan.grouping));
+            group_lbls.len() - 1
+        });
+        group_of.push(g);
+    }
+    drop(dropped);
+    let n = times.len();
+    if group_lbls.len().saturating_mul(n) > MAX_CELLS {
+        return Ok(None);
+    }
+    // 2. Fold every series over all steps. `first` holds the index of the first series that
+    // reached a cell (u32::MAX: none yet).
+    let mut acc: Vec<Acc> = vec![Acc::default(); group_lbls.len() * n];
+    let mut first: Vec<u32> = vec![u32::MAX; group_lbls.len() * n];
+    let mut buf: Vec<Sample> = Vec::new();
+    let mut not_counters: Vec<String> = Vec::new();
+    let lookback = ev.opts.lookback_delta_ms;
+    for (si, s) in enc.series.iter().enumerate() {
+        if si % 64 == 0 {
+            ev.check_deadline()?;
+        }
+        buf.clear();
+        buf.extend(s.samples(enc.mint, enc.maxt));
+        if enc.is_range {
+            buf.retain(|x| !is_stale_nan(x.v));
+        }
+        ev.count_samples(buf.len())?;
+        if buf.is_empty() {
+            continue;
+        }
+        let base = group_of[si] * n;
+        let (cur_lo, cur_hi) = (Cell::new(0), Cell::new(0));
+        let mut counter_checked = false;
+        for (k, &t) in times.iter().enumerate() {
+            let rt = ev.sel_time(plan.sel, t);
+            let v = match plan.inner {
+                Inner::Instant => {
+                    let i = super::eval::seek(&buf, &cur_hi, rt);
+                    if i == 0 {
+                        continue;
+                    }
+                    let smp = buf[i - 1];
+                    if smp.t <= rt.saturating_sub(lookback) || is_stale_nan(smp.v) {
+                        continue;
+                    }
+                    smp.v
+                }
+                Inner::Window { f, range_ms } => {
+                    let lo = rt.saturating_sub(range_ms);
+                    let a = super::eval::seek(&buf, &cur_lo, lo);
+                    let b = super::eval::seek(&buf, &cur_hi, rt);
+                    if a >= b {
+                        continue;
+                    }
+                    if !counter_checked && f.wants_counter() {
+                        counter_checked = true;
+                        if let Some(name) = s.labels.metric_name()
+                            && !has_counter_suffix(name)
+                            && !not_counters.iter().any(|x| x == name)
+                        {
+                            not_counters.push(name.to_string());
+                        }
+                    }
+                    match f.apply(&buf[a..b], lo, rt) {
+                        Some(v) => v,
+                        None => continue,
+                    }
+                }
+            };
+            let c = base + k;
+            if first[c] == u32::MAX {
+                first[c] = si as u32;
+                acc[c] = Acc::new(plan.op, v);
+            } else {
+                acc[c].add(plan.op, v);
+            }
+        }
+    }
+    for name in not_counters {
+        ev.annotate(not_counter_info(&name));
+    }
+    // 3. One vector per step, groups in the order of their first series at that step.
+    let labels: Vec<Arc<Labels>> = group_lbls.into_iter().map(Arc::new).collect();
+    let mut out = Vec::with_capacity(n);
+    let mut order: Vec<(u32, usize)> = Vec::new();
+    for (k, &t) in times.iter().enumerate() {
+        order.clear();
+        for g in 0..labels.len() {
+            let f = first[g * n + k];
+            if f != u32::MAX {
+                order.push((f, g));
+            }
+        }
+        order.sort_unstable();
+        out.push(
+            order
+                .iter()
+                .map(|&(_, g)| Elem {
+                    labels: Arc::clone(&labels[g]),
+                    v: acc[g * n + k].finish(plan.op),
+                    t,
+                    drop_name: false,
+                })
+                .collect(),
+        );
+    }
+    Ok(Some(out))
+}
