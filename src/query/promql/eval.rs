@@ -142,7 +142,9 @@ pub(crate) fn exec_err(s: impl Into<String>) -> QueryError {
     QueryError::Execution(s.into())
 }
 
-/// Runs a whole query. `instant` = true: one step at `start`.
+/// Runs a whole query. `instant` = true: one step at `start`. `series_agg` = false turns the
+/// series-at-a-time path off (its tests compare both).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     opts: &EngineOptions,
     reader: &dyn MetricsReader,
@@ -151,6 +153,7 @@ pub(crate) fn run(
     end: i64,
     interval: i64,
     instant: bool,
+    series_agg: bool,
 ) -> R<QueryOutput> {
     let began = Instant::now();
     let mut ev = Evaluator {
@@ -172,7 +175,9 @@ pub(crate) fn run(
         pre: U64Map::default(),
     };
     let mut plans = Vec::new();
-    Plan::find(expr, opts.delayed_name_removal, &mut plans);
+    if series_agg {
+        Plan::find(expr, opts.delayed_name_removal, &mut plans);
+    }
     for p in &plans {
         if ev.lazy.len() <= p.sel.id {
             ev.lazy.resize(p.sel.id + 1, false);
