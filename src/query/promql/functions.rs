@@ -184,9 +184,7 @@ fn extrapolated_rate(s: &[Sample], range_start: i64, range_end: i64, is_counter:
     if s.len() < 2 {
         return None;
     }
-    let first = s[0];
-    let last = s[s.len() - 1];
-    let mut result = last.v - first.v;
+    let mut result = s[s.len() - 1].v - s[0].v;
     if is_counter {
         let mut prev = 0.0;
         for x in s {
@@ -196,6 +194,53 @@ fn extrapolated_rate(s: &[Sample], range_start: i64, range_end: i64, is_counter:
             prev = x.v;
         }
     }
+    extrapolate(s, result, range_start, range_end, is_counter, is_rate)
+}
+
+/// Indexes `i >= 1` of `s` where a counter resets (`s[i].v < s[i-1].v`): with them,
+/// `rate_with_resets` walks only a window's resets instead of all its samples.
+pub(crate) fn counter_resets(s: &[Sample], out: &mut Vec<u32>) {
+    out.clear();
+    for (i, w) in s.windows(2).enumerate() {
+        if w[1].v < w[0].v {
+            out.push(i as u32 + 1);
+        }
+    }
+}
+
+/// `extrapolated_rate` of the counter window `s[a..b]` given the resets of all of `s`: the very
+/// same additions in the same order (the first sample is compared with 0, as there).
+pub(crate) fn rate_with_resets(
+    s: &[Sample],
+    a: usize,
+    b: usize,
+    resets: &[u32],
+    range_start: i64,
+    range_end: i64,
+    is_rate: bool,
+) -> Option<f64> {
+    let w = &s[a..b];
+    if w.len() < 2 {
+        return None;
+    }
+    let mut result = w[w.len() - 1].v - w[0].v;
+    if w[0].v < 0.0 {
+        result += 0.0;
+    }
+    let from = resets.partition_point(|&i| (i as usize) <= a);
+    for &i in &resets[from..] {
+        let i = i as usize;
+        if i >= b {
+            break;
+        }
+        result += s[i - 1].v;
+    }
+    extrapolate(w, result, range_start, range_end, true, is_rate)
+}
+
+fn extrapolate(s: &[Sample], result: f64, range_start: i64, range_end: i64, is_counter: bool, is_rate: bool) -> Option<f64> {
+    let first = s[0];
+    let last = s[s.len() - 1];
     let mut to_start = (first.t - range_start) as f64 / 1000.0;
     let mut to_end = (range_end - last.t) as f64 / 1000.0;
     let sampled = (last.t - first.t) as f64 / 1000.0;

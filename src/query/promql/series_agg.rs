@@ -23,7 +23,7 @@
 
 use super::ast::{AggOp, Expr, Grouping, VectorSel};
 use super::eval::{Acc, Evaluator, R, U64Map, drop_name, group_hash, group_labels};
-use super::functions::{WindowFn, has_counter_suffix, not_counter_info};
+use super::functions::{WindowFn, counter_resets, has_counter_suffix, not_counter_info, rate_with_resets};
 use super::value::Elem;
 use crate::model::{Labels, METRIC_NAME, Sample, is_stale_nan};
 use std::cell::Cell;
@@ -150,6 +150,21 @@ impl<'e> Plan<'e> {
     }
 }
 
+fn is_name_label(n: &str) -> bool {
+    n == METRIC_NAME || n == "__type__" || n == "__unit__"
+}
+
+/// FNV-1a of the labels `drop_name` would leave, without building them.
+fn hash_without_name(l: &Labels) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in l.iter().filter(|x| !is_name_label(&x.name)) {
+        for b in x.name.bytes().chain([0xff]).chain(x.value.bytes()).chain([0xff]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// The evaluation times of the query's steps.
 pub(crate) fn step_times(start: i64, end: i64, interval: i64) -> Vec<i64> {
     let mut out = Vec::new();
@@ -184,24 +199,27 @@ pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, t
     let mut index: U64Map<usize> = U64Map::default();
     let mut group_lbls: Vec<Labels> = Vec::new();
     let mut seen: U64Map<usize> = U64Map::default();
-    let mut dropped: Vec<Labels> = Vec::new();
-    for s in &enc.series {
-        let elem_labels: &Labels = if drops && !delayed {
+    let remove_name = drops && !delayed;
+    // `by` without any of the name labels gives the same groups with or without them.
+    let by_plain = matches!(plan.grouping, Some(Grouping::By(names)) if !names.iter().any(|n| is_name_label(n)));
+    let mut dropped = Labels::default();
+    for (si, s) in enc.series.iter().enumerate() {
+        let mut elem_labels = &s.labels;
+        if remove_name {
             // The step-wise path removes the name right after the function; two series left with
             // equal labels are an error there, at the steps where both have a value.
-            let d = drop_name(&s.labels);
-            let h = d.stable_hash();
+            let h = hash_without_name(&s.labels);
             if let Some(&j) = seen.get(&h)
-                && dropped[j] == d
+                && drop_name(&enc.series[j].labels) == drop_name(&s.labels)
             {
                 return Ok(None);
             }
-            seen.insert(h, dropped.len());
-            dropped.push(d);
-            &dropped[dropped.len() - 1]
-        } else {
-            &s.labels
-        };
+            seen.insert(h, si);
+            if !by_plain && plan.grouping.is_some() {
+                dropped = drop_name(&s.labels);
+                elem_labels = &dropped;
+            }
+        }
         let h = group_hash(elem_labels, plan.grouping);
         let g = *index.entry(h).or_insert_with(|| {
             group_lbls.push(group_labels(elem_labels, plan.grouping));
@@ -219,6 +237,7 @@ pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, t
     let mut acc: Vec<Acc> = vec![Acc::default(); group_lbls.len() * n];
     let mut first: Vec<u32> = vec![u32::MAX; group_lbls.len() * n];
     let mut buf: Vec<Sample> = Vec::new();
+    let mut resets: Vec<u32> = Vec::new();
     let mut not_counters: Vec<String> = Vec::new();
     let lookback = ev.opts.lookback_delta_ms;
     for (si, s) in enc.series.iter().enumerate() {
@@ -237,6 +256,17 @@ pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, t
         let base = group_of[si] * n;
         let (cur_lo, cur_hi) = (Cell::new(0), Cell::new(0));
         let mut counter_checked = false;
+        // Counter windows of `rate`/`increase` overlap many steps: find the resets once.
+        let counter_rate = match plan.inner {
+            Inner::Window {
+                f: WindowFn::Rate { counter: true, rate },
+                ..
+            } => {
+                counter_resets(&buf, &mut resets);
+                Some(rate)
+            }
+            _ => None,
+        };
         for (k, &t) in times.iter().enumerate() {
             let rt = ev.sel_time(plan.sel, t);
             let v = match plan.inner {
@@ -267,7 +297,11 @@ pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, t
                             not_counters.push(name.to_string());
                         }
                     }
-                    match f.apply(&buf[a..b], lo, rt) {
+                    let v = match counter_rate {
+                        Some(rate) => rate_with_resets(&buf, a, b, &resets, lo, rt, rate),
+                        None => f.apply(&buf[a..b], lo, rt),
+                    };
+                    match v {
                         Some(v) => v,
                         None => continue,
                     }
