@@ -654,7 +654,8 @@ impl<'a> Evaluator<'a> {
     fn decode(&mut self, enc: Encoded) -> R<Vec<Loaded>> {
         let mut out = Vec::with_capacity(enc.series.len());
         for s in enc.series {
-            let mut samples: Vec<Sample> = s.samples(enc.mint, enc.maxt).collect();
+            let mut samples: Vec<Sample> = Vec::new();
+            s.decode_into(enc.mint, enc.maxt, &mut samples);
             if enc.is_range {
                 // Range selections never return staleness markers: drop them once here so
                 // every step can use a plain slice of the buffer.

@@ -245,7 +245,7 @@ pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, t
             ev.check_deadline()?;
         }
         buf.clear();
-        buf.extend(s.samples(enc.mint, enc.maxt));
+        s.decode_into(enc.mint, enc.maxt, &mut buf);
         if enc.is_range {
             buf.retain(|x| !is_stale_nan(x.v));
         }
