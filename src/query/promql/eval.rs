@@ -56,6 +56,8 @@ const SUBQUERY_CACHE_STEPS: i64 = 10_000;
 #[derive(Default)]
 struct Assembler {
     out: Vec<RangeSeries>,
+    /// Per series, parallel to its samples: the element's position in the vector at that time.
+    pos: Vec<Vec<u32>>,
     by_ptr: U64Map<usize>,
     by_value: HashMap<(Labels, bool), usize>,
     held: Vec<Arc<Labels>>,
@@ -66,7 +68,7 @@ impl Assembler {
     fn add(&mut self, ts: i64, v: &Value, max_samples: usize) -> R<()> {
         match v {
             Value::Vector(vec) => {
-                for e in vec {
+                for (k, e) in vec.iter().enumerate() {
                     // `held` keeps every keyed Arc alive, so an address cannot be reused for
                     // another label set during this assembly.
                     let h = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
@@ -82,6 +84,7 @@ impl Assembler {
                                         samples: Vec::new(),
                                         drop_name: e.drop_name,
                                     });
+                                    self.pos.push(Vec::new());
                                     self.by_value.insert(vkey, self.out.len() - 1);
                                     self.out.len() - 1
                                 }
@@ -94,14 +97,17 @@ impl Assembler {
                         }
                     };
                     self.out[i].samples.push(Sample { t: ts, v: e.v });
+                    self.pos[i].push(k as u32);
                 }
                 self.points += vec.len();
             }
             Value::Scalar(x) => {
                 if self.out.is_empty() {
                     self.out.push(RangeSeries::new(Labels::default(), Vec::new()));
+                    self.pos.push(Vec::new());
                 }
                 self.out[0].samples.push(Sample { t: ts, v: *x });
+                self.pos[0].push(0);
                 self.points += 1;
             }
             _ => return Err(exec_err("subquery is only allowed on instant vector")),
@@ -134,6 +140,22 @@ pub(crate) struct Evaluator<'a> {
     encoded: Vec<Option<Encoded>>,
     /// `series_agg` results: per step vectors by the aggregation node's address.
     pre: U64Map<Vec<Vec<Elem>>>,
+    /// Subqueries under a range query, series-major over the whole query, by node address (see
+    /// `subquery_series`).
+    pub(crate) sub_series: U64Map<Vec<SubSeries>>,
+    fast_paths: bool,
+}
+
+/// One series of a subquery's values over a whole range query.
+pub(crate) struct SubSeries {
+    pub labels: Arc<Labels>,
+    pub drop_name: bool,
+    pub samples: Vec<Sample>,
+    /// Parallel to `samples`: the element's position in the inner vector at that time, which
+    /// orders the series of a window the way the per-window assembly would.
+    pub pos: Vec<u32>,
+    pub cur_lo: Cell<usize>,
+    pub cur_hi: Cell<usize>,
 }
 
 pub(crate) type R<T> = Result<T, QueryError>;
@@ -142,8 +164,8 @@ pub(crate) fn exec_err(s: impl Into<String>) -> QueryError {
     QueryError::Execution(s.into())
 }
 
-/// Runs a whole query. `instant` = true: one step at `start`. `series_agg` = false turns the
-/// series-at-a-time path off (its tests compare both).
+/// Runs a whole query. `instant` = true: one step at `start`. `fast_paths` = false turns the
+/// series-at-a-time aggregation and the series-major subqueries off (their tests compare both).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     opts: &EngineOptions,
@@ -153,7 +175,7 @@ pub(crate) fn run(
     end: i64,
     interval: i64,
     instant: bool,
-    series_agg: bool,
+    fast_paths: bool,
 ) -> R<QueryOutput> {
     let began = Instant::now();
     let mut ev = Evaluator {
@@ -173,9 +195,11 @@ pub(crate) fn run(
         lazy: Vec::new(),
         encoded: Vec::new(),
         pre: U64Map::default(),
+        sub_series: U64Map::default(),
+        fast_paths,
     };
     let mut plans = Vec::new();
-    if series_agg {
+    if fast_paths {
         Plan::find(expr, opts.delayed_name_removal, &mut plans);
     }
     for p in &plans {
@@ -597,7 +621,7 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    fn at_time(&self, at: &Option<At>, t: i64) -> i64 {
+    pub(crate) fn at_time(&self, at: &Option<At>, t: i64) -> i64 {
         match at {
             None => t,
             Some(At::Start) => self.start,
@@ -1013,6 +1037,114 @@ impl<'a> Evaluator<'a> {
         Ok(asm.out)
     }
 
+    /// For a subquery evaluated at the outer steps of a range query whose windows cover one
+    /// contiguous span (step <= range): its inner values over that whole span, assembled once per
+    /// query into series, so each step slices a window like a range selector does instead of
+    /// re-assembling it. Returns the key into `sub_series`, or None where the per-window path
+    /// applies.
+    pub(crate) fn subquery_series(&mut self, e: &Expr) -> R<Option<u64>> {
+        let Expr::Subquery {
+            expr,
+            range_ms,
+            step_ms,
+            offset_ms,
+            at,
+        } = e
+        else {
+            return Ok(None);
+        };
+        if !self.fast_paths || !self.is_range || self.subquery_depth > 0 || self.interval > *range_ms || expr.value_type() != ValueType::Vector
+        {
+            return Ok(None);
+        }
+        let key = e as *const Expr as u64;
+        if self.sub_series.contains_key(&key) {
+            return Ok(Some(key));
+        }
+        let step = if *step_ms > 0 {
+            *step_ms
+        } else {
+            self.opts.default_subquery_step_ms
+        };
+        let last = self.start + (self.end - self.start) / self.interval * self.interval;
+        let rt_first = self.at_time(at, self.start).saturating_sub(*offset_ms);
+        let rt_last = self.at_time(at, last).saturating_sub(*offset_ms);
+        let lo = rt_first.saturating_sub(*range_ms);
+        let mut ts = step * (lo / step);
+        if ts <= lo {
+            ts += step;
+        }
+        if (rt_last.saturating_sub(ts) / step).saturating_add(1) > 4 * SUBQUERY_CACHE_STEPS {
+            return Ok(None);
+        }
+        let mut asm = Assembler::default();
+        self.subquery_depth += 1;
+        let mut res = Ok(());
+        while ts <= rt_last {
+            res = self
+                .check_deadline()
+                .and_then(|_| self.eval(expr, ts))
+                .and_then(|v| asm.add(ts, &v, usize::MAX));
+            if res.is_err() {
+                break;
+            }
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
+        }
+        self.subquery_depth -= 1;
+        res?;
+        let series = asm
+            .out
+            .into_iter()
+            .zip(asm.pos)
+            .map(|(rs, pos)| SubSeries {
+                labels: Arc::new(rs.labels),
+                drop_name: rs.drop_name,
+                samples: rs.samples,
+                pos,
+                cur_lo: Cell::new(0),
+                cur_hi: Cell::new(0),
+            })
+            .collect();
+        self.sub_series.insert(key, series);
+        Ok(Some(key))
+    }
+
+    /// The checks `subquery` makes for one window: its step count and its points against the
+    /// sample limit.
+    pub(crate) fn check_subquery_window(&self, e: &Expr, t: i64, points: usize) -> R<()> {
+        if let Expr::Subquery {
+            range_ms,
+            step_ms,
+            offset_ms,
+            at,
+            ..
+        } = e
+        {
+            let step = if *step_ms > 0 {
+                *step_ms
+            } else {
+                self.opts.default_subquery_step_ms
+            };
+            let rt = self.at_time(at, t).saturating_sub(*offset_ms);
+            let lo = rt.saturating_sub(*range_ms);
+            let mut s = step * (lo / step);
+            if s <= lo {
+                s += step;
+            }
+            let steps = (rt.saturating_sub(s) / step).saturating_add(1);
+            if steps > 0 && steps as u64 > self.opts.max_samples as u64 {
+                return Err(QueryError::TooManySamples("query execution"));
+            }
+        }
+        if points > self.opts.max_samples {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        Ok(())
+    }
+
     fn subquery_cached(&mut self, expr: &Expr, s: i64, rt: i64, step: i64, asm: &mut Assembler) -> R<()> {
         let key = expr as *const Expr as usize;
         let mut ts = s;
@@ -1033,6 +1165,10 @@ impl<'a> Evaluator<'a> {
         };
         // Older timestamps are not needed by later (increasing) steps.
         *cache = cache.split_off(&s);
+        // A window shorter than the step can hold no aligned time at all (s > rt).
+        if s > rt {
+            return Ok(());
+        }
         for (ts, v) in cache.range(s..=rt) {
             asm.add(*ts, v, self.opts.max_samples)?;
         }

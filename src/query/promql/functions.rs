@@ -701,6 +701,36 @@ impl Evaluator<'_> {
             }
             return Ok(Value::Vector(out));
         }
+        if let Some(key) = self.subquery_series(unparen(arg))? {
+            let (lo, rt) = range_bounds(self, arg, t);
+            let mut window: Vec<(i64, u32, usize, usize, usize)> = Vec::new();
+            let mut points = 0;
+            for (i, s) in self.sub_series.get(&key).map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+                let a = super::eval::seek(&s.samples, &s.cur_lo, lo);
+                let b = super::eval::seek(&s.samples, &s.cur_hi, rt);
+                if a < b {
+                    window.push((s.samples[a].t, s.pos[a], i, a, b));
+                    points += b - a;
+                }
+            }
+            self.check_subquery_window(unparen(arg), t, points)?;
+            // The series in the order a per-window assembly would have met them.
+            window.sort_unstable();
+            let series = self.sub_series.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let mut out = Vec::with_capacity(window.len());
+            for (_, _, i, a, b) in window {
+                let s = &series[i];
+                if let Some(v) = f(&s.labels, &s.samples[a..b]) {
+                    out.push(Elem {
+                        labels: Arc::clone(&s.labels),
+                        v,
+                        t,
+                        drop_name: !keep_name || s.drop_name,
+                    });
+                }
+            }
+            return Ok(Value::Vector(out));
+        }
         let m = self.eval_matrix(arg, t)?;
         let mut out = Vec::with_capacity(m.len());
         for s in m {

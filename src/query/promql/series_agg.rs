@@ -448,7 +448,7 @@ mod tests {
         format!("{body} | warnings {:?} | infos {:?} | samples {}", o.warnings, o.infos, o.total_samples)
     }
 
-    /// Runs `q` with and without the series-at-a-time path, as an instant query at `t` (range =
+    /// Runs `q` with and without the fast paths, as an instant query at `t` (range =
     /// None) or a range query, and requires identical answers. Returns whether a plan applied.
     fn check(db: &MetricsDb, q: &str, delayed: bool, t: i64, range: Option<(i64, i64)>) -> bool {
         let opts = EngineOptions {
@@ -470,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn same_answers_as_step_wise() {
+    fn fast_paths_answer_like_step_wise() {
         let (db, _d) = db();
         let db = db.as_ref();
         let inners = [
@@ -524,6 +524,36 @@ mod tests {
             for delayed in [false, true] {
                 check(db, q, delayed, 0, Some((600_000, 15_000)));
                 check(db, q, delayed, 300_000, None);
+            }
+        }
+        // Subqueries under range queries (`Evaluator::subquery_series`): steps shorter and longer
+        // than the windows, offsets, `@`, nesting, and aggregations that see the series order.
+        for q in [
+            "max_over_time(rate(a_total[1m])[3m:30s])",
+            "rate(b[2m:20s])",
+            "sum_over_time(sum by (job) (b)[1m:15s])",
+            "count_over_time((a_total > 100)[2m:10s] offset 30s)",
+            "max_over_time(b[1m:7s] @ 300)",
+            "sum(max_over_time(rate(a_total[1m])[2m:30s]))",
+            "sum by (job) (last_over_time({__name__=~\"a_total|b\"}[1m:20s]))",
+            "avg_over_time(b[30s:1m])",
+            "quantile_over_time(0.5, b[2m:30s])",
+            "rate({__name__=~\"x_total|y_total\"}[1m:15s])",
+            "max_over_time(max_over_time(b[1m:10s])[2m:30s])",
+            "count_over_time(vector(1)[1m:10s])",
+            // `limitk` keeps the first series: it sees the order.
+            "limitk(3, max_over_time(b[1m:20s]))",
+            "limitk(5, sum_over_time({__name__=~\"a_total|b\"}[1m:20s]))",
+        ] {
+            for delayed in [false, true] {
+                for (t, range) in [
+                    (0, Some((600_000, 15_000))),
+                    (7_000, Some((590_000, 7_000))),
+                    (60_000, Some((600_000, 60_000))),
+                    (300_000, None),
+                ] {
+                    check(db, q, delayed, t, range);
+                }
             }
         }
         // The shapes above are what the plan is for: nearly all of them must take it.
