@@ -1053,7 +1053,11 @@ impl<'a> Evaluator<'a> {
         else {
             return Ok(None);
         };
-        if !self.fast_paths || !self.is_range || self.subquery_depth > 0 || self.interval > *range_ms || expr.value_type() != ValueType::Vector
+        if !self.fast_paths
+            || !self.is_range
+            || self.subquery_depth > 0
+            || self.interval > *range_ms
+            || expr.value_type() != ValueType::Vector
         {
             return Ok(None);
         }

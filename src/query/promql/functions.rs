@@ -89,9 +89,7 @@ fn range_bounds(ev: &Evaluator<'_>, e: &Expr, t: i64) -> (i64, i64) {
 }
 
 pub(crate) fn not_counter_info(name: &str) -> String {
-    format!(
-        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {name:?}"
-    )
+    format!("PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {name:?}")
 }
 
 /// The range-vector functions with one value per window and no parameters, which drop the metric
@@ -99,9 +97,14 @@ pub(crate) fn not_counter_info(name: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum WindowFn {
     /// `rate` (counter, rate), `increase` (counter), `delta` (neither).
-    Rate { counter: bool, rate: bool },
+    Rate {
+        counter: bool,
+        rate: bool,
+    },
     /// `irate` (rate) and `idelta`.
-    Instant { rate: bool },
+    Instant {
+        rate: bool,
+    },
     Sum,
     Count,
     Min,
@@ -238,7 +241,14 @@ pub(crate) fn rate_with_resets(
     extrapolate(w, result, range_start, range_end, true, is_rate)
 }
 
-fn extrapolate(s: &[Sample], result: f64, range_start: i64, range_end: i64, is_counter: bool, is_rate: bool) -> Option<f64> {
+fn extrapolate(
+    s: &[Sample],
+    result: f64,
+    range_start: i64,
+    range_end: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
     let first = s[0];
     let last = s[s.len() - 1];
     let mut to_start = (first.t - range_start) as f64 / 1000.0;
@@ -705,7 +715,14 @@ impl Evaluator<'_> {
             let (lo, rt) = range_bounds(self, arg, t);
             let mut window: Vec<(i64, u32, usize, usize, usize)> = Vec::new();
             let mut points = 0;
-            for (i, s) in self.sub_series.get(&key).map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+            for (i, s) in self
+                .sub_series
+                .get(&key)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 let a = super::eval::seek(&s.samples, &s.cur_lo, lo);
                 let b = super::eval::seek(&s.samples, &s.cur_hi, rt);
                 if a < b {
@@ -1024,8 +1041,12 @@ impl Evaluator<'_> {
                 }
                 Ok(v)
             }
-            "irate" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Instant { rate: true }.apply(s, 0, 0)),
-            "idelta" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Instant { rate: false }.apply(s, 0, 0)),
+            "irate" => self.over_time(arg(0)?, t, false, |_, s| {
+                WindowFn::Instant { rate: true }.apply(s, 0, 0)
+            }),
+            "idelta" => self.over_time(arg(0)?, t, false, |_, s| {
+                WindowFn::Instant { rate: false }.apply(s, 0, 0)
+            }),
             "avg_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 let v: Vec<f64> = s.iter().map(|x| x.v).collect();
                 Some(avg_of(&v))

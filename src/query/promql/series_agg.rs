@@ -91,13 +91,7 @@ impl<'e> Plan<'e> {
                 let Expr::Matrix { sel, range_ms } = unparen(&args[0]) else {
                     return None;
                 };
-                (
-                    sel,
-                    Inner::Window {
-                        f,
-                        range_ms: *range_ms,
-                    },
-                )
+                (sel, Inner::Window { f, range_ms: *range_ms })
             }
             _ => return None,
         };
@@ -191,7 +185,12 @@ pub(crate) struct Encoded {
 }
 
 /// The result of a plan: one vector per step, `None` when the plan has to fall back.
-pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, times: &[i64]) -> R<Option<Vec<Vec<Elem>>>> {
+pub(crate) fn evaluate(
+    ev: &mut Evaluator<'_>,
+    plan: &Plan<'_>,
+    enc: &Encoded,
+    times: &[i64],
+) -> R<Option<Vec<Vec<Elem>>>> {
     let delayed = ev.opts.delayed_name_removal;
     let drops = plan.drops_name();
     // 1. Each series' group, from labels only.
@@ -349,9 +348,9 @@ pub(crate) fn evaluate(ev: &mut Evaluator<'_>, plan: &Plan<'_>, enc: &Encoded, t
 
 #[cfg(test)]
 mod tests {
-    use super::Plan;
     use super::super::eval::run;
     use super::super::{EngineOptions, QueryOutput, QueryValue, parse};
+    use super::Plan;
     use crate::model::{Labels, stale_nan};
     use crate::storage::metrics::{MetricsDb, MetricsOptions, SeriesKey};
     use std::sync::Arc;
@@ -386,8 +385,14 @@ mod tests {
         let mut series: Vec<(Labels, bool)> = Vec::new();
         for job in ["j1", "j2", "j3"] {
             for inst in ["i1", "i2", "i3", "i4"] {
-                series.push((Labels::from_pairs([("__name__", "a_total"), ("job", job), ("inst", inst)]).unwrap(), true));
-                series.push((Labels::from_pairs([("__name__", "b"), ("job", job), ("inst", inst)]).unwrap(), false));
+                series.push((
+                    Labels::from_pairs([("__name__", "a_total"), ("job", job), ("inst", inst)]).unwrap(),
+                    true,
+                ));
+                series.push((
+                    Labels::from_pairs([("__name__", "b"), ("job", job), ("inst", inst)]).unwrap(),
+                    false,
+                ));
             }
         }
         for name in ["x_total", "y_total"] {
@@ -445,7 +450,10 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("; "),
         };
-        format!("{body} | warnings {:?} | infos {:?} | samples {}", o.warnings, o.infos, o.total_samples)
+        format!(
+            "{body} | warnings {:?} | infos {:?} | samples {}",
+            o.warnings, o.infos, o.total_samples
+        )
     }
 
     /// Runs `q` with and without the fast paths, as an instant query at `t` (range =
@@ -494,7 +502,13 @@ mod tests {
             "rate(b[1m])",
         ];
         let aggs = ["sum", "avg", "count", "min", "max", "group", "stddev", "stdvar"];
-        let groupings = ["", " by (job)", " without (inst)", " by (__name__)", " by (job, __name__)"];
+        let groupings = [
+            "",
+            " by (job)",
+            " without (inst)",
+            " by (__name__)",
+            " by (job, __name__)",
+        ];
         let mut planned = 0;
         for inner in inners {
             for agg in aggs {
@@ -557,6 +571,9 @@ mod tests {
             }
         }
         // The shapes above are what the plan is for: nearly all of them must take it.
-        assert!(planned > 2000, "only {planned} evaluations took the series-at-a-time path");
+        assert!(
+            planned > 2000,
+            "only {planned} evaluations took the series-at-a-time path"
+        );
     }
 }

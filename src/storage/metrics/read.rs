@@ -176,8 +176,23 @@ mod tests {
         let b: &[i64] = &[50, 60, 70];
         let overlap: &[i64] = &[35, 40, 45, 55];
         let c: &[i64] = &[80, 90];
-        for chunks in [vec![a], vec![a, b], vec![a, overlap, b], vec![a, b, c], vec![overlap, c]] {
-            for (mint, maxt) in [(0, 100), (10, 90), (15, 85), (40, 40), (41, 49), (60, 200), (95, 99), (0, 9)] {
+        for chunks in [
+            vec![a],
+            vec![a, b],
+            vec![a, overlap, b],
+            vec![a, b, c],
+            vec![overlap, c],
+        ] {
+            for (mint, maxt) in [
+                (0, 100),
+                (10, 90),
+                (15, 85),
+                (40, 40),
+                (41, 49),
+                (60, 200),
+                (95, 99),
+                (0, 9),
+            ] {
                 check(&chunks, mint, maxt);
             }
         }
