@@ -530,8 +530,6 @@ impl Tailer {
             self.relist.insert(d.clone());
             self.dirty.insert(d);
         }
-        // Positions of files not found by the first full scan belong to files deleted meanwhile.
-        self.restored.clear();
     }
 
     fn scan_pod(&mut self, pod: &Path, seen: &mut BTreeSet<PathBuf>) {
@@ -878,6 +876,10 @@ impl Tailer {
         }
         while let Some(dir) = self.relist.pop_first() {
             self.scan_container(&dir);
+        }
+        if full_rescan {
+            // Positions of files a full scan did not find belong to files deleted meanwhile.
+            self.restored.clear();
         }
         while let Some(dir) = self.dirty.first().cloned() {
             self.read_container(&dir)?;
