@@ -83,6 +83,13 @@ impl Writer {
         self.f.write_all(s.as_bytes()).unwrap();
     }
 
+    fn cri_bytes(&mut self, stream: &str, tag: &str, msg: &[u8]) {
+        let t = self.ts();
+        self.raw(&format!("{t} {stream} {tag} "));
+        self.f.write_all(msg).unwrap();
+        self.raw("\n");
+    }
+
     fn ts(&mut self) -> String {
         self.ts += 1_000_000;
         let secs = self.ts / 1_000_000_000;
@@ -202,8 +209,23 @@ fn tailer_end_to_end() {
     want.insert("a-1 before start".into(), (web.0, web.1, web.2, "stdout"));
     want.insert("a-2 joined from two parts".into(), (web.0, web.1, web.2, "stderr"));
     want.insert("a-3 between partials".into(), (web.0, web.1, web.2, "stdout"));
+    // Invalid UTF-8 (containerd copies bytes) is replaced like a push's; a 300 KB line that
+    // containerd split in 16 KiB pieces is joined, cut at collect.logs.max_line_size and then
+    // refused by limits.logs.max_line_size (256KB, no truncation) exactly like a pushed one.
+    a.cri_bytes("stdout", "F", b"a-bad \xff\xfe utf8");
+    want.insert("a-bad \u{FFFD}\u{FFFD} utf8".into(), (web.0, web.1, web.2, "stdout"));
+    let huge = "h".repeat(300_000);
+    for (i, piece) in huge.as_bytes().chunks(16384).enumerate() {
+        let tag = if (i + 1) * 16384 >= huge.len() { "F" } else { "P" };
+        a.cri_bytes("stderr", tag, piece);
+    }
     let mut s = start(tmp.path(), &pods);
-    wait_committed(&s, 3);
+    wait_committed(&s, 5);
+    assert_eq!(s.metric("monitoring_rs_tailer_lines_cut_total"), 1.0);
+    assert_eq!(
+        s.metric("monitoring_rs_loki_discarded_samples_total{reason=\"line_too_long\"}"),
+        1.0
+    );
 
     // A Docker json-file pod appears while running (found by inotify, not the 10 s rescan).
     let dk = ("kube-system", "dns-1", "coredns");
@@ -220,7 +242,7 @@ fn tailer_end_to_end() {
     for l in ["a-4 before rotation", "a-5 late write after rename", "a-6 in the new file"] {
         want.insert(l.into(), (web.0, web.1, web.2, "stdout"));
     }
-    wait_committed(&s, 8);
+    wait_committed(&s, 10);
     check(&s, t0, &want);
     assert_eq!(s.metric("monitoring_rs_tailer_rotations_total"), 1.0);
 

@@ -1034,3 +1034,127 @@ impl Tailer {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(String, Vec<u8>)>>);
+
+    impl LogSink for Collect {
+        fn push(&self, streams: &[SinkStream<'_>]) -> Result<(), String> {
+            let mut v = self.0.lock();
+            for s in streams {
+                let stream = if s.labels.contains("stream=\"stderr\"") { "stderr" } else { "stdout" };
+                v.extend(s.entries.iter().map(|(_, l)| (stream.to_string(), l.to_vec())));
+            }
+            Ok(())
+        }
+    }
+
+    /// Files (path under the root, content) read in one step with `max_line_size` 1024: the entries
+    /// stored as (stream, line), and the error counts by reason.
+    fn check(files: &[(&str, Vec<u8>)], want: &[(&str, Vec<u8>)], want_errors: &[(ErrorReason, u64)]) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pods");
+        for (p, content) in files {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let mut opts = TailerOptions::new(&root, tmp.path().join("positions"));
+        opts.max_line_size = 1024;
+        let sink = Arc::new(Collect::default());
+        let stats = Arc::new(TailerStats::default());
+        let mut t = Tailer::new(opts, sink.clone(), Arc::new(super::super::PathLabels), stats.clone());
+        t.step(Instant::now(), true).unwrap();
+        let got = sink.0.lock().clone();
+        let want: Vec<(String, Vec<u8>)> = want.iter().map(|(s, l)| (s.to_string(), l.clone())).collect();
+        let show = |v: &[(String, Vec<u8>)]| -> Vec<String> {
+            v.iter()
+                .map(|(s, l)| format!("{s} {} bytes {:?}", l.len(), String::from_utf8_lossy(&l[..l.len().min(40)])))
+                .collect()
+        };
+        assert_eq!(show(&got), show(&want));
+        assert_eq!(got, want);
+        for r in ErrorReason::ALL {
+            let n = want_errors.iter().find(|(w, _)| *w == r).map_or(0, |(_, n)| *n);
+            assert_eq!(stats.errors[r as usize].load(Ordering::Relaxed), n, "{}", r.as_str());
+        }
+    }
+
+    fn cri(stream: &str, tag: &str, msg: &[u8]) -> Vec<u8> {
+        let mut v = format!("2026-11-21T08:00:00.5Z {stream} {tag} ").into_bytes();
+        v.extend_from_slice(msg);
+        v.push(b'\n');
+        v
+    }
+
+    #[test]
+    fn reading_files() {
+        let f = "ns_pod_uid/c/0.log";
+        let cat = |parts: &[Vec<u8>]| parts.concat();
+        // Plain lines; a line that is not CRI is counted and skipped, not fatal for the file.
+        check(
+            &[(f, cat(&[cri("stdout", "F", b"one"), b"garbage\n".to_vec(), cri("stderr", "F", b"two")]))],
+            &[("stdout", b"one".to_vec()), ("stderr", b"two".to_vec())],
+            &[(ErrorReason::Parse, 1)],
+        );
+        // A physical line longer than the buffer's cap (max_line_size + 64 KiB): its head is kept,
+        // the rest dropped up to its newline, the next line is intact.
+        let huge = vec![b'x'; 200_000];
+        let head = READ_CHUNK + 1024 - "2026-11-21T08:00:00.5Z stdout F ".len();
+        check(
+            &[(f, cat(&[cri("stdout", "F", &huge), cri("stdout", "F", b"after")]))],
+            &[("stdout", huge[..head].to_vec()), ("stdout", b"after".to_vec())],
+            &[(ErrorReason::Oversize, 1)],
+        );
+        // Partials past max_line_size keep max_line_size + 1 bytes (the ingester then rejects or
+        // truncates them like a push); bytes are joined before any UTF-8 decoding.
+        check(
+            &[(f, cat(&[cri("stdout", "P", &[b'a'; 800]), cri("stdout", "P", &[b'b'; 800]), cri("stdout", "F", b"c")]))],
+            &[("stdout", [vec![b'a'; 800], vec![b'b'; 225]].concat())],
+            &[],
+        );
+        check(
+            &[(f, cat(&[cri("stdout", "P", &"é".as_bytes()[..1]), cri("stdout", "F", &"é".as_bytes()[1..])]))],
+            &[("stdout", "é".as_bytes().to_vec())],
+            &[],
+        );
+        // An unterminated `P` in a finished file (the container restarted) is stored at its end,
+        // before the next file's lines.
+        check(
+            &[
+                ("ns_pod_uid/c/0.log", cri("stdout", "P", b"exit without newline")),
+                ("ns_pod_uid/c/1.log", cri("stdout", "F", b"restarted")),
+            ],
+            &[("stdout", b"exit without newline".to_vec()), ("stdout", b"restarted".to_vec())],
+            &[],
+        );
+        // Rotated files first, `.gz` and `.tmp` ignored.
+        check(
+            &[
+                ("ns_pod_uid/c/0.log", cri("stdout", "F", b"live")),
+                ("ns_pod_uid/c/0.log.20261121-080000", cri("stdout", "F", b"rotated")),
+                ("ns_pod_uid/c/0.log.20261121-070000.gz", b"\x1f\x8b compressed".to_vec()),
+                ("ns_pod_uid/c/0.log.20261121-090000.tmp", cri("stdout", "F", b"tmp")),
+            ],
+            &[("stdout", b"rotated".to_vec()), ("stdout", b"live".to_vec())],
+            &[],
+        );
+        // Docker json-file.
+        check(
+            &[(
+                f,
+                br#"{"log":"half ","stream":"stdout","time":"2026-11-21T08:00:00Z"}
+{"log":"whole\n","stream":"stdout","time":"2026-11-21T08:00:00Z"}
+"#
+                .to_vec(),
+            )],
+            &[("stdout", b"half whole".to_vec())],
+            &[],
+        );
+    }
+}
