@@ -11,8 +11,18 @@
 //! ```text
 //! MRSPOS␠1\n                                    magic and version
 //! F␠<dev>␠<ino>␠<fplen>␠<fpcrc>␠<offset>␠<pout>␠<perr>␠<path>\n   one per tailed file
-//! END␠<count>␠<crc>\n                           records above, CRC-32 (IEEE) of every byte before "END"
+//! B␠<ts>␠<linecrc>␠<labels>\n                   optional, only in the `.pending` file (below)
+//! END␠<count>␠<crc>\n                           F records above, CRC-32 (IEEE) of every byte before "END"
 //! ```
+//!
+//! Closing the crash window between a push and its checkpoint: before pushing a batch, the positions
+//! *after* it are written (same steps) to `<name>.pending` with a `B` record naming the batch's last
+//! entry: `ts` (decimal ns), `linecrc` (8 hex digits, CRC-32 of the line as the store keeps it, i.e.
+//! after lossy UTF-8 decoding) and the stream's label text (escaped like `path`). Once the sink
+//! accepted the batch, `<name>.pending` is renamed over `<name>` (and the directory fsynced). At start,
+//! a leftover `.pending` means a crash in between: if the sink holds the `B` entry (a store writes a
+//! batch's records with one `write(2)`, in order, so its last entry stands for the whole batch), the
+//! pending positions are used, else the old ones; either way nothing is lost or stored twice.
 //!
 //! * `dev`, `ino`: decimal `st_dev`, `st_ino`: the file's identity.
 //! * `fplen`, `fpcrc`: decimal byte count and 8 lowercase hex digits: CRC-32 of the file's first
@@ -46,6 +56,14 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, reason: String },
 }
 
+/// A batch's last entry, to ask the sink after a crash whether the batch was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub ts: i64,
+    pub line_crc: u32,
+    pub labels: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub dev: u64,
@@ -58,7 +76,34 @@ pub struct Position {
     pub path: PathBuf,
 }
 
-pub fn encode(positions: &[Position], out: &mut Vec<u8>) {
+fn escape_into(out: &mut Vec<u8>, raw: &[u8]) {
+    for &c in raw {
+        match c {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut p = Vec::with_capacity(raw.len());
+    let mut it = raw.iter();
+    while let Some(&c) = it.next() {
+        if c == b'\\' {
+            match it.next() {
+                Some(b'n') => p.push(b'\n'),
+                Some(&o) => p.push(o),
+                None => return None,
+            }
+        } else {
+            p.push(c);
+        }
+    }
+    Some(p)
+}
+
+pub fn encode(positions: &[Position], probe: Option<&Probe>, out: &mut Vec<u8>) {
     use std::os::unix::ffi::OsStrExt;
     out.clear();
     out.extend_from_slice(MAGIC.as_bytes());
@@ -76,20 +121,19 @@ pub fn encode(positions: &[Position], out: &mut Vec<u8>) {
             pend(p.pending[0]),
             pend(p.pending[1])
         );
-        for &c in p.path.as_os_str().as_bytes() {
-            match c {
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                c => out.push(c),
-            }
-        }
+        escape_into(out, p.path.as_os_str().as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(b) = probe {
+        let _ = write!(out, "B {} {:08x} ", b.ts, b.line_crc);
+        escape_into(out, b.labels.as_bytes());
         out.push(b'\n');
     }
     let crc = crc32fast::hash(out);
     let _ = writeln!(out, "END {} {crc:08x}", positions.len());
 }
 
-pub fn decode(buf: &[u8], path: &Path) -> Result<Vec<Position>, CheckpointError> {
+pub fn decode(buf: &[u8], path: &Path) -> Result<(Vec<Position>, Option<Probe>), CheckpointError> {
     use std::os::unix::ffi::OsStringExt;
     let corrupt = |reason: &str| CheckpointError::Corrupt {
         path: path.to_path_buf(),
@@ -113,9 +157,27 @@ pub fn decode(buf: &[u8], path: &Path) -> Result<Vec<Position>, CheckpointError>
         return Err(corrupt("checksum mismatch"));
     }
     let mut out = Vec::with_capacity(count);
+    let mut probe = None;
     for line in buf[MAGIC.len()..end_at].split(|&c| c == b'\n') {
         if line.is_empty() {
             continue;
+        }
+        if let Some(rest) = line.strip_prefix(b"B ") {
+            let mut parts = rest.splitn(3, |&c| c == b' ');
+            let mut field = || parts.next().and_then(|p| std::str::from_utf8(p).ok());
+            let ts = field().and_then(|t| t.parse::<i64>().ok());
+            let crc = field().and_then(|c| u32::from_str_radix(c, 16).ok());
+            let labels = parts
+                .next()
+                .and_then(unescape)
+                .and_then(|l| String::from_utf8(l).ok());
+            match (ts, crc, labels) {
+                (Some(ts), Some(line_crc), Some(labels)) => {
+                    probe = Some(Probe { ts, line_crc, labels });
+                    continue;
+                }
+                _ => return Err(corrupt("bad batch record")),
+            }
         }
         let mut parts = line.splitn(9, |&c| c == b' ');
         let mut field = || -> Result<&str, CheckpointError> {
@@ -136,19 +198,7 @@ pub fn decode(buf: &[u8], path: &Path) -> Result<Vec<Position>, CheckpointError>
         let offset = num(field()?)?;
         let pending = [pend(field()?)?, pend(field()?)?];
         let raw = parts.next().ok_or_else(|| corrupt("short record"))?;
-        let mut p = Vec::with_capacity(raw.len());
-        let mut it = raw.iter();
-        while let Some(&c) = it.next() {
-            if c == b'\\' {
-                match it.next() {
-                    Some(b'n') => p.push(b'\n'),
-                    Some(&o) => p.push(o),
-                    None => return Err(corrupt("bad escape")),
-                }
-            } else {
-                p.push(c);
-            }
-        }
+        let p = unescape(raw).ok_or_else(|| corrupt("bad escape"))?;
         out.push(Position {
             dev,
             ino,
@@ -162,11 +212,30 @@ pub fn decode(buf: &[u8], path: &Path) -> Result<Vec<Position>, CheckpointError>
     if out.len() != count {
         return Err(corrupt("record count mismatch"));
     }
-    Ok(out)
+    Ok((out, probe))
 }
 
-/// Reads the positions file; `Ok(None)` when there is none yet.
-pub fn load(path: &Path) -> Result<Option<Vec<Position>>, CheckpointError> {
+/// Where the positions after an in-flight batch wait for the sink's answer.
+pub fn pending_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".pending");
+    path.with_file_name(name)
+}
+
+/// Makes the pending positions the current ones: rename, fsync the directory.
+pub fn promote(path: &Path) -> Result<(), CheckpointError> {
+    let err = |source| CheckpointError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::rename(pending_path(path), path).map_err(err)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}
+
+/// Reads a positions file; `Ok(None)` when there is none.
+pub fn load(path: &Path) -> Result<Option<(Vec<Position>, Option<Probe>)>, CheckpointError> {
     match std::fs::read(path) {
         Ok(buf) => decode(&buf, path).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -183,7 +252,9 @@ pub fn store(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
@@ -221,6 +292,14 @@ mod tests {
         ]
     }
 
+    fn probe() -> Probe {
+        Probe {
+            ts: 1_795_248_000_123_456_789,
+            line_crc: 0xdead_beef,
+            labels: "{container=\"app\", namespace=\"default\", stream=\"stdout\"}".to_string(),
+        }
+    }
+
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/compat-tests/fixtures/tailer_positions_v1.txt");
 
     /// The fixture pins the format: this build must decode it and re-encode it byte for byte.
@@ -228,20 +307,20 @@ mod tests {
     #[test]
     fn fixture_round_trip() {
         let mut buf = Vec::new();
-        encode(&sample(), &mut buf);
+        encode(&sample(), Some(&probe()), &mut buf);
         if std::env::var_os("UPDATE_FIXTURES").is_some() {
             std::fs::write(FIXTURE, &buf).unwrap();
         }
         let pinned = std::fs::read(FIXTURE).unwrap();
         assert_eq!(String::from_utf8_lossy(&buf), String::from_utf8_lossy(&pinned));
-        assert_eq!(decode(&pinned, Path::new("f")).unwrap(), sample());
+        assert_eq!(decode(&pinned, Path::new("f")).unwrap(), (sample(), Some(probe())));
     }
 
     /// Every damaged variant is refused as a whole, never half-read.
     #[test]
     fn corruption_is_refused() {
         let mut good = Vec::new();
-        encode(&sample(), &mut good);
+        encode(&sample(), None, &mut good);
         let check = |bytes: &[u8], what: &str| {
             assert!(decode(bytes, Path::new("f")).is_err(), "{what} accepted");
         };
@@ -252,6 +331,6 @@ mod tests {
         flipped[20] ^= 1;
         check(&flipped, "one bit flipped");
         check(b"", "empty");
-        assert_eq!(decode(&good, Path::new("f")).unwrap().len(), 2);
+        assert_eq!(decode(&good, Path::new("f")).unwrap().0.len(), 2);
     }
 }

@@ -186,6 +186,13 @@ pub struct SinkStream<'a> {
 /// there and count as delivered here).
 pub trait LogSink: Send + Sync {
     fn push(&self, streams: &[SinkStream<'_>]) -> Result<(), String>;
+
+    /// After a crash between a push and its checkpoint: does the stream hold an entry at `ts` whose
+    /// stored line has CRC-32 `line_crc`? `Ok(false)` (the default, for sinks that cannot tell)
+    /// makes the tailer send that batch again.
+    fn contains(&self, _probe: &checkpoint::Probe) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// The production sink: the Loki ingester's single write path, one call per batch.
@@ -207,6 +214,28 @@ impl LogSink for IngestSink {
             .push_decoded(&self.tenant, &decoded)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn contains(&self, probe: &checkpoint::Probe) -> Result<bool, String> {
+        use crate::model::Matcher;
+        use crate::storage::logs::{Direction, LogReader, SelectRequest};
+        let pairs = crate::model::text::parse_label_text(&probe.labels)?;
+        let req = SelectRequest {
+            tenant: self.tenant.clone(),
+            matchers: pairs.into_iter().map(|(n, v)| Matcher::eq(n, v)).collect(),
+            start: probe.ts,
+            end: probe.ts.saturating_add(1),
+            direction: Direction::Forward,
+            limit: 0,
+            line_contains: Vec::new(),
+        };
+        for e in self.ingester.store().select(&req).map_err(|e| e.to_string())? {
+            let e = e.map_err(|e| e.to_string())?;
+            if crc32fast::hash(e.entry.line.as_bytes()) == probe.line_crc {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

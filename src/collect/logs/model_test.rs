@@ -48,6 +48,19 @@ struct MemSink {
 const NODE: &str = "node-a";
 
 impl LogSink for MemSink {
+    fn contains(&self, probe: &checkpoint::Probe) -> Result<bool, String> {
+        let pairs: BTreeMap<String, String> = parse_label_text(&probe.labels)?.into_iter().collect();
+        let got = self.got.lock();
+        Ok(got.iter().any(|((ns, pod, ctr, stream), v)| {
+            pairs.get("namespace") == Some(ns)
+                && pairs.get("pod") == Some(pod)
+                && pairs.get("container") == Some(ctr)
+                && pairs.get("stream").map(|s| s.as_str()) == Some(*stream)
+                && v.iter()
+                    .any(|(t, l)| *t == probe.ts && crc32fast::hash(&String::from_utf8_lossy(l).into_owned().into_bytes()) == probe.line_crc)
+        }))
+    }
+
     fn push(&self, streams: &[SinkStream<'_>]) -> Result<(), String> {
         if self.fail.load(Ordering::SeqCst) {
             return Err("injected failure".into());
@@ -426,6 +439,15 @@ fn run_seed(seed: u64, ops: usize) {
                 let _ = tailer.step(now, true);
                 sink.fail.store(false, Ordering::SeqCst);
                 "step with failing sink"
+            }
+            75..=78 if !w.needs_step => {
+                // kill -9 between a push and its checkpoint: the pending positions must be resolved
+                // by asking the sink, or the batch is stored twice.
+                tailer.crash_after_push = true;
+                let _ = tailer.step(now, true);
+                tailer = new_tailer(&sink);
+                w.unseen = true;
+                "crash after push"
             }
             67..=74 if !w.needs_step => {
                 // Crash: no shutdown; whatever the last checkpoint says is where the next one starts.

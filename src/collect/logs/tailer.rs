@@ -3,7 +3,7 @@
 //! [`Tailer::step`] is the whole algorithm without any waiting (the model test drives it directly);
 //! [`Tailer::run`] adds inotify, the rescan timer, partial-line deadlines and the stop signal.
 
-use super::checkpoint::{self, FINGERPRINT_MAX, Position};
+use super::checkpoint::{self, FINGERPRINT_MAX, Position, Probe};
 use super::parse::{self, Format, Stream};
 use super::{
     ErrorReason, LabelProvider, LogSink, PodRef, SinkStream, TailerError, TailerOptions, TailerStats, label_text,
@@ -183,6 +183,9 @@ pub struct Tailer {
     watcher: Option<Inotify>,
     watches: HashMap<WatchDescriptor, (PathBuf, DirKind)>,
     watched: HashMap<PathBuf, WatchDescriptor>,
+    /// Test hook: stop dead between a push and its checkpoint, like a kill -9 there.
+    #[cfg(test)]
+    pub(crate) crash_after_push: bool,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TailerError + 'a {
@@ -392,7 +395,7 @@ impl Tailer {
         labels: Arc<dyn LabelProvider>,
         stats: Arc<TailerStats>,
     ) -> Tailer {
-        let restored = match checkpoint::load(&opts.positions_file) {
+        let restored = match Self::load_positions(&opts.positions_file, sink.as_ref(), &stats) {
             Ok(Some(v)) => v.into_iter().map(|p| ((p.dev, p.ino), p)).collect(),
             Ok(None) => HashMap::new(),
             Err(e) => {
@@ -422,7 +425,40 @@ impl Tailer {
             watcher: None,
             watches: HashMap::new(),
             watched: HashMap::new(),
+            #[cfg(test)]
+            crash_after_push: false,
         }
+    }
+
+    /// The positions to resume from: the pending ones if the sink holds their batch, else the last
+    /// committed ones (see `checkpoint`).
+    fn load_positions(
+        path: &Path,
+        sink: &dyn LogSink,
+        stats: &TailerStats,
+    ) -> Result<Option<Vec<Position>>, checkpoint::CheckpointError> {
+        let pending = checkpoint::pending_path(path);
+        match checkpoint::load(&pending) {
+            Ok(Some((positions, Some(probe)))) => match sink.contains(&probe) {
+                Ok(true) => {
+                    tracing::info!("The batch in flight at the last stop was stored; resuming after it.");
+                    checkpoint::promote(path)?;
+                    return Ok(Some(positions));
+                }
+                Ok(false) => {
+                    tracing::info!("The batch in flight at the last stop was not stored; reading it again.");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot ask the store about the batch in flight at the last stop; reading it again.");
+                    stats.error(ErrorReason::Sink);
+                }
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Ignoring a damaged pending positions file."),
+        }
+        // Either way the pending file is settled now.
+        let _ = std::fs::remove_file(&pending);
+        Ok(checkpoint::load(path)?.map(|(p, _)| p))
     }
 
     pub fn stats(&self) -> &Arc<TailerStats> {
@@ -794,9 +830,31 @@ impl Tailer {
                     entries: &flat[r],
                 })
                 .collect();
+            // The positions after this batch, with its last entry as probe, before the push.
+            let probe = streams.last().and_then(|s| {
+                s.entries.last().map(|(ts, line)| Probe {
+                    ts: *ts,
+                    line_crc: crc32fast::hash(String::from_utf8_lossy(line).as_bytes()),
+                    labels: s.labels.to_string(),
+                })
+            });
+            let pos = self.positions();
+            let mut buf = std::mem::take(&mut self.ckpt_buf);
+            checkpoint::encode(&pos, probe.as_ref(), &mut buf);
+            let pending = checkpoint::pending_path(&self.io.opts.positions_file);
+            let written = checkpoint::store(&pending, &buf);
+            self.ckpt_buf = buf;
+            if let Err(e) = written {
+                self.io.stats.error(ErrorReason::Checkpoint);
+                return Err(e.into());
+            }
             if let Err(e) = self.sink.push(&streams) {
                 self.io.stats.error(ErrorReason::Sink);
                 return Err(TailerError::Sink(e));
+            }
+            #[cfg(test)]
+            if self.crash_after_push {
+                return Err(TailerError::Sink("simulated crash after the push".into()));
             }
             let bytes: usize = flat.iter().map(|(_, l)| l.len()).sum();
             let st = &self.io.stats;
@@ -804,7 +862,13 @@ impl Tailer {
             st.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             st.batches.fetch_add(1, Ordering::Relaxed);
             self.io.batch.clear();
-            self.positions_changed = true;
+            if let Err(e) = checkpoint::promote(&self.io.opts.positions_file) {
+                self.io.stats.error(ErrorReason::Checkpoint);
+                self.positions_changed = true;
+                return Err(e.into());
+            }
+            self.positions_changed = false;
+            self.io.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
         if self.positions_changed {
             self.write_positions()?;
@@ -847,7 +911,7 @@ impl Tailer {
     fn write_positions(&mut self) -> Result<(), TailerError> {
         let pos = self.positions();
         let mut buf = std::mem::take(&mut self.ckpt_buf);
-        checkpoint::encode(&pos, &mut buf);
+        checkpoint::encode(&pos, None, &mut buf);
         let res = checkpoint::store(&self.io.opts.positions_file, &buf);
         self.ckpt_buf = buf;
         match res {
