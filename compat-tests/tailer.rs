@@ -36,10 +36,18 @@ fn spawn(s: &mut Server, pods: &Path) {
 }
 
 fn start(tmp: &Path, pods: &Path) -> Server {
+    start_with(tmp, pods, "")
+}
+
+fn start_with(tmp: &Path, pods: &Path, extra: &str) -> Server {
     let data = tmp.join("data");
     let config = tmp.join("config.yaml");
     // A node name so the label is deterministic; the default rescan stays (inotify must do the work).
-    std::fs::write(&config, "collect:\n  logs:\n    node_name: node-a\n    partial_timeout: 1s\n").unwrap();
+    std::fs::write(
+        &config,
+        format!("collect:\n  logs:\n    node_name: node-a\n    partial_timeout: 1s\n{extra}"),
+    )
+    .unwrap();
     let mut s = Server {
         child: None,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -288,5 +296,49 @@ fn tailer_end_to_end() {
     a1.cri("stdout", "F", "a-12 after clean restart");
     want.insert("a-12 after clean restart".into(), (web.0, web.1, web.2, "stdout"));
     wait_committed(&s, 1);
+    check(&s, t0, &want);
+}
+
+/// kill -9 while batches are flowing (4 KiB batches, killed after the first few hundred lines, twice):
+/// after the restart every line is stored exactly once, whatever moment the kill hit (the pending
+/// positions and the store's answer cover the push-to-checkpoint window).
+#[test]
+fn kill9_while_lines_flow() {
+    let tmp = tempdir();
+    let pods = tmp.path().join("pods");
+    let t0 = now_ms() * 1_000_000 - 60_000_000_000;
+    let mut w = Writer::open(pods.join("default_flow-0_3333/app/0.log"), t0);
+    let mut want: BTreeMap<String, (&str, &str, &str, &str)> = BTreeMap::new();
+    let mut line = |w: &mut Writer, i: usize| {
+        let l = format!("flow-{i:05} {}", "p".repeat(i % 90));
+        w.cri("stdout", "F", &l);
+        want.insert(l, ("default", "flow-0", "app", "stdout"));
+    };
+    for i in 0..3000 {
+        line(&mut w, i);
+    }
+    let mut s = start_with(tmp.path(), &pods, "    batch_size: 4KiB\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.metric("monitoring_rs_tailer_lines_total") < 300.0 {
+        assert!(Instant::now() < deadline, "no progress; log:\n{}", s.log_text());
+    }
+    s.kill9();
+    // Twice: the second run starts from the first one's positions with a backlog of its own (4500
+    // lines in all: under the 5000 entries a query may return).
+    for i in 3000..4500 {
+        line(&mut w, i);
+    }
+    spawn(&mut s, &pods);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.metric("monitoring_rs_tailer_lines_total") < 300.0 {
+        assert!(Instant::now() < deadline, "no progress; log:\n{}", s.log_text());
+    }
+    s.kill9();
+    spawn(&mut s, &pods);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&s, t0).len() < want.len() {
+        assert!(Instant::now() < deadline, "lines missing after the restart; log:\n{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     check(&s, t0, &want);
 }

@@ -1222,3 +1222,56 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod crash_tests {
+    use super::*;
+    use crate::collect::logs::{IngestSink, PathLabels};
+    use crate::ingest::{LokiIngester, LokiLimits};
+    use crate::storage::logs::{LogStore, LogsOptions};
+
+    /// The production sink answers the crash-window question from the store: a batch stored just
+    /// before a kill is not stored again, one that was not stored is (invalid UTF-8 included: the
+    /// probe is the line as stored).
+    #[test]
+    fn pending_positions_resolved_by_the_store() {
+        let check = |stored_before_crash: bool| {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("pods");
+            let dir = root.join("ns_pod_uid/c");
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut content = b"2026-11-21T08:00:00.5Z stdout F one\n".to_vec();
+            content.extend_from_slice(b"2026-11-21T08:00:00.6Z stdout F two \xff\n");
+            std::fs::write(dir.join("0.log"), &content).unwrap();
+            let store = LogStore::open(LogsOptions::new(tmp.path().join("logs"))).unwrap();
+            let ingester = Arc::new(LokiIngester::new(Arc::clone(&store), LokiLimits::default()));
+            let sink = Arc::new(IngestSink {
+                ingester: Arc::clone(&ingester),
+                tenant: "fake".into(),
+            });
+            let opts = TailerOptions::new(&root, tmp.path().join("positions"));
+            let new = || Tailer::new(opts.clone(), sink.clone(), Arc::new(PathLabels), Arc::new(TailerStats::default()));
+            let mut t = new();
+            t.crash_after_push = true;
+            if !stored_before_crash {
+                // The crash came before the push reached the store: a sink that refuses stands in.
+                struct Refuse;
+                impl LogSink for Refuse {
+                    fn push(&self, _: &[SinkStream<'_>]) -> Result<(), String> {
+                        Err("down".into())
+                    }
+                }
+                t.sink = Arc::new(Refuse);
+            }
+            assert!(t.step(Instant::now(), true).is_err());
+            drop(t);
+            let mut t = new();
+            t.step(Instant::now(), true).unwrap();
+            let entries = ingester.stats().entries_received.load(Ordering::Relaxed);
+            assert_eq!(entries, 2, "stored_before_crash={stored_before_crash}: each line pushed once");
+            assert!(!checkpoint::pending_path(&opts.positions_file).exists());
+        };
+        check(true);
+        check(false);
+    }
+}
