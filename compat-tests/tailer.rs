@@ -69,7 +69,11 @@ fn wait_committed(s: &Server, n: u64) {
             assert_eq!(got, n, "more lines stored than written");
             return;
         }
-        assert!(Instant::now() < deadline, "only {got} of {n} lines committed; log:\n{}", s.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "only {got} of {n} lines committed; log:\n{}",
+            s.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -106,7 +110,11 @@ impl Writer {
         let t = format_rfc3339(secs);
         let f = format!("{frac:09}");
         let f = f.trim_end_matches('0');
-        if f.is_empty() { format!("{t}Z") } else { format!("{t}.{f}Z") }
+        if f.is_empty() {
+            format!("{t}Z")
+        } else {
+            format!("{t}.{f}Z")
+        }
     }
 
     fn cri(&mut self, stream: &str, tag: &str, msg: &str) {
@@ -143,7 +151,12 @@ fn format_rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod % 3600 / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 /// Every stored line of the tree with its labels (minus the ingester's own `service_name`) and how
@@ -241,13 +254,20 @@ fn tailer_end_to_end() {
     d.docker("stdout", "d-1 split by docker at 16 KiB ");
     d.docker("stdout", "and joined\n");
     d.docker("stderr", "d-2 err\n");
-    want.insert("d-1 split by docker at 16 KiB and joined".into(), (dk.0, dk.1, dk.2, "stdout"));
+    want.insert(
+        "d-1 split by docker at 16 KiB and joined".into(),
+        (dk.0, dk.1, dk.2, "stdout"),
+    );
     want.insert("d-2 err".into(), (dk.0, dk.1, dk.2, "stderr"));
     // Rotation with late writes through the old descriptor, then the new file.
     a.cri("stdout", "F", "a-4 before rotation");
     a.rotate("20261121-080000", &["a-5 late write after rename"]);
     a.cri("stdout", "F", "a-6 in the new file");
-    for l in ["a-4 before rotation", "a-5 late write after rename", "a-6 in the new file"] {
+    for l in [
+        "a-4 before rotation",
+        "a-5 late write after rename",
+        "a-6 in the new file",
+    ] {
         want.insert(l.into(), (web.0, web.1, web.2, "stdout"));
     }
     wait_committed(&s, 10);
@@ -261,7 +281,12 @@ fn tailer_end_to_end() {
     a.cri("stdout", "F", "a-9 new file while down");
     let mut a1 = Writer::open(pods.join("default_web-0_1111/app/1.log"), t0 + 900_000_000);
     a1.cri("stdout", "F", "a-10 restarted container");
-    for l in ["a-7 while down", "a-8 late while down", "a-9 new file while down", "a-10 restarted container"] {
+    for l in [
+        "a-7 while down",
+        "a-8 late while down",
+        "a-9 new file while down",
+        "a-10 restarted container",
+    ] {
         want.insert(l.into(), (web.0, web.1, web.2, "stdout"));
     }
     spawn(&mut s, &pods);
@@ -337,7 +362,11 @@ fn kill9_while_lines_flow() {
     spawn(&mut s, &pods);
     let deadline = Instant::now() + Duration::from_secs(30);
     while stored(&s, t0).len() < want.len() {
-        assert!(Instant::now() < deadline, "lines missing after the restart; log:\n{}", s.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "lines missing after the restart; log:\n{}",
+            s.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     check(&s, t0, &want);

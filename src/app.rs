@@ -5,9 +5,7 @@
 //! details or storage formats.
 
 use crate::api::{self, ApiState, PushStats, WriteStats};
-use crate::collect::logs::{
-    ErrorReason, IngestSink, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats,
-};
+use crate::collect::logs::{ErrorReason, IngestSink, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats};
 use crate::config::{Compression, Config, FsyncSetting};
 use crate::ingest::{
     Discard, IngestStats, Limits, LokiIngester, LokiLimits, LokiStats, MetricsIngester, SeriesRejection,
@@ -214,7 +212,9 @@ type TailerHandle = (Arc<StopSignal>, std::thread::JoinHandle<()>);
 /// The tailer runs on its own thread (blocking reads, fsyncs and pushes: backpressure is the thread
 /// waiting); the app owns it and stops it before the store closes.
 fn start_tailer(cfg: &Config, loki: &Arc<LokiIngester>, registry: &Registry) -> anyhow::Result<Option<TailerHandle>> {
-    let Some(opts) = tailer_options(cfg) else { return Ok(None) };
+    let Some(opts) = tailer_options(cfg) else {
+        return Ok(None);
+    };
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let stats = Arc::new(TailerStats::default());
     register_tailer_metrics(registry, &stats);
@@ -238,14 +238,26 @@ fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {
     let st = Arc::clone(st);
     reg.register(move |w| {
         let counters: [(&str, &str, &AtomicU64); 9] = [
-            ("monitoring_rs_tailer_lines_total", "Log lines the tailer stored.", &st.lines),
-            ("monitoring_rs_tailer_bytes_total", "Bytes of log lines the tailer stored.", &st.bytes),
+            (
+                "monitoring_rs_tailer_lines_total",
+                "Log lines the tailer stored.",
+                &st.lines,
+            ),
+            (
+                "monitoring_rs_tailer_bytes_total",
+                "Bytes of log lines the tailer stored.",
+                &st.bytes,
+            ),
             (
                 "monitoring_rs_tailer_lines_committed_total",
                 "Stored lines whose positions checkpoint is durable.",
                 &st.lines_committed,
             ),
-            ("monitoring_rs_tailer_checkpoints_total", "Positions files written.", &st.checkpoints),
+            (
+                "monitoring_rs_tailer_checkpoints_total",
+                "Positions files written.",
+                &st.checkpoints,
+            ),
             (
                 "monitoring_rs_tailer_rotations_total",
                 "Files seen renamed to a rotated name.",
@@ -275,17 +287,35 @@ fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {
         for (name, help, v) in counters {
             w.single(name, "counter", help, g(v));
         }
-        w.single("monitoring_rs_tailer_files_open", "gauge", "Log files held open.", g(&st.files_open));
+        w.single(
+            "monitoring_rs_tailer_files_open",
+            "gauge",
+            "Log files held open.",
+            g(&st.files_open),
+        );
         w.single(
             "monitoring_rs_tailer_files_deleted_open",
             "gauge",
             "Deleted log files still held open to be drained.",
             g(&st.files_deleted_open),
         );
-        w.single("monitoring_rs_tailer_files", "gauge", "Log files tracked.", g(&st.files_tracked));
-        w.header("monitoring_rs_tailer_errors_total", "counter", "Tailer errors by reason.");
+        w.single(
+            "monitoring_rs_tailer_files",
+            "gauge",
+            "Log files tracked.",
+            g(&st.files_tracked),
+        );
+        w.header(
+            "monitoring_rs_tailer_errors_total",
+            "counter",
+            "Tailer errors by reason.",
+        );
         for r in ErrorReason::ALL {
-            w.sample("monitoring_rs_tailer_errors_total", &[("reason", r.as_str())], g(&st.errors[r as usize]));
+            w.sample(
+                "monitoring_rs_tailer_errors_total",
+                &[("reason", r.as_str())],
+                g(&st.errors[r as usize]),
+            );
         }
     });
 }

@@ -98,8 +98,8 @@ fn write_tree(root: &Path, total: usize) -> (u64, u64) {
                 k * 7 % 9000,
                 k % 97
             );
-            let stream = if k % 5 == 0 { "stderr" } else { "stdout" };
-            let line = if k % 50 == 0 {
+            let stream = if k.is_multiple_of(5) { "stderr" } else { "stdout" };
+            let line = if k.is_multiple_of(50) {
                 let (a, b) = msg.split_at(msg.len() / 2);
                 format!("{t} {stream} P {a}\n{t} {stream} F {b}\n")
             } else {
@@ -127,11 +127,18 @@ fn rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod % 3600 / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let Ok(mut s) = TcpStream::connect(addr) else { return -1.0 };
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return -1.0;
+    };
     let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut body = String::new();
     let _ = std::io::Read::read_to_string(&mut s, &mut body);
@@ -150,7 +157,10 @@ impl Drop for Kill {
 }
 
 fn main() {
-    let mb: usize = std::env::var("TAILER_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let mb: usize = std::env::var("TAILER_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pods");
     let (lines, bytes) = write_tree(&root, mb << 20);

@@ -380,7 +380,8 @@ impl LokiIngester {
             let mut b = Batch::default();
             for s in part {
                 let start = b.entries.len();
-                b.entries.extend(s.entries.iter().map(|&(ts, line)| RawEntry { ts, line, meta: 0..0 }));
+                b.entries
+                    .extend(s.entries.iter().map(|&(ts, line)| RawEntry { ts, line, meta: 0..0 }));
                 b.streams.push(RawStream {
                     labels: s.labels,
                     entries: start..b.entries.len(),

@@ -133,7 +133,7 @@ pub fn encode(positions: &[Position], probe: Option<&Probe>, out: &mut Vec<u8>) 
     let _ = writeln!(out, "END {} {crc:08x}", positions.len());
 }
 
-pub fn decode(buf: &[u8], path: &Path) -> Result<(Vec<Position>, Option<Probe>), CheckpointError> {
+pub fn decode(buf: &[u8], path: &Path) -> Result<Loaded, CheckpointError> {
     use std::os::unix::ffi::OsStringExt;
     let corrupt = |reason: &str| CheckpointError::Corrupt {
         path: path.to_path_buf(),
@@ -167,10 +167,7 @@ pub fn decode(buf: &[u8], path: &Path) -> Result<(Vec<Position>, Option<Probe>),
             let mut field = || parts.next().and_then(|p| std::str::from_utf8(p).ok());
             let ts = field().and_then(|t| t.parse::<i64>().ok());
             let crc = field().and_then(|c| u32::from_str_radix(c, 16).ok());
-            let labels = parts
-                .next()
-                .and_then(unescape)
-                .and_then(|l| String::from_utf8(l).ok());
+            let labels = parts.next().and_then(unescape).and_then(|l| String::from_utf8(l).ok());
             match (ts, crc, labels) {
                 (Some(ts), Some(line_crc), Some(labels)) => {
                     probe = Some(Probe { ts, line_crc, labels });
@@ -234,8 +231,11 @@ pub fn promote(path: &Path) -> Result<(), CheckpointError> {
     Ok(())
 }
 
+/// A positions file's content: the files, and the probe of a pending one.
+pub type Loaded = (Vec<Position>, Option<Probe>);
+
 /// Reads a positions file; `Ok(None)` when there is none.
-pub fn load(path: &Path) -> Result<Option<(Vec<Position>, Option<Probe>)>, CheckpointError> {
+pub fn load(path: &Path) -> Result<Option<Loaded>, CheckpointError> {
     match std::fs::read(path) {
         Ok(buf) => decode(&buf, path).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -300,7 +300,10 @@ mod tests {
         }
     }
 
-    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/compat-tests/fixtures/tailer_positions_v1.txt");
+    const FIXTURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compat-tests/fixtures/tailer_positions_v1.txt"
+    );
 
     /// The fixture pins the format: this build must decode it and re-encode it byte for byte.
     /// `UPDATE_FIXTURES=1` rewrites it (only when the format version changes).

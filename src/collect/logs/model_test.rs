@@ -38,10 +38,12 @@ impl Rng {
 
 /// (namespace, pod, container, stream)
 type Key = (String, String, String, &'static str);
+/// Entries per stream: (ts, line).
+type Streams = BTreeMap<Key, Vec<(i64, Vec<u8>)>>;
 
 #[derive(Default)]
 struct MemSink {
-    got: Mutex<BTreeMap<Key, Vec<(i64, Vec<u8>)>>>,
+    got: Mutex<Streams>,
     fail: AtomicBool,
 }
 
@@ -56,8 +58,10 @@ impl LogSink for MemSink {
                 && pairs.get("pod") == Some(pod)
                 && pairs.get("container") == Some(ctr)
                 && pairs.get("stream").map(|s| s.as_str()) == Some(*stream)
-                && v.iter()
-                    .any(|(t, l)| *t == probe.ts && crc32fast::hash(&String::from_utf8_lossy(l).into_owned().into_bytes()) == probe.line_crc)
+                && v.iter().any(|(t, l)| {
+                    *t == probe.ts
+                        && crc32fast::hash(&String::from_utf8_lossy(l).into_owned().into_bytes()) == probe.line_crc
+                })
         }))
     }
 
@@ -72,7 +76,12 @@ impl LogSink for MemSink {
                 .into_iter()
                 .collect();
             let names: Vec<&str> = pairs.keys().map(|k| k.as_str()).collect();
-            assert_eq!(names, ["container", "job", "namespace", "node", "pod", "stream"], "{}", s.labels);
+            assert_eq!(
+                names,
+                ["container", "job", "namespace", "node", "pod", "stream"],
+                "{}",
+                s.labels
+            );
             assert_eq!(pairs["node"], NODE);
             assert_eq!(pairs["job"], format!("{}/{}", pairs["namespace"], pairs["container"]));
             let stream = match pairs["stream"].as_str() {
@@ -122,7 +131,7 @@ struct World {
     next_pod: usize,
     ts: i64,
     seq: u64,
-    expected: BTreeMap<Key, Vec<(i64, Vec<u8>)>>,
+    expected: Streams,
     /// Files were deleted since the last successful step: a collector crash now would lose the
     /// undrained part (that is what a crash does), so the model steps first.
     needs_step: bool,
@@ -153,7 +162,15 @@ impl World {
             let obj = serde_json::json!({"log": log, "stream": s.as_str(), "time": format_rfc3339_ns(ts)});
             line.extend_from_slice(obj.to_string().as_bytes());
         } else {
-            line.extend_from_slice(format!("{} {} {} ", format_rfc3339_ns(ts), s.as_str(), if partial { "P" } else { "F" }).as_bytes());
+            line.extend_from_slice(
+                format!(
+                    "{} {} {} ",
+                    format_rfc3339_ns(ts),
+                    s.as_str(),
+                    if partial { "P" } else { "F" }
+                )
+                .as_bytes(),
+            );
             line.extend_from_slice(msg);
         }
         line.push(b'\n');
@@ -181,7 +198,7 @@ impl World {
     fn add_pod(&mut self) {
         let i = self.next_pod;
         self.next_pod += 1;
-        let ns = if i % 2 == 0 { "default" } else { "kube-system" };
+        let ns = if i.is_multiple_of(2) { "default" } else { "kube-system" };
         let name = format!("pod{i}");
         let dir = self.root.join(format!("{ns}_{name}_uid-{i}"));
         let docker = self.rng.chance(25);
@@ -190,7 +207,11 @@ impl World {
             let name = format!("c{c}");
             let d = dir.join(&name);
             std::fs::create_dir_all(&d).unwrap();
-            let cur = OpenOptions::new().create(true).append(true).open(d.join("0.log")).unwrap();
+            let cur = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(d.join("0.log"))
+                .unwrap();
             ctrs.push(Ctr {
                 name,
                 dir: d,
@@ -213,7 +234,11 @@ impl World {
     }
 
     fn stream(&mut self) -> Stream {
-        if self.rng.chance(70) { Stream::Stdout } else { Stream::Stderr }
+        if self.rng.chance(70) {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        }
     }
 
     fn write_full(&mut self, p: usize, c: usize) {
@@ -234,7 +259,11 @@ impl World {
         let msg = self.message(p, c);
         let (first_ts, mut so_far) = self.pods[p].ctrs[c].pend[s as usize].take().unwrap_or((ts, Vec::new()));
         // Split at any byte, possibly inside a multi-byte character (CRI splits bytes).
-        let cut = if self.pods[p].ctrs[c].docker { msg.len() } else { 1 + self.rng.below(msg.len() as u64) as usize };
+        let cut = if self.pods[p].ctrs[c].docker {
+            msg.len()
+        } else {
+            1 + self.rng.below(msg.len() as u64) as usize
+        };
         let (a, b) = msg.split_at(cut);
         self.physical(p, c, s, ts, a, true);
         so_far.extend_from_slice(a);
@@ -482,7 +511,9 @@ fn run_seed(seed: u64, ops: usize) {
         let have = got.get(k).cloned().unwrap_or_default();
         if have != *want {
             let show = |v: &[(i64, Vec<u8>)]| -> Vec<String> {
-                v.iter().map(|(t, l)| format!("{t} {}", String::from_utf8_lossy(l))).collect()
+                v.iter()
+                    .map(|(t, l)| format!("{t} {}", String::from_utf8_lossy(l)))
+                    .collect()
             };
             panic!(
                 "seed {seed}: stream {k:?}\nwant {:#?}\nhave {:#?}\nops {log:?}",
@@ -498,9 +529,18 @@ fn run_seed(seed: u64, ops: usize) {
 
 #[test]
 fn tailer_matches_model() {
-    let seeds: u64 = std::env::var("TAILER_MODEL_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let ops: usize = std::env::var("TAILER_MODEL_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(160);
-    let first: u64 = std::env::var("TAILER_MODEL_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let seeds: u64 = std::env::var("TAILER_MODEL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let ops: usize = std::env::var("TAILER_MODEL_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(160);
+    let first: u64 = std::env::var("TAILER_MODEL_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     for seed in first..first + seeds {
         run_seed(seed, ops);
     }

@@ -165,22 +165,37 @@ mod tests {
             Some((T0 + 669_794_203, Stderr, false, "log content 2")),
         );
         // containerd trims trailing zeros, down to no fraction at all.
-        c("2016-10-06T00:17:09.5Z stdout F x", Some((T0 + 500_000_000, Stdout, false, "x")));
+        c(
+            "2016-10-06T00:17:09.5Z stdout F x",
+            Some((T0 + 500_000_000, Stdout, false, "x")),
+        );
         c("2016-10-06T00:17:09Z stdout F x", Some((T0, Stdout, false, "x")));
         // conmon: 9 digits and a numeric offset; containerd in a non-UTC zone.
         c(
             "2016-10-06T01:17:09.000000001+01:00 stdout F y",
             Some((T0 + 1, Stdout, false, "y")),
         );
-        c("2016-10-05T23:17:09.25-01:00 stderr F z", Some((T0 + 250_000_000, Stderr, false, "z")));
+        c(
+            "2016-10-05T23:17:09.25-01:00 stderr F z",
+            Some((T0 + 250_000_000, Stderr, false, "z")),
+        );
         // Empty message, with and without the writer's trailing space; tags with a future suffix.
         c("2016-10-06T00:17:09Z stdout F ", Some((T0, Stdout, false, "")));
         c("2016-10-06T00:17:09Z stdout F", Some((T0, Stdout, false, "")));
         c("2016-10-06T00:17:09Z stdout F:future x", Some((T0, Stdout, false, "x")));
         // Spaces inside the message are kept; a CRLF source's `\r` is dropped from full lines.
-        c("2016-10-06T00:17:09Z stdout F  a  b ", Some((T0, Stdout, false, " a  b ")));
-        c("2016-10-06T00:17:09Z stdout F crlf\r", Some((T0, Stdout, false, "crlf")));
-        c("2016-10-06T00:17:09Z stdout P crlf\r", Some((T0, Stdout, true, "crlf\r")));
+        c(
+            "2016-10-06T00:17:09Z stdout F  a  b ",
+            Some((T0, Stdout, false, " a  b ")),
+        );
+        c(
+            "2016-10-06T00:17:09Z stdout F crlf\r",
+            Some((T0, Stdout, false, "crlf")),
+        );
+        c(
+            "2016-10-06T00:17:09Z stdout P crlf\r",
+            Some((T0, Stdout, true, "crlf\r")),
+        );
         // Refused: bad stream, bad flag, bad timestamp, not CRI at all.
         c("2016-10-06T00:17:09Z stdin F x", None);
         c("2016-10-06T00:17:09Z stdout X x", None);

@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 const READ_CHUNK: usize = 64 << 10;
 
 type FileKey = (u64, u64);
+/// (ts, start, end in the batch arena)
+type ArenaEntry = (i64, usize, usize);
+/// (reading order key, identity, path, size) of a directory entry.
+type Listed = ((u64, u8, String), FileKey, PathBuf, u64);
 
 /// Wakes [`Tailer::run`] for shutdown (an eventfd the run loop polls next to inotify).
 pub struct StopSignal {
@@ -116,7 +120,7 @@ enum Read {
 #[derive(Default)]
 struct Batch {
     arena: Vec<u8>,
-    streams: Vec<(Arc<str>, Vec<(i64, usize, usize)>)>,
+    streams: Vec<(Arc<str>, Vec<ArenaEntry>)>,
     index: HashMap<Arc<str>, usize>,
     last: Option<(Arc<str>, usize)>,
     entries: usize,
@@ -259,7 +263,7 @@ impl Io {
             return;
         };
         let s = p.stream as usize;
-        if off < f.replay_until && !f.replay_from[s].is_some_and(|from| off >= from) {
+        if off < f.replay_until && f.replay_from[s].is_none_or(|from| off < from) {
             return;
         }
         match (f.pending[s].take(), p.partial) {
@@ -288,9 +292,9 @@ impl Io {
     }
 
     fn flush_pending(&mut self, f: &mut TailFile, labels: &[Arc<str>; 2]) {
-        for s in 0..2 {
-            if let Some(p) = f.pending[s].take() {
-                self.emit_pending(&labels[s], p);
+        for (slot, l) in f.pending.iter_mut().zip(labels) {
+            if let Some(p) = slot.take() {
+                self.emit_pending(l, p);
                 self.stats.partial_eof.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -320,7 +324,10 @@ impl Io {
             self.restart_at_zero(f, labels);
         }
         if f.fp_len < FINGERPRINT_MAX && size > f.fp_len {
-            let file = f.file.as_ref().ok_or_else(|| io_err("read", &f.path)(std::io::ErrorKind::NotFound.into()))?;
+            let file = f
+                .file
+                .as_ref()
+                .ok_or_else(|| io_err("read", &f.path)(std::io::ErrorKind::NotFound.into()))?;
             let (n, crc) = fingerprint(file, size).map_err(io_err("read", &f.path))?;
             f.fp_len = n;
             f.fp_crc = crc;
@@ -332,7 +339,10 @@ impl Io {
             return Ok(Read::Eof);
         }
         let want = (size - f.offset).min(self.buf.len() as u64) as usize;
-        let file = f.file.as_ref().ok_or_else(|| io_err("read", &f.path)(std::io::ErrorKind::NotFound.into()))?;
+        let file = f
+            .file
+            .as_ref()
+            .ok_or_else(|| io_err("read", &f.path)(std::io::ErrorKind::NotFound.into()))?;
         let mut buf = std::mem::take(&mut self.buf);
         let res = read_full_at(file, &mut buf[..want], f.offset);
         let n = match res {
@@ -590,19 +600,30 @@ impl Tailer {
                 .and_then(|p| p.file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let ctr = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ctr = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if std::fs::metadata(dir).is_err() {
                 return;
             }
             let labels = self.container_labels(&pod, &ctr);
-            self.dirs.insert(dir.to_path_buf(), ContainerDir { labels, files: Vec::new() });
+            self.dirs.insert(
+                dir.to_path_buf(),
+                ContainerDir {
+                    labels,
+                    files: Vec::new(),
+                },
+            );
         }
-        let mut found: Vec<((u64, u8, String), FileKey, PathBuf, u64)> = Vec::new();
+        let mut found: Vec<Listed> = Vec::new();
         match std::fs::read_dir(dir) {
             Ok(entries) => {
                 for e in entries.flatten() {
                     let name = e.file_name();
-                    let Some(key) = order_key(&name.to_string_lossy()) else { continue };
+                    let Some(key) = order_key(&name.to_string_lossy()) else {
+                        continue;
+                    };
                     let path = e.path();
                     // Follows a symlink (cri-dockerd's N.log -> the json file): identity is the target's.
                     let Ok(m) = std::fs::metadata(&path) else { continue };
@@ -733,8 +754,7 @@ impl Tailer {
                     self.io.stats.files_open.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            loop {
-                let Some(f) = self.files.get_mut(key) else { break };
+            while let Some(f) = self.files.get_mut(key) {
                 let r = match self.io.read_chunk(f, &labels) {
                     Ok(r) => r,
                     Err(e) => {
@@ -991,7 +1011,9 @@ impl Tailer {
                     removed.push(ev.wd.clone());
                     continue;
                 }
-                let Some((path, kind)) = self.watches.get(&ev.wd) else { continue };
+                let Some((path, kind)) = self.watches.get(&ev.wd) else {
+                    continue;
+                };
                 let list = !ev.mask.contains(EventMask::MODIFY) || ev.mask.contains(EventMask::ISDIR);
                 marks.push((path.clone(), *kind, list));
             }
@@ -1074,7 +1096,11 @@ impl Tailer {
             let timeout = wake.saturating_duration_since(Instant::now());
             let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
             // Round up so a deadline 0.4 ms away does not spin.
-            let ms = if timeout > Duration::from_millis(ms as u64) { ms + 1 } else { ms };
+            let ms = if timeout > Duration::from_millis(ms as u64) {
+                ms + 1
+            } else {
+                ms
+            };
             let mut fds = [
                 libc::pollfd {
                     fd: stop.fd.as_raw_fd(),
@@ -1111,7 +1137,11 @@ mod tests {
         fn push(&self, streams: &[SinkStream<'_>]) -> Result<(), String> {
             let mut v = self.0.lock();
             for s in streams {
-                let stream = if s.labels.contains("stream=\"stderr\"") { "stderr" } else { "stdout" };
+                let stream = if s.labels.contains("stream=\"stderr\"") {
+                    "stderr"
+                } else {
+                    "stdout"
+                };
                 v.extend(s.entries.iter().map(|(_, l)| (stream.to_string(), l.to_vec())));
             }
             Ok(())
@@ -1138,7 +1168,13 @@ mod tests {
         let want: Vec<(String, Vec<u8>)> = want.iter().map(|(s, l)| (s.to_string(), l.clone())).collect();
         let show = |v: &[(String, Vec<u8>)]| -> Vec<String> {
             v.iter()
-                .map(|(s, l)| format!("{s} {} bytes {:?}", l.len(), String::from_utf8_lossy(&l[..l.len().min(40)])))
+                .map(|(s, l)| {
+                    format!(
+                        "{s} {} bytes {:?}",
+                        l.len(),
+                        String::from_utf8_lossy(&l[..l.len().min(40)])
+                    )
+                })
                 .collect()
         };
         assert_eq!(show(&got), show(&want));
@@ -1162,7 +1198,14 @@ mod tests {
         let cat = |parts: &[Vec<u8>]| parts.concat();
         // Plain lines; a line that is not CRI is counted and skipped, not fatal for the file.
         check(
-            &[(f, cat(&[cri("stdout", "F", b"one"), b"garbage\n".to_vec(), cri("stderr", "F", b"two")]))],
+            &[(
+                f,
+                cat(&[
+                    cri("stdout", "F", b"one"),
+                    b"garbage\n".to_vec(),
+                    cri("stderr", "F", b"two"),
+                ]),
+            )],
             &[("stdout", b"one".to_vec()), ("stderr", b"two".to_vec())],
             &[(ErrorReason::Parse, 1)],
         );
@@ -1178,12 +1221,25 @@ mod tests {
         // Partials past max_line_size keep max_line_size + 1 bytes (the ingester then rejects or
         // truncates them like a push); bytes are joined before any UTF-8 decoding.
         check(
-            &[(f, cat(&[cri("stdout", "P", &[b'a'; 800]), cri("stdout", "P", &[b'b'; 800]), cri("stdout", "F", b"c")]))],
+            &[(
+                f,
+                cat(&[
+                    cri("stdout", "P", &[b'a'; 800]),
+                    cri("stdout", "P", &[b'b'; 800]),
+                    cri("stdout", "F", b"c"),
+                ]),
+            )],
             &[("stdout", [vec![b'a'; 800], vec![b'b'; 225]].concat())],
             &[],
         );
         check(
-            &[(f, cat(&[cri("stdout", "P", &"é".as_bytes()[..1]), cri("stdout", "F", &"é".as_bytes()[1..])]))],
+            &[(
+                f,
+                cat(&[
+                    cri("stdout", "P", &"é".as_bytes()[..1]),
+                    cri("stdout", "F", &"é".as_bytes()[1..]),
+                ]),
+            )],
             &[("stdout", "é".as_bytes().to_vec())],
             &[],
         );
@@ -1194,7 +1250,10 @@ mod tests {
                 ("ns_pod_uid/c/0.log", cri("stdout", "P", b"exit without newline")),
                 ("ns_pod_uid/c/1.log", cri("stdout", "F", b"restarted")),
             ],
-            &[("stdout", b"exit without newline".to_vec()), ("stdout", b"restarted".to_vec())],
+            &[
+                ("stdout", b"exit without newline".to_vec()),
+                ("stdout", b"restarted".to_vec()),
+            ],
             &[],
         );
         // Rotated files first, `.gz` and `.tmp` ignored.
@@ -1250,7 +1309,14 @@ mod crash_tests {
                 tenant: "fake".into(),
             });
             let opts = TailerOptions::new(&root, tmp.path().join("positions"));
-            let new = || Tailer::new(opts.clone(), sink.clone(), Arc::new(PathLabels), Arc::new(TailerStats::default()));
+            let new = || {
+                Tailer::new(
+                    opts.clone(),
+                    sink.clone(),
+                    Arc::new(PathLabels),
+                    Arc::new(TailerStats::default()),
+                )
+            };
             let mut t = new();
             t.crash_after_push = true;
             if !stored_before_crash {
@@ -1268,7 +1334,10 @@ mod crash_tests {
             let mut t = new();
             t.step(Instant::now(), true).unwrap();
             let entries = ingester.stats().entries_received.load(Ordering::Relaxed);
-            assert_eq!(entries, 2, "stored_before_crash={stored_before_crash}: each line pushed once");
+            assert_eq!(
+                entries, 2,
+                "stored_before_crash={stored_before_crash}: each line pushed once"
+            );
             assert!(!checkpoint::pending_path(&opts.positions_file).exists());
         };
         check(true);
