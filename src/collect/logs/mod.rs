@@ -277,29 +277,4 @@ pub fn label_text(pairs: &mut [(String, String)]) -> String {
 }
 
 #[cfg(test)]
-mod model_test;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_names_and_text() {
-        for (raw, want) in [
-            ("app", "app"),
-            ("app.kubernetes.io/name", "app_kubernetes_io_name"),
-            ("9lives", "_9lives"),
-            ("", "_"),
-        ] {
-            assert_eq!(sanitize_label_name(raw), want);
-        }
-        let mut pairs = vec![
-            ("pod".to_string(), "p\"q".to_string()),
-            ("app".to_string(), "a\\b".to_string()),
-        ];
-        let text = label_text(&mut pairs);
-        assert_eq!(text, r#"{app="a\\b", pod="p\"q"}"#);
-        let back = crate::model::text::parse_label_text(&text).unwrap();
-        assert_eq!(back, vec![("app".into(), "a\\b".into()), ("pod".into(), "p\"q".into())]);
-    }
-}
+mod tests;

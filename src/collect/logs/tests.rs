@@ -1,3 +1,5 @@
+//! Tests of the tailer module: the model-based property test (below) and label text.
+//!
 //! Model-based property test of the tailer: random sequences of writes (CRI and Docker, full lines
 //! and partials that span steps), kubelet-style rotations with late writes through the old
 //! descriptor, copytruncate, container restarts (`N.log` -> `N+1.log`, with an unterminated `P` at
@@ -544,4 +546,24 @@ fn tailer_matches_model() {
     for seed in first..first + seeds {
         run_seed(seed, ops);
     }
+}
+
+#[test]
+fn label_names_and_text() {
+    for (raw, want) in [
+        ("app", "app"),
+        ("app.kubernetes.io/name", "app_kubernetes_io_name"),
+        ("9lives", "_9lives"),
+        ("", "_"),
+    ] {
+        assert_eq!(sanitize_label_name(raw), want);
+    }
+    let mut pairs = vec![
+        ("pod".to_string(), "p\"q".to_string()),
+        ("app".to_string(), "a\\b".to_string()),
+    ];
+    let text = label_text(&mut pairs);
+    assert_eq!(text, r#"{app="a\\b", pod="p\"q"}"#);
+    let back = crate::model::text::parse_label_text(&text).unwrap();
+    assert_eq!(back, vec![("app".into(), "a\\b".into()), ("pod".into(), "p\"q".into())]);
 }
