@@ -11,10 +11,12 @@
 //! go through [`LogSink`], in production the Loki ingester's `push_decoded`), the Kubernetes API (pod
 //! labels come from a [`LabelProvider`]: path-derived now, the kube pod cache later).
 //!
-//! Delivery: a batch is pushed, then the positions are checkpointed. A restart resumes from the last
-//! checkpoint, so after a kill -9 the lines of at most the one batch between its push and its
-//! checkpoint are sent again (the window is one fsync; `lines_committed` in [`TailerStats`] tells a test
-//! when it has closed). Backpressure: the tailer blocks on a slow sink holding one batch, so memory
+//! Delivery: the positions after a batch are written to `<positions>.pending` (with the batch's
+//! last entry as a probe), the batch is pushed, then the pending file becomes the positions file. A
+//! restart resumes from the positions file, or from the pending one if the sink holds the probe
+//! entry, so a kill -9 anywhere stores nothing twice and loses nothing (see [`checkpoint`]; the one
+//! gap is a push torn inside the store's single `write(2)`). Backpressure: the tailer blocks on a
+//! slow sink holding one batch, so memory
 //! stays bounded by the batch size, the read buffer and the per-stream partial caps.
 
 pub mod checkpoint;
