@@ -16,8 +16,8 @@
 //! restart resumes from the positions file, or from the pending one if the sink holds the probe
 //! entry, so a kill -9 anywhere stores nothing twice and loses nothing (see [`checkpoint`]; the one
 //! gap is a push torn inside the store's single `write(2)`). Backpressure: the tailer blocks on a
-//! slow sink holding one batch, so memory
-//! stays bounded by the batch size, the read buffer and the per-stream partial caps.
+//! slow sink holding one batch, so memory stays bounded by the batch size, the read buffer and the
+//! per-stream partial caps.
 
 pub mod checkpoint;
 pub mod parse;
