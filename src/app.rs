@@ -5,6 +5,7 @@
 //! details or storage formats.
 
 use crate::api::{self, ApiState, PushStats, WriteStats};
+use crate::collect::logs::{ErrorReason, IngestSink, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats};
 use crate::config::{Compression, Config, FsyncSetting};
 use crate::ingest::{
     Discard, IngestStats, Limits, LokiIngester, LokiLimits, LokiStats, MetricsIngester, SeriesRejection,
@@ -108,6 +109,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let loki = Arc::new(LokiIngester::new(Arc::clone(&logs), loki_limits(&cfg)).with_tail(tail.clone()));
     let push_stats = Arc::new(PushStats::default());
     let registry = Registry::new();
+    let tailer = start_tailer(&cfg, &loki, &registry)?;
     let write_stats = Arc::new(WriteStats::default());
     register_metrics(&registry, db.stats(), db.wal_stats(), ingester.stats(), &write_stats);
     register_log_metrics(&registry, &logs, loki.stats(), &push_stats);
@@ -147,6 +149,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }));
     }
     shutdown_signal().await;
+    if let Some((stop, handle)) = tailer {
+        // First, while the store is open: the tailer pushes what it holds and writes its positions.
+        stop.stop();
+        match tokio::task::spawn_blocking(move || handle.join()).await {
+            Ok(Ok(())) => tracing::info!("Pod-log tailer stopped; positions written."),
+            _ => tracing::warn!("The pod-log tailer thread panicked."),
+        }
+    }
     tracing::info!("Shutting down: finishing in-flight requests.");
     let _ = stop_tx.send(true);
     while let Some(res) = servers.join_next().await {
@@ -167,6 +177,147 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("closing the log store")??;
     tracing::info!("Log store flushed and closed cleanly.");
     Ok(())
+}
+
+/// The tailer's options from `collect.logs`; `None` when no pod-logs tree is configured.
+pub fn tailer_options(cfg: &Config) -> Option<TailerOptions> {
+    let c = &cfg.collect.logs;
+    if c.pod_logs_dir.as_os_str().is_empty() {
+        return None;
+    }
+    let mut o = TailerOptions::new(&c.pod_logs_dir, cfg.data_dir.join("tailer-positions"));
+    o.node_name = if !c.node_name.is_empty() {
+        c.node_name.clone()
+    } else if let Ok(n) = std::env::var("NODE_NAME") {
+        n
+    } else {
+        host_name()
+    };
+    o.pod_labels = c.pod_labels.clone();
+    o.rescan_interval = c.rescan_interval.0;
+    o.max_line_size = usize::try_from(c.max_line_size.0).unwrap_or(usize::MAX);
+    o.partial_timeout = c.partial_timeout.0;
+    o.batch_bytes = usize::try_from(c.batch_size.0).unwrap_or(1 << 20);
+    Some(o)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+type TailerHandle = (Arc<StopSignal>, std::thread::JoinHandle<()>);
+
+/// The tailer runs on its own thread (blocking reads, fsyncs and pushes: backpressure is the thread
+/// waiting); the app owns it and stops it before the store closes.
+fn start_tailer(cfg: &Config, loki: &Arc<LokiIngester>, registry: &Registry) -> anyhow::Result<Option<TailerHandle>> {
+    let Some(opts) = tailer_options(cfg) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let stats = Arc::new(TailerStats::default());
+    register_tailer_metrics(registry, &stats);
+    let sink = Arc::new(IngestSink {
+        ingester: Arc::clone(loki),
+        tenant: crate::api::DEFAULT_TENANT.to_string(),
+    });
+    tracing::info!(root = %opts.root.display(), node = %opts.node_name, "Tailing pod logs.");
+    let tailer = Tailer::new(opts, sink, Arc::new(PathLabels), stats);
+    let stop = Arc::new(StopSignal::new().context("creating the tailer's stop signal")?);
+    let stop2 = Arc::clone(&stop);
+    let handle = std::thread::Builder::new()
+        .name("pod-log-tailer".to_string())
+        .spawn(move || tailer.run(&stop2))
+        .context("starting the pod-log tailer")?;
+    Ok(Some((stop, handle)))
+}
+
+fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let st = Arc::clone(st);
+    reg.register(move |w| {
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "monitoring_rs_tailer_lines_total",
+                "Log lines the tailer stored.",
+                &st.lines,
+            ),
+            (
+                "monitoring_rs_tailer_bytes_total",
+                "Bytes of log lines the tailer stored.",
+                &st.bytes,
+            ),
+            (
+                "monitoring_rs_tailer_lines_committed_total",
+                "Stored lines whose positions checkpoint is durable.",
+                &st.lines_committed,
+            ),
+            (
+                "monitoring_rs_tailer_checkpoints_total",
+                "Positions files written.",
+                &st.checkpoints,
+            ),
+            (
+                "monitoring_rs_tailer_rotations_total",
+                "Files seen renamed to a rotated name.",
+                &st.rotations,
+            ),
+            (
+                "monitoring_rs_tailer_truncations_total",
+                "Files that shrank or changed their head under the same inode (copytruncate).",
+                &st.truncations,
+            ),
+            (
+                "monitoring_rs_tailer_partial_timeouts_total",
+                "Partial lines stored without their end after the partial timeout.",
+                &st.partial_timeouts,
+            ),
+            (
+                "monitoring_rs_tailer_partial_eof_total",
+                "Partial lines stored without their end because their file was finished or deleted.",
+                &st.partial_eof,
+            ),
+            (
+                "monitoring_rs_tailer_lines_cut_total",
+                "Joined lines cut at collect.logs.max_line_size.",
+                &st.lines_cut,
+            ),
+        ];
+        for (name, help, v) in counters {
+            w.single(name, "counter", help, g(v));
+        }
+        w.single(
+            "monitoring_rs_tailer_files_open",
+            "gauge",
+            "Log files held open.",
+            g(&st.files_open),
+        );
+        w.single(
+            "monitoring_rs_tailer_files_deleted_open",
+            "gauge",
+            "Deleted log files still held open to be drained.",
+            g(&st.files_deleted_open),
+        );
+        w.single(
+            "monitoring_rs_tailer_files",
+            "gauge",
+            "Log files tracked.",
+            g(&st.files_tracked),
+        );
+        w.header(
+            "monitoring_rs_tailer_errors_total",
+            "counter",
+            "Tailer errors by reason.",
+        );
+        for r in ErrorReason::ALL {
+            w.sample(
+                "monitoring_rs_tailer_errors_total",
+                &[("reason", r.as_str())],
+                g(&st.errors[r as usize]),
+            );
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -60,6 +60,15 @@ query:
   max_samples: 50000000     # like --query.max-samples: samples one query may hold in memory
   delayed_name_removal: false   # like --enable-feature=promql-delayed-name-removal
   max_concurrency: 20       # like --query.max-concurrency: queries evaluated at once; others wait
+collect:
+  logs:
+    pod_logs_dir: ""          # the /var/log/pods tree to tail; empty = tailer off (--pod-logs DIR sets it)
+    node_name: ""             # `node` label; empty = $NODE_NAME, else the host name
+    pod_labels: [app]         # pod labels copied onto streams (sanitised: app.kubernetes.io/name -> app_kubernetes_io_name)
+    rescan_interval: 10s      # full directory rescan, the safety net under inotify
+    max_line_size: 256KB      # a line joined from P/F partials is held up to this size (then limits.logs decides)
+    partial_timeout: 5s       # a partial line with no continuation for this long is stored as it is
+    batch_size: 1MiB          # bytes of lines per push (and per positions checkpoint)
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +91,25 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub query: QueryConfig,
+    pub collect: CollectConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectConfig {
+    pub logs: CollectLogsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectLogsConfig {
+    pub pod_logs_dir: PathBuf,
+    pub node_name: String,
+    pub pod_labels: Vec<String>,
+    pub rescan_interval: DurationStr,
+    pub max_line_size: ByteSize,
+    pub partial_timeout: DurationStr,
+    pub batch_size: ByteSize,
 }
 
 fn default_log_level() -> String {
@@ -383,6 +411,19 @@ impl Config {
                 message: "must be at least 1KiB".to_string(),
             });
         }
+        let cl = &self.collect.logs;
+        if cl.rescan_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                key: "collect.logs.rescan_interval",
+                message: "must be at least 100ms".to_string(),
+            });
+        }
+        if cl.max_line_size.0 < 1024 || cl.batch_size.0 < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "collect.logs.max_line_size",
+                message: "max_line_size must be at least 1KiB and batch_size at least 4KiB".to_string(),
+            });
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(ConfigError::Invalid {
                 key: "log_level",
@@ -475,6 +516,12 @@ mod tests {
             None,
         );
         check_config("limits:\n  logs:\n    max_line_sise: 1MB\n", Some("max_line_sise"));
+        check_config("collect:\n  logs:\n    pod_logs_dir: /var/log/pods\n", None);
+        check_config(
+            "collect:\n  logs:\n    rescan_interval: 1ms\n",
+            Some("collect.logs.rescan_interval"),
+        );
+        check_config("collect:\n  logs:\n    pod_label: [app]\n", Some("pod_label"));
     }
 
     #[test]

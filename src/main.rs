@@ -20,6 +20,10 @@ struct Flags {
     /// Address to serve both API families on, ADDR:PORT; repeat for several (overrides `listen`).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<String>,
+    /// Tail the container logs of this `/var/log/pods`-style tree (labels from the paths, no cluster
+    /// needed; overrides `collect.logs.pod_logs_dir`).
+    #[arg(long, value_name = "DIR")]
+    pod_logs: Option<PathBuf>,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -62,6 +66,9 @@ fn load_config(flags: &Flags) -> Result<config::Config, config::ConfigError> {
     };
     if let Some(d) = &flags.data_dir {
         cfg.data_dir = d.clone();
+    }
+    if let Some(d) = &flags.pod_logs {
+        cfg.collect.logs.pod_logs_dir = d.clone();
     }
     if !flags.listen.is_empty() {
         cfg.listen = flags.listen.clone();

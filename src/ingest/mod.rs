@@ -9,7 +9,8 @@ mod loki;
 mod remote_write;
 
 pub use loki::{
-    Appended, AppendedStream, DEFAULT_SERVICE_NAME_LABELS, Discard, LokiIngester, LokiLimits, LokiStats, PushOutcome,
+    Appended, AppendedStream, DEFAULT_SERVICE_NAME_LABELS, DecodedStream, Discard, LokiIngester, LokiLimits, LokiStats,
+    PushOutcome,
 };
 
 pub use remote_write::{IngestStats, Limits, MetricsIngester, SeriesRejection, WriteOutcome};

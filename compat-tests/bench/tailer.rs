@@ -1,0 +1,251 @@
+//! Footprint of the pod-log tailer (issue 6): throughput tailing 200 files, per CPU-second, and the
+//! idle cost of 200 quiet files.
+//!
+//! `cargo bench --bench tailer` prints:
+//! 1. the tailer alone (the library's `Tailer` with a sink that drops batches) reading 200 CRI files:
+//!    MB/s and lines/s per CPU-second of this process;
+//! 2. the real binary with `--pod-logs` over the same tree, into its store (WAL, zstd blocks):
+//!    MB/s and lines/s per CPU-second of the server process (utime+stime from /proc), and its RSS;
+//! 3. the same server idle with the 200 files quiet: CPU ms per second over 10 s, and RSS.
+//!
+//! CPU-seconds, not wall time: the machine running this may be shared. `TAILER_BENCH_MB` sets the
+//! total size (default 200 MiB).
+
+use monitoring_rs::collect::logs::{LogSink, PathLabels, SinkStream, Tailer, TailerOptions, TailerStats};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_monitoring-rs");
+const FILES: usize = 200;
+
+struct Null;
+impl LogSink for Null {
+    fn push(&self, _streams: &[SinkStream<'_>]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn self_cpu() -> f64 {
+    // SAFETY: getrusage(2) into a zeroed struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn proc_cpu(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf with a constant name.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// CPU time of the process's live threads in ns (schedstat: ns resolution, for the idle figure,
+/// which clock ticks of 10 ms would round to 0 or 1 ms per second).
+fn proc_cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            total += s.split(' ').next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn proc_rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// 200 container files of CRI lines (~150-byte messages, both streams, every 50th line in two
+/// partials). Returns (lines, message bytes).
+fn write_tree(root: &Path, total: usize) -> (u64, u64) {
+    let per_file = total / FILES;
+    let t0: i64 = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 3000)
+        * 1_000_000_000;
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    for i in 0..FILES {
+        let dir = root.join(format!("ns{}_pod-{i}_uid{i}/ctr", i % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("0.log")).unwrap());
+        let mut written = 0;
+        let mut k = 0u64;
+        while written < per_file {
+            k += 1;
+            let ts = t0 + (k as i64) * 1000;
+            let secs = ts / 1_000_000_000;
+            let ns = ts % 1_000_000_000;
+            let t = format!("{}.{ns:09}Z", rfc3339(secs));
+            let msg = format!(
+                "level=info ts={secs} caller=handler.go:{k} msg=\"request served\" method=GET path=/api/v1/items/{k} status=200 bytes={} duration_ms={}",
+                k * 7 % 9000,
+                k % 97
+            );
+            let stream = if k.is_multiple_of(5) { "stderr" } else { "stdout" };
+            let line = if k.is_multiple_of(50) {
+                let (a, b) = msg.split_at(msg.len() / 2);
+                format!("{t} {stream} P {a}\n{t} {stream} F {b}\n")
+            } else {
+                format!("{t} {stream} F {msg}\n")
+            };
+            f.write_all(line.as_bytes()).unwrap();
+            written += line.len();
+            lines += 1;
+            bytes += msg.len() as u64;
+        }
+        f.flush().unwrap();
+    }
+    (lines, bytes)
+}
+
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return -1.0;
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let mb: usize = std::env::var("TAILER_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let (lines, bytes) = write_tree(&root, mb << 20);
+    let file_bytes: u64 = walk_size(&root);
+    println!(
+        "tree: {FILES} files, {:.1} MiB on disk, {lines} lines, {:.1} MiB of messages",
+        file_bytes as f64 / 1048576.0,
+        bytes as f64 / 1048576.0
+    );
+
+    // 1. The tailer alone.
+    let mut opts = TailerOptions::new(&root, tmp.path().join("bench-positions"));
+    opts.node_name = "bench".into();
+    let stats = Arc::new(TailerStats::default());
+    let mut t = Tailer::new(opts, Arc::new(Null), Arc::new(PathLabels), Arc::clone(&stats));
+    let c0 = self_cpu();
+    let w0 = Instant::now();
+    t.step(Instant::now(), true).unwrap();
+    let cpu = self_cpu() - c0;
+    let got = stats.lines.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(got, lines, "the tailer read every line");
+    println!(
+        "tailer alone (null sink): {:.0} MB/s of file per CPU-second, {:.0} lines/s per CPU-second ({cpu:.2} CPU-s, {:.2} s wall)",
+        file_bytes as f64 / 1e6 / cpu,
+        lines as f64 / cpu,
+        w0.elapsed().as_secs_f64()
+    );
+    drop(t);
+
+    // 2. The real binary into its store.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let data = tmp.path().join("data");
+    let child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--pod-logs")
+        .arg(&root)
+        .env("NODE_NAME", "bench")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _kill = Kill(child);
+    let w0 = Instant::now();
+    let mut peak_rss: f64 = 0.0;
+    loop {
+        peak_rss = peak_rss.max(proc_rss_mib(pid));
+        if metric(addr, "monitoring_rs_tailer_lines_committed_total") >= lines as f64 {
+            break;
+        }
+        assert!(w0.elapsed() < Duration::from_secs(600), "server did not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cpu = proc_cpu(pid);
+    println!(
+        "server into the store: {:.0} MB/s of file per CPU-second, {:.0} lines/s per CPU-second ({cpu:.2} CPU-s incl. start-up, {:.2} s wall, peak RSS {peak_rss:.1} MiB)",
+        file_bytes as f64 / 1e6 / cpu,
+        lines as f64 / cpu,
+        w0.elapsed().as_secs_f64()
+    );
+
+    // 3. Idle: the same 200 files, quiet.
+    std::thread::sleep(Duration::from_secs(2));
+    let c0 = proc_cpu_ns(pid);
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    let cpu = (proc_cpu_ns(pid) - c0) as f64 / 1e9;
+    println!(
+        "idle with {FILES} quiet files: {:.3} ms CPU per second (over {:.0} s, two 10 s rescans), RSS {:.1} MiB",
+        cpu * 1000.0 / w0.elapsed().as_secs_f64(),
+        w0.elapsed().as_secs_f64(),
+        proc_rss_mib(pid)
+    );
+}
+
+fn walk_size(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() { walk_size(&e.path()) } else { m.len() };
+    }
+    n
+}
