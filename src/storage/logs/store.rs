@@ -207,6 +207,7 @@ struct Inner {
     rec: Vec<u8>,
     raw: Vec<u8>,
     cols: ColumnScratch,
+    alt: Vec<u8>,
     wal_batch: Vec<u8>,
     wal_ends: Vec<usize>,
     alias_key: Vec<u8>,
@@ -323,6 +324,7 @@ impl Inner {
             rec,
             raw,
             cols,
+            alt,
             ..
         } = self;
         let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_mut()) else {
@@ -350,7 +352,17 @@ impl Inner {
         };
         match opts.codec {
             // zstd blocks are written in the column layout (see `block`'s module docs).
-            Codec::Zstd(level) => block::encode_block_columns(rec, &h, level, &s.head, cols)?,
+            Codec::Zstd(level) => {
+                block::encode_block_columns(rec, &h, level, &s.head, cols)?;
+                // A small block (an idle stream's flush) pays the layout's four frames (~60
+                // bytes): below 4 KiB, the plain zstd block is kept when it is smaller.
+                if raw.len() < 4096 {
+                    block::encode_block(alt, &h, opts.codec, raw)?;
+                    if alt.len() < rec.len() {
+                        std::mem::swap(rec, alt);
+                    }
+                }
+            }
             other => block::encode_block(rec, &h, other, raw)?,
         }
         let pos = data.append_positioned(rec)?;
@@ -551,6 +563,7 @@ impl LogStore {
             rec: Vec::new(),
             raw: Vec::new(),
             cols: ColumnScratch::default(),
+            alt: Vec::new(),
             wal_batch: Vec::new(),
             wal_ends: Vec::new(),
             alias_key: Vec::new(),
