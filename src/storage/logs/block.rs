@@ -704,7 +704,10 @@ struct Calendar {
 }
 
 impl Calendar {
-    const NONE: Calendar = Calendar { secs: i64::MIN, f: [u64::MAX; 7] };
+    const NONE: Calendar = Calendar {
+        secs: i64::MIN,
+        f: [u64::MAX; 7],
+    };
 
     /// The fields of `ts` (ns), reusing `self` when it is the same second.
     #[inline]
@@ -819,7 +822,11 @@ impl BitReader<'_> {
         if self.pos + bits as usize > self.data.len() * 8 {
             return Err(TRUNC);
         }
-        let v = if bits == 0 { 0 } else { self.peek() & (u64::MAX >> (64 - bits)) };
+        let v = if bits == 0 {
+            0
+        } else {
+            self.peek() & (u64::MAX >> (64 - bits))
+        };
         self.pos += bits as usize;
         Ok(v)
     }
@@ -855,11 +862,17 @@ const LARGE_MAX: u64 = 30;
 #[inline]
 fn rice_bits(u: u64, k: u32) -> u64 {
     let q = u >> k;
-    if q >= RICE_ESCAPE { RICE_ESCAPE + 64 } else { q + 1 + u64::from(k) }
+    if q >= RICE_ESCAPE {
+        RICE_ESCAPE + 64
+    } else {
+        q + 1 + u64::from(k)
+    }
 }
 
 fn best_k(vals: impl Iterator<Item = u64> + Clone) -> (u32, u64) {
-    let (n, sum) = vals.clone().fold((0u128, 0u128), |(n, s), v| (n + 1, s + u128::from(v)));
+    let (n, sum) = vals
+        .clone()
+        .fold((0u128, 0u128), |(n, s), v| (n + 1, s + u128::from(v)));
     let guess = 64 - ((sum / n.max(1)) as u64).leading_zeros();
     (guess.saturating_sub(2)..=(guess + 1).min(62))
         .map(|k| (k, vals.clone().map(|v| rice_bits(v, k)).sum::<u64>()))
@@ -884,7 +897,9 @@ fn period_split(d: i64, p: u64) -> Option<(u64, u64)> {
 /// multiples of it land within the arrival jitter (the smallest alone is biased low by the
 /// jitter, which a multiple of 10 turned into 10 ms residuals).
 fn period(large: impl Iterator<Item = i64> + Clone) -> u64 {
-    let Some(min) = large.clone().filter(|&d| d > 0).min() else { return 0 };
+    let Some(min) = large.clone().filter(|&d| d > 0).min() else {
+        return 0;
+    };
     let mut near: Vec<i64> = large.filter(|&d| d >= min && d - min <= min / 2).collect();
     near.sort_unstable();
     near.get(near.len() / 2).map_or(0, |&d| d as u64)
@@ -896,13 +911,25 @@ fn ts_code(deltas: &[i64]) -> TsCode {
     // k from the lower quartile (the bursts), then the cheapest of a few (k, e) pairs.
     let low = sorted.get(sorted.len() / 4).copied().unwrap_or(0);
     let guess = 64 - low.leading_zeros();
-    let mut best = (u64::MAX, TsCode { k: 0, e: RICE_ESCAPE, k2: 0, p: 0 });
+    let mut best = (
+        u64::MAX,
+        TsCode {
+            k: 0,
+            e: RICE_ESCAPE,
+            k2: 0,
+            p: 0,
+        },
+    );
     // The best k was 2 above the quartile's bit length on the lokiload blocks (measured: 22.4 bits
     // per entry with the best of all k and e, against 30 with only k in quartile ± 1).
     for k in guess.saturating_sub(1)..=(guess + 3).min(62) {
         for e in [1u64, 2, 4, 8] {
             let is_large = |d: i64| zigzag(d) >> k >= e;
-            let small: u64 = sorted.iter().filter(|&&u| u >> k < e).map(|&u| (u >> k) + 1 + u64::from(k)).sum();
+            let small: u64 = sorted
+                .iter()
+                .filter(|&&u| u >> k < e)
+                .map(|&u| (u >> k) + 1 + u64::from(k))
+                .sum();
             let p = period(deltas.iter().copied().filter(|&d| is_large(d)));
             let large = deltas.iter().filter(|&&d| is_large(d));
             let (k2, rbits) = best_k(large.clone().filter_map(|&d| period_split(d, p).map(|x| x.1)));
@@ -967,7 +994,11 @@ impl BitReader<'_> {
 
     #[inline]
     fn low(&mut self, k: u32) -> Result<u64, LogsError> {
-        if k > 32 { Ok(self.get(32)? | (self.get(k - 32)? << 32)) } else { self.get(k) }
+        if k > 32 {
+            Ok(self.get(32)? | (self.get(k - 32)? << 32))
+        } else {
+            self.get(k)
+        }
     }
 
     fn rice(&mut self, k: u32) -> Result<u64, LogsError> {
@@ -1017,6 +1048,7 @@ fn put_ts(out: &mut Vec<u8>, deltas: &[i64]) {
 }
 
 /// Reusable buffers and compression context of the column encoder (one per store).
+#[derive(Default)]
 pub struct ColumnScratch {
     head: Vec<u8>,
     tmpl: Vec<u8>,
@@ -1025,20 +1057,6 @@ pub struct ColumnScratch {
     zbuf: Vec<u8>,
     deltas: Vec<i64>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
-}
-
-impl Default for ColumnScratch {
-    fn default() -> Self {
-        ColumnScratch {
-            head: Vec::new(),
-            tmpl: Vec::new(),
-            vars: Vec::new(),
-            hex: Vec::new(),
-            zbuf: Vec::new(),
-            deltas: Vec::new(),
-            zstd: None,
-        }
-    }
 }
 
 impl std::fmt::Debug for ColumnScratch {
@@ -1062,7 +1080,8 @@ impl ColumnScratch {
                 .zstd
                 .insert(zstd::bulk::Compressor::new(level).map_err(|e| LogsError::Codec(e.to_string()))?),
         };
-        z.set_compression_level(level).map_err(|e| LogsError::Codec(e.to_string()))?;
+        z.set_compression_level(level)
+            .map_err(|e| LogsError::Codec(e.to_string()))?;
         self.zbuf.clear();
         self.zbuf.reserve(zstd::zstd_safe::compress_bound(src.len()));
         z.compress_to_buffer(src.as_slice(), &mut self.zbuf)
@@ -1299,11 +1318,12 @@ fn encode_lines(e: &EntriesBuf, sc: &mut ColumnScratch) {
                         continue;
                     }
                 }
-                if (2..=4).contains(&l) && ts >= 0 {
-                    if let Some(f) = cal.of(ts).iter().position(|&c| c == val) {
-                        t.extend_from_slice(&[T_CAL, f as u8, l as u8]);
-                        continue;
-                    }
+                if (2..=4).contains(&l)
+                    && ts >= 0
+                    && let Some(f) = cal.of(ts).iter().position(|&c| c == val)
+                {
+                    t.extend_from_slice(&[T_CAL, f as u8, l as u8]);
+                    continue;
                 }
                 if l == 1 || line[i - l] != b'0' {
                     t.push(T_NUM);
@@ -1397,7 +1417,8 @@ fn zstd_into(src: &[u8], out: &mut [u8]) -> Result<usize, LogsError> {
             Some(d) => d,
             None => c.insert(zstd::bulk::Decompressor::new().map_err(|e| LogsError::Codec(e.to_string()))?),
         };
-        d.decompress_to_buffer(src, out).map_err(|e| LogsError::Codec(e.to_string()))
+        d.decompress_to_buffer(src, out)
+            .map_err(|e| LogsError::Codec(e.to_string()))
     })
 }
 
@@ -1428,7 +1449,10 @@ fn decode_head(h: &BlockHeader, head: &[u8], ts: &mut Vec<i64>, lens: &mut Vec<u
         return Err(LogsError::BadRecord("timestamp code"));
     }
     let bits_at = r.pos;
-    let mut br = BitReader { data: &head[bits_at..], pos: 0 };
+    let mut br = BitReader {
+        data: &head[bits_at..],
+        pos: 0,
+    };
     ts.clear();
     let mut prev = h.min_t;
     for _ in 0..n {
@@ -1471,7 +1495,10 @@ pub fn for_each_ts_len(
         for _ in 0..n {
             r.uvarint()?;
         }
-        let mut tr = Reader { buf: scratch, pos: ts_at };
+        let mut tr = Reader {
+            buf: scratch,
+            pos: ts_at,
+        };
         let mut prev = 0i64;
         for _ in 0..n {
             prev = prev.wrapping_add(tr.varint()?);
@@ -1542,7 +1569,10 @@ fn decompress_columns_with(
         put_uvarint(out, u64::from(l));
     }
     // Metadata sets, then one index per entry.
-    let mut r = Reader { buf: head, pos: meta_at };
+    let mut r = Reader {
+        buf: head,
+        pos: meta_at,
+    };
     let nsets = usize::try_from(r.uvarint()?).map_err(|_| TRUNC)?;
     if nsets > head.len() {
         return Err(LogsError::BadRecord("metadata sets"));
@@ -1832,7 +1862,8 @@ mod tests {
         let t0 = 1_795_219_200_000_000_302i64;
         let lines: Vec<String> = vec![
             format!("level=info ts={t0} caller=server.go:97 msg=\"request payment miss\" duration=343ms"),
-            "{\"ts\": 1795219200.0000002, \"level\": \"info\", \"trace_id\": \"69dd649317788b9503b96d91aba018ea\"}".into(),
+            "{\"ts\": 1795219200.0000002, \"level\": \"info\", \"trace_id\": \"69dd649317788b9503b96d91aba018ea\"}"
+                .into(),
             "I1121 00:00:00.000000       1 controller.go:42] \"alpha beta\" pod=\"ns1/pod-07\"".into(),
             "007 0 00 12345678901234567890123 99999999999999999999 18446744073709551615".into(),
             "deadbeefdeadbeef DEADBEEFDEADBEEF deadbeefdeadbee 0123456789abcdef0 cafe".into(),
@@ -1842,7 +1873,11 @@ mod tests {
             format!("level=warn ts={} msg=\"request payment miss\"", t0 + 9),
         ];
         for (i, l) in lines.iter().enumerate() {
-            let ts = if i == 6 { -5 } else { t0 + i as i64 * 1_000_003 - if i == 4 { 10_000_000_000 } else { 0 } };
+            let ts = if i == 6 {
+                -5
+            } else {
+                t0 + i as i64 * 1_000_003 - if i == 4 { 10_000_000_000 } else { 0 }
+            };
             let meta: &[(&str, &str)] = match i % 3 {
                 0 => &[("detected_level", "info")],
                 1 => &[],
@@ -1880,7 +1915,9 @@ mod tests {
         assert_eq!(seen, want);
         // Every truncation is an error, never a panic or a wrong decode.
         for cut in 0..rec.len() {
-            let Ok((_, mut r)) = open_record(&rec[..cut]) else { continue };
+            let Ok((_, mut r)) = open_record(&rec[..cut]) else {
+                continue;
+            };
             if let Ok((h2, d)) = decode_block_header(&mut r) {
                 assert!(decompress(&h2, d, &mut out).is_err(), "cut at {cut}");
             }
@@ -1908,8 +1945,10 @@ mod tests {
         check_columns(&e, 3);
     }
 
-    const FIXTURE_COLUMNS: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/compat-tests/fixtures/logs_records_columns.bin");
+    const FIXTURE_COLUMNS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compat-tests/fixtures/logs_records_columns.bin"
+    );
 
     /// A stream record, a column block and a chunk record with a folded filter.
     fn column_records() -> Vec<Vec<u8>> {
@@ -1935,7 +1974,15 @@ mod tests {
         let mut bloom = Bloom::default();
         bloom.add_line(b"needle-7f3a9c");
         bloom.shrink();
-        encode_chunk(&mut r, 7, e.len() as u64, raw.len() as u64, e.min_t, e.max_t, Some(&bloom));
+        encode_chunk(
+            &mut r,
+            7,
+            e.len() as u64,
+            raw.len() as u64,
+            e.min_t,
+            e.max_t,
+            Some(&bloom),
+        );
         out.push(r);
         out
     }
@@ -1993,7 +2040,9 @@ mod tests {
 
     #[test]
     fn folded_bloom_keeps_every_gram() {
-        let lines: Vec<String> = (0..200).map(|i| format!("GET /api/v1/users/{i} 200 user-{}", i * 7)).collect();
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!("GET /api/v1/users/{i} 200 user-{}", i * 7))
+            .collect();
         let mut b = Bloom::default();
         for l in &lines {
             b.add_line(l.as_bytes());
