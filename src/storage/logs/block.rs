@@ -920,22 +920,26 @@ fn ts_code(deltas: &[i64]) -> TsCode {
             p: 0,
         },
     );
-    // The best k was 2 above the quartile's bit length on the lokiload blocks (measured: 22.4 bits
-    // per entry with the best of all k and e, against 30 with only k in quartile ± 1).
-    for k in guess.saturating_sub(1)..=(guess + 3).min(62) {
+    // The period from the deltas well above the bursts, and each delta's split by it, once: the
+    // (k, e) search below then only sums. The best k was 1-2 above the quartile's bit length on
+    // the lokiload blocks.
+    let p = period(
+        deltas
+            .iter()
+            .copied()
+            .filter(|&d| zigzag(d) >= low.saturating_mul(16).max(1)),
+    );
+    let split: Vec<(u64, Option<(u64, u64)>)> = deltas.iter().map(|&d| (zigzag(d), period_split(d, p))).collect();
+    for k in guess..=(guess + 2).min(62) {
         for e in [1u64, 2, 4, 8] {
-            let is_large = |d: i64| zigzag(d) >> k >= e;
             let small: u64 = sorted
                 .iter()
                 .filter(|&&u| u >> k < e)
                 .map(|&u| (u >> k) + 1 + u64::from(k))
                 .sum();
-            let p = period(deltas.iter().copied().filter(|&d| is_large(d)));
-            let large = deltas.iter().filter(|&&d| is_large(d));
-            let (k2, rbits) = best_k(large.clone().filter_map(|&d| period_split(d, p).map(|x| x.1)));
-            let mbits: u64 = large
-                .map(|&d| e + period_split(d, p).map_or(LARGE_MAX + 64, |(m, _)| m))
-                .sum();
+            let large = split.iter().filter(|(u, _)| u >> k >= e);
+            let (k2, rbits) = best_k(large.clone().filter_map(|(_, x)| x.map(|x| x.1)));
+            let mbits: u64 = large.map(|(_, x)| e + x.map_or(LARGE_MAX + 64, |(m, _)| m)).sum();
             let cost = small + rbits + mbits;
             if cost < best.0 {
                 best = (cost, TsCode { k, e, k2, p });
