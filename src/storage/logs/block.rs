@@ -70,8 +70,10 @@
 //! 4.7), templates 7.27 (8.14 at zstd-3, 7.13 at zstd-9), variables 5.53, hex 3.26 (the JSON
 //! trace ids: 16 random bytes per line). Calendar fields took the variables from 10.0 to 8.9 MB
 //! and splitting off the hex runs to 8.8; word codes took the templates of a 200k-line sample
-//! from 2.06 to 1.43 MB. Encoding costs ~2× codec 2's CPU and decoding ~400 MB/s against
-//! ~1.2 GB/s (quiet machine: encode 1.15 s vs 0.52 s, decode 0.36 s vs 0.12 s for the corpus).
+//! from 2.06 to 1.43 MB. The price is CPU: encoding the corpus's blocks took 2-3× codec 2's time
+//! (1.15 s vs 0.52 s on a quiet core for an early version; 3.4 s vs 1.0 s for the final one with
+//! the machine loaded) and decoding is ~3× slower (~400 MB/s of entries encoding vs ~1.2 GB/s),
+//! which is why [`for_each_ts_len`] exists: `count_over_time` and friends skip the lines.
 //!
 //! # Records (payloads of the `storage::wal` framing, which adds length and CRC-32)
 //! Every record starts with the magic byte `0x4C` ('L'), the format version `0x01` and a type byte.
