@@ -29,7 +29,7 @@ storage:
     retention_size: 0         # bytes of data+WAL to keep; 0 = unlimited
     compression: zstd         # block codec: zstd, snappy or none (every block records its codec)
     compression_level: 3      # zstd level
-    block_size: 32KiB         # raw bytes per compressed block; 500 streams hold 500 head blocks in memory
+    block_size: 40KiB         # raw bytes per compressed block; 500 streams hold 500 head blocks in memory
     chunk_target_size: 1536KiB  # raw bytes at which a stream's chunk is closed
     max_chunk_age: 2h         # a chunk open this long is closed
     chunk_idle_period: 30m    # a stream silent this long has its chunk closed

@@ -53,7 +53,7 @@ impl LogsOptions {
             retention: Duration::from_secs(30 * 86_400),
             retention_bytes: 0,
             codec: Codec::Zstd(3),
-            block_size: 32 << 10,
+            block_size: 40 << 10,
             chunk_target_size: 1536 << 10,
             max_chunk_age: Duration::from_secs(7200),
             chunk_idle_period: Duration::from_secs(1800),
