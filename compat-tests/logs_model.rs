@@ -1,7 +1,7 @@
 //! Model-based test of the log store: random appends (out of order, several tenants, metadata,
 //! empty lines), flushes and clean restarts, checked after every step against a `BTreeMap` model
 //! through the `LogReader` contract: forward and backward order, limits, time ranges, line filters
-//! (which use the chunk filters), label endpoints and index stats. Plus retention by time.
+//! (which use the chunk filters), label endpoints and index stats. Plus retention by time and by size.
 
 use monitoring_rs::model::{Labels, MatchOp, Matcher};
 use monitoring_rs::storage::logs::{
@@ -338,6 +338,112 @@ fn retention_by_time_drops_old_segments() {
     let store = LogStore::open(opts(dir.path(), Codec::Zstd(3))).unwrap();
     let st = store.index_stats("fake", &[], i64::MIN, i64::MAX).unwrap();
     assert_eq!((st.streams, st.entries), (1, 400));
+    store.close().unwrap();
+}
+
+/// Bytes on disk of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = e.metadata().unwrap();
+        total += if md.is_dir() { dir_bytes(&e.path()) } else { md.len() };
+    }
+    total
+}
+
+/// Retention by size: with `retention_bytes` set, maintenance deletes the oldest data segments
+/// until data log + WAL fit (the current segment always stays), drops the streams left without
+/// data, and the newest streams stay complete, also after a restart.
+#[test]
+fn retention_by_size_drops_oldest_segments() {
+    const STREAMS: usize = 24;
+    const LIMIT: u64 = 96 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), Codec::Zstd(3));
+    o.retention_bytes = LIMIT;
+    let store: Arc<LogStore> = LogStore::open(o.clone()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    // Lines that barely compress (an LCG's hex digits), so every stream fills about one 16 KiB segment.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let lines: Vec<Vec<String>> = (0..STREAMS)
+        .map(|_| {
+            (0..80)
+                .map(|_| {
+                    (0..12)
+                        .map(|_| {
+                            x = x
+                                .wrapping_mul(6_364_136_223_846_793_005)
+                                .wrapping_add(1_442_695_040_888_963_407);
+                            format!("{:016x}", x >> 1)
+                        })
+                        .collect::<String>()
+                })
+                .collect()
+        })
+        .collect();
+    let names: Vec<String> = (0..STREAMS).map(|i| format!("s{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let entries: Vec<PushEntry<'_>> = lines[i]
+            .iter()
+            .enumerate()
+            .map(|(j, l)| PushEntry {
+                ts: now - 600_000_000_000 + (i * 1000 + j) as i64,
+                line: l.as_bytes(),
+                meta: &[],
+            })
+            .collect();
+        store
+            .append(
+                "fake",
+                &[PushStream {
+                    key: StreamKey::New {
+                        alias: name.as_bytes(),
+                        labels: labels(name),
+                    },
+                    entries: &entries,
+                }],
+            )
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let before = dir_bytes(dir.path());
+    assert!(before > 2 * LIMIT, "the test must overflow the limit: {before} bytes");
+    store.maintain(now).unwrap();
+    let after = dir_bytes(dir.path());
+    // Whole segments go, and the current one stays: allow one segment plus the index files over.
+    assert!(
+        after <= LIMIT + (48 << 10),
+        "{after} bytes left of {before}, limit {LIMIT}"
+    );
+    let kept = store.label_values("fake", "app", &[], i64::MIN, i64::MAX).unwrap();
+    assert!(!kept.is_empty() && kept.len() < STREAMS, "kept {kept:?}");
+    // What is kept is the newest streams: a suffix of the push order, the newest complete.
+    assert_eq!(kept, names[STREAMS - kept.len()..].to_vec());
+    let check_newest = |store: &LogStore| {
+        for name in &names[STREAMS - 2..] {
+            let m = vec![Matcher::new(MatchOp::Equal, "app", name).unwrap()];
+            let st = store.index_stats("fake", &m, i64::MIN, i64::MAX).unwrap();
+            assert_eq!(st.entries, 80, "{name}");
+        }
+    };
+    check_newest(&store);
+    assert!(
+        store
+            .stats()
+            .retention_segments_deleted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    store.close().unwrap();
+    drop(store);
+    let store = LogStore::open(o).unwrap();
+    let again = store.label_values("fake", "app", &[], i64::MIN, i64::MAX).unwrap();
+    assert_eq!(again, kept);
+    check_newest(&store);
     store.close().unwrap();
 }
 
