@@ -1435,9 +1435,8 @@ fn select_k(g: Vec<Elem>, k: i64, bottom: bool) -> Vec<Elem> {
     let mut h: Vec<Elem> = Vec::with_capacity(k);
     for e in g {
         let enters = h.len() < k
-            || h.first().is_some_and(|root| {
-                root.v.is_nan() || if bottom { root.v > e.v } else { root.v < e.v }
-            });
+            || h.first()
+                .is_some_and(|root| root.v.is_nan() || if bottom { root.v > e.v } else { root.v < e.v });
         if !enters {
             continue;
         }
