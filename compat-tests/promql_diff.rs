@@ -31,8 +31,81 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
      arithmetic operator (promqltest operators.test: `trigy atan2 trigx` gives `{}`)",
 )];
 
+/// Broken expressions whose error text still differs from 2.42's (status and errorType agree), and
+/// why. promql-parser 0.11 returns its errors as bare strings without positions and answers every
+/// grammar error with "invalid promql query"; `ast::prometheus_message` adds Prometheus's
+/// `line:col: parse error: ` prefix only where the text pins the position down (end of input, an
+/// unmatched `)`), so errors about a node (Prometheus: the node's start) have none.
+const PARSE_ERROR_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "1 +* 2",
+        "grammar error: 2.42 says `1:4: parse error: unexpected <op:*>`",
+    ),
+    (
+        "1 + ",
+        "grammar error: 2.42 says `1:5: parse error: unexpected end of input`",
+    ),
+    (
+        "foo unless",
+        "grammar error: 2.42 says `1:11: parse error: unexpected end of input`",
+    ),
+    (
+        "foo{a=\"b\"} or",
+        "grammar error: 2.42 says `1:14: parse error: unexpected end of input`",
+    ),
+    (
+        "sum(foo) by",
+        "grammar error: 2.42 says `unexpected end of input in grouping opts, expected \"(\"`",
+    ),
+    (
+        "sum without() (foo) by (a)",
+        "grammar error: 2.42 says `1:21: parse error: unexpected <by>`",
+    ),
+    ("rate(foo)", "no position (2.42: 1:6, the argument)"),
+    ("rate(1)", "no position (2.42: 1:6, the argument)"),
+    ("rate(foo[5m], 1)", "no position (2.42: 1:1, the call)"),
+    ("abs(foo, bar)", "no position (2.42: 1:1, the call)"),
+    (
+        "label_replace(foo, \"a\", \"b\", \"c\")",
+        "no position (2.42: 1:1, the call)",
+    ),
+    ("histogram_quantile(0.9)", "no position (2.42: 1:1, the call)"),
+    ("nonexistent_fn(foo)", "no position (2.42: 1:1)"),
+    ("topk(foo)", "no position (2.42: 1:1, the aggregation)"),
+    ("count_values(1, foo)", "no position (2.42: 1:14, the parameter)"),
+    ("quantile(\"a\", foo)", "no position (2.42: 1:10, the parameter)"),
+    ("foo and 1", "no position (2.42: 1:1, the binary expression)"),
+    ("1 and foo", "no position (2.42: 1:1, the binary expression)"),
+    ("\"a\" + 1", "no position (2.42: 1:1, the binary expression)"),
+    ("-\"a\"", "no position (2.42: 1:1, the unary expression)"),
+    ("{}", "no position (2.42: 1:1, the selector)"),
+    ("foo{__name__=\"bar\"}", "no position (2.42: 1:1, the selector)"),
+    ("foo[5m][5m]", "no position (2.42: 1:8)"),
+    ("foo offset 5m offset 5m", "no position (2.42: 1:1)"),
+    ("foo @ 1 @ 2", "no position (2.42: 1:1)"),
+    (
+        "foo[5x]",
+        "lexer wording: 2.42 says `1:5: parse error: bad duration syntax: \"5\"`",
+    ),
+    (
+        "foo}",
+        "lexer wording: 2.42 says `1:4: parse error: unexpected character: '}'`",
+    ),
+    (
+        "foo[5m:1m:1m]",
+        "lexer wording: 2.42 says `1:10: parse error: unexpected colon ':'`",
+    ),
+    (
+        "foo{a=~\"(\"}",
+        "regex wording: 2.42 quotes Go's regexp error (`1:5: parse error: error parsing regexp: missing closing )`)",
+    ),
+];
+
+/// Broken expressions whose answer must match 2.42's exactly; only ever raise it.
+const PARSE_ERROR_FLOOR: usize = 18;
+
 /// Minimum agreeing evaluations; only ever raise it.
-const AGREE_FLOOR: usize = 776;
+const AGREE_FLOOR: usize = 844;
 
 const STEP: i64 = 15_000;
 const POINTS: i64 = 260;
@@ -176,6 +249,39 @@ fn generate(base: i64) -> Vec<monitoring_rs::proto::remote_write::v1::TimeSeries
             })
             .collect();
         out.push(series(&[("__name__", "temperature"), ("room", room)], &s));
+    }
+    // Ties: `tied_total` series share one of four increment streams, so their rates are exactly
+    // equal in threes and `topk`/`bottomk` must pick among equal values the way Prometheus's heap
+    // does; `tied_gauge` takes values from {1, 2, 3, NaN}. Written in reverse label order: the
+    // reference sorts its input by labels, whatever the write order.
+    let streams: Vec<Vec<f64>> = (0..4)
+        .map(|_| {
+            let mut c = 0.0;
+            (0..POINTS)
+                .map(|_| {
+                    c += [0.0, 1.0, 1.0, 5.0, 17.0][(rng.next() * 5.0) as usize % 5];
+                    c
+                })
+                .collect()
+        })
+        .collect();
+    for n in (0..12).rev() {
+        let s: Vec<(i64, f64)> = streams[n % 4]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (ts(i as i64), *v))
+            .collect();
+        let (name, grp) = (format!("s{n:02}"), format!("g{}", n / 6));
+        out.push(series(
+            &[("__name__", "tied_total"), ("series", &name), ("grp", &grp)],
+            &s,
+        ));
+    }
+    for n in (0..8).rev() {
+        let s: Vec<(i64, f64)> = (0..POINTS)
+            .map(|i| (ts(i), [1.0, 2.0, 3.0, f64::NAN][(rng.next() * 4.0) as usize % 4]))
+            .collect();
+        out.push(series(&[("__name__", "tied_gauge"), ("series", &format!("s{n}"))], &s));
     }
     let mut s: Vec<(i64, f64)> = (0..100).map(|i| (ts(i), i as f64)).collect();
     s.push((ts(100), monitoring_rs::model::stale_nan()));
@@ -376,12 +482,72 @@ fn promql_agrees_with_prometheus() {
         eprintln!("DIFF {f}");
     }
     promtool_agrees(server.addr, prom, base, last);
+    parse_errors_agree(&server, prom, secs(last + 500));
     say!(
         "promql_diff: {agree} agree, {differ} differ, {known} known differences ({} queries x 4 evaluations)",
         queries.len()
     );
     assert!(agree >= AGREE_FLOOR);
     assert_eq!(differ, 0, "results differ from Prometheus 2.42");
+}
+
+/// Every expression of `fixtures/promql_diff_broken_queries.txt` gets the same HTTP status,
+/// `errorType` and `error` from both servers, apart from `PARSE_ERROR_DIFFERENCES`, which must
+/// still agree on status and errorType and must still differ in text (so the list stays true).
+fn parse_errors_agree(server: &Server, prom: std::net::SocketAddr, time: String) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compat-tests/fixtures/promql_diff_broken_queries.txt"
+    ))
+    .unwrap();
+    let queries: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.replace("\\n", "\n"))
+        .collect();
+    let check = |q: &str| -> Result<bool, String> {
+        let p = format!("/api/v1/query?query={}&time={time}", urlencode(q));
+        let (o, t) = (server.get(&p), request(prom, "GET", &p, &[], &[]));
+        let (oj, tj) = (o.json(), t.json());
+        let answer = |status: u16, j: &Value| (status, j["status"].clone(), j["errorType"].clone(), j["error"].clone());
+        let (a, b) = (answer(o.status, &oj), answer(t.status, &tj));
+        if b.1 != "error" {
+            return Err(format!("{q:?}: Prometheus accepts it; not a broken query"));
+        }
+        let known = PARSE_ERROR_DIFFERENCES.iter().any(|(e, _)| *e == q);
+        match (a == b, known) {
+            (true, false) => Ok(true),
+            (false, true) if a.0 == b.0 && a.2 == b.2 => Ok(false),
+            (true, true) => Err(format!("{q:?} now agrees: take it off PARSE_ERROR_DIFFERENCES")),
+            _ => Err(format!("{q:?}:\n    ours:   {a:?}\n    theirs: {b:?}")),
+        }
+    };
+    let mut same = 0;
+    let mut failures = Vec::new();
+    for q in &queries {
+        match check(q) {
+            Ok(true) => same += 1,
+            Ok(false) => {}
+            Err(m) => failures.push(m),
+        }
+    }
+    for (q, _) in PARSE_ERROR_DIFFERENCES {
+        if !queries.iter().any(|x| x == q) {
+            failures.push(format!("{q:?} is in PARSE_ERROR_DIFFERENCES but not in the fixture"));
+        }
+    }
+    say!(
+        "parse errors: {same} answered the same, {} known differences, {} wrong ({} broken queries)",
+        PARSE_ERROR_DIFFERENCES.len(),
+        failures.len(),
+        queries.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "parse errors differ from Prometheus 2.42:\n{}",
+        failures.join("\n")
+    );
+    assert!(same >= PARSE_ERROR_FLOOR);
 }
 
 /// `promtool query instant|range|series|labels` print the same against both servers (vectors are

@@ -262,3 +262,38 @@ fn query_api() {
     let body = server.get("/api/v1/status/buildinfo").text();
     assert!(!body.contains("features"), "{body}");
 }
+
+/// A query whose client disconnects stops evaluating: with a single query slot, the next query gets
+/// the slot at once instead of after the abandoned one would have finished.
+#[test]
+fn disconnected_client_cancels_its_query() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let server = Server::start(&dir.path().join("data"), Some("query:\n  max_concurrency: 1\n"));
+    // 2000 steps of a 7200-point subquery: seconds of CPU, little memory.
+    let end = now_ms() / 1000;
+    let slow = format!(
+        "/api/v1/query_range?query=max_over_time%28vector%281%29%5B2h%3A1s%5D%29&start={}&end={end}&step=60",
+        end - 2000 * 60
+    );
+    let began = Instant::now();
+    let r = server.get(&slow);
+    let full = began.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(full >= Duration::from_millis(500), "the slow query took only {full:?}");
+
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(conn, "GET {slow} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    // The server has to be evaluating it before the client goes: no event to wait for from out here.
+    std::thread::sleep(full / 10);
+    drop(conn);
+    let began = Instant::now();
+    let r = server.get("/api/v1/query?query=1%2B1");
+    let waited = began.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        waited < full / 3,
+        "the next query waited {waited:?} for the slot; the abandoned query takes {full:?}"
+    );
+}

@@ -80,6 +80,7 @@ impl From<crate::query::promql::QueryError> for ApiError {
             Q::BadData(_) => ErrorType::BadData,
             Q::Execution(_) | Q::TooManySamples(_) => ErrorType::Execution,
             Q::Timeout(_) => ErrorType::Timeout,
+            Q::Canceled(_) => ErrorType::Canceled,
             Q::Storage(_) => ErrorType::Internal,
         };
         ApiError {

@@ -201,6 +201,11 @@ async fn run_query(
     // Each query runs on a thread of its own at a lower CPU priority: on a small machine a query
     // loop must not starve ingestion. promql_vs_prometheus, 2 cores: remote-write busy/idle 0.72
     // with queries at the same priority, see the README for the figure with this in place.
+    // A client that disconnects drops this handler's future (hyper drops it with the connection):
+    // the guard then sets the engine's cancel flag, and the query thread stops at its next deadline
+    // check instead of evaluating to the end for nobody.
+    let cancel = CancelOnDrop(Arc::default());
+    engine.opts.cancel = Some(Arc::clone(&cancel.0));
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("promql".into())
@@ -217,8 +222,19 @@ async fn run_query(
             let _ = tx.send(res);
         })
         .map_err(|e| ApiError::internal(format!("starting a query thread: {e}")))?;
-    rx.await
-        .map_err(|_| ApiError::internal("query thread ended without an answer"))?
+    let answer = rx.await;
+    // Answered (the thread has sent and is ending): setting the flag now cancels nothing.
+    drop(cancel);
+    answer.map_err(|_| ApiError::internal("query thread ended without an answer"))?
+}
+
+/// Sets its flag when dropped: see `CancelOnDrop` in the query handler.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Nice value of query threads (0 is the default, 19 the lowest priority).

@@ -195,15 +195,133 @@ pub enum ParseError {
 
 /// Parses a PromQL expression into the project's AST.
 pub fn parse(input: &str) -> Result<Expr, ParseError> {
-    let e = pp::parse(input).map_err(ParseError::Syntax)?;
+    let e = pp::parse(input).map_err(|m| ParseError::Syntax(prometheus_message(input, &m)))?;
     let mut next_id = 0;
     convert(&e, &mut next_id)
 }
 
 /// Pretty-prints like Prometheus's `format_query` (delegates to the parser crate).
 pub fn format(input: &str) -> Result<String, ParseError> {
-    let e = pp::parse(input).map_err(ParseError::Syntax)?;
+    let e = pp::parse(input).map_err(|m| ParseError::Syntax(prometheus_message(input, &m)))?;
     Ok(e.prettify())
+}
+
+/// promql-parser's error message in Prometheus's words, with Prometheus's `line:col: parse error: `
+/// prefix where the position follows from the message alone. promql-parser reports no positions
+/// (its `parse` returns a bare `String`, and a grammar error only "invalid promql query"), so only
+/// errors at a place the text pins down get one: those at the end of the input (pos = its length)
+/// and an unmatched `)` (the byte after it, as Prometheus's lexer reports it). Prometheus's column is
+/// the byte offset from the last line break, 1-based (`ParseErr.Error` in promql/parser/parse.go).
+/// The differences that remain are listed with the test that compares both servers' answers:
+/// `compat-tests/promql_diff.rs`, `PARSE_ERROR_DIFFERENCES`.
+fn prometheus_message(query: &str, msg: &str) -> String {
+    let msg = reword(msg);
+    let pos = if msg.starts_with("unexpected end of input") || msg.starts_with("unclosed left ") {
+        Some(query.len())
+    } else if msg.starts_with("unexpected right parenthesis") {
+        unmatched_paren(query).map(|i| i + 1)
+    } else {
+        None
+    };
+    match pos {
+        Some(pos) => {
+            let before = &query.as_bytes()[..pos.min(query.len())];
+            let line = 1 + before.iter().filter(|b| **b == b'\n').count();
+            let col = pos - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+            format!("{line}:{col}: parse error: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Rewords promql-parser's messages as Prometheus 2.42 words them: names in `"..."` (Go's `%q`)
+/// rather than `'...'`, value types as `range vector`/`instant vector` rather than
+/// `matrix`/`vector`, an aggregation's parameter called a parameter.
+fn reword(msg: &str) -> String {
+    let fixed: &[(&str, &str)] = &[("unexpected end of input inside brackets", "unclosed left bracket")];
+    if let Some((_, to)) = fixed.iter().find(|(from, _)| *from == msg) {
+        return (*to).to_string();
+    }
+    let mut m = requote(msg);
+    if let Some(rest) = m.strip_prefix("unary expression only allowed on expressions of type scalar or vector, got: ") {
+        m = format!(
+            "unary expression only allowed on expressions of type scalar or instant vector, got {:?}",
+            rest
+        );
+    }
+    if m.starts_with("expected type ") {
+        let param = m.starts_with("expected type scalar in aggregation expression")
+            || m.starts_with("expected type string in aggregation expression");
+        let words: Vec<&str> = m.split(' ').collect();
+        let mut out: Vec<&str> = Vec::with_capacity(words.len());
+        for (i, w) in words.iter().enumerate() {
+            let after_type = i > 0 && (words[i - 1] == "type" || words[i - 1] == "got");
+            out.push(match (*w, after_type) {
+                ("matrix", true) => "range vector",
+                ("vector", true) => "instant vector",
+                ("expression,", _) if param => "parameter,",
+                _ => w,
+            });
+        }
+        m = out.join(" ");
+    }
+    m
+}
+
+/// `'name'` -> `"name"` where the quoted text is a metric, label, function or operator name.
+fn requote(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(open) = rest.find('\'') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('\'') {
+            Some(close)
+                if close > 0
+                    && after[..close]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') =>
+            {
+                out.push('"');
+                out.push_str(&after[..close]);
+                out.push('"');
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('\'');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Byte offset of the first `)` that closes nothing, outside string literals.
+fn unmatched_paren(query: &str) -> Option<usize> {
+    let mut depth = 0i64;
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for (i, b) in query.bytes().enumerate() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' && q != b'`' {
+                escaped = true;
+            } else if b == q {
+                quote = None;
+            }
+            continue;
+        }
+        match b {
+            b'"' | b'\'' | b'`' => quote = Some(b),
+            b'(' => depth += 1,
+            b')' if depth == 0 => return Some(i),
+            b')' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 fn dur_ms(d: &Duration) -> i64 {

@@ -624,6 +624,14 @@ impl<'a> Evaluator<'a> {
         if Instant::now() >= self.deadline {
             return Err(QueryError::Timeout("expression evaluation"));
         }
+        if self
+            .opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(QueryError::Canceled("expression evaluation"));
+        }
         Ok(())
     }
 
@@ -1382,12 +1390,12 @@ impl<'a> Evaluator<'a> {
         for mut g in groups {
             match op {
                 AggOp::TopK => {
+                    g = select_k(g, k, false);
                     g.sort_by(|a, b| desc_nan_last(a.v, b.v));
-                    g.truncate(k as usize);
                 }
                 AggOp::BottomK => {
+                    g = select_k(g, k, true);
                     g.sort_by(|a, b| asc_nan_last(a.v, b.v));
-                    g.truncate(k as usize);
                 }
                 AggOp::LimitK => g.truncate(k as usize),
                 _ => g.retain(|e| {
@@ -1411,6 +1419,82 @@ fn ratio_offset(l: &Labels) -> f64 {
         b.push(0xff);
     }
     super::functions::xxhash64(&b) as f64 / u64::MAX as f64
+}
+
+/// The `k` elements `topk` (or, with `bottom`, `bottomk`) keeps, chosen exactly as Prometheus 2.42's
+/// `aggregation()` chooses them, so that ties between equal values (several series with identical
+/// counters have identical rates) keep the same series: the group's elements are fed in input order
+/// into a Go `container/heap` with the worst kept value at the root; an element enters when the
+/// heap is not full, or it is strictly better than the root, or the root is NaN; it then pops the
+/// root (`heap.Pop`: swap root and last, sift down, drop the last) and is pushed (append, sift up).
+/// A stable sort and truncate keeps a different series among ties: `topk(3, x)` over values
+/// a=3 b=3 c=3 d=5 e=5 (in label order) keeps {b, d, e} in 2.42 and kept {a, d, e} here (found with
+/// compat-tests/promql_diff.rs's `tie` series). Prometheus 3.x overwrites the root and calls
+/// `heap.Fix` instead of Pop+Push, which picks yet another series among ties ({c, d, e});
+/// the differential test's reference is 2.42, so 2.42 it is.
+/// <https://github.com/prometheus/prometheus/blob/v2.42.0/promql/engine.go> (`aggregation`, `case parser.TOPK`)
+fn select_k(g: Vec<Elem>, k: i64, bottom: bool) -> Vec<Elem> {
+    let k = usize::try_from(k).unwrap_or(usize::MAX);
+    if k >= g.len() {
+        return g;
+    }
+    // `vectorByValueHeap.Less` / `vectorByReverseValueHeap.Less`: NaN sorts below everything.
+    let less = |a: f64, b: f64| a.is_nan() || if bottom { a > b } else { a < b };
+    let mut h: Vec<Elem> = Vec::with_capacity(k);
+    for e in g {
+        let enters = h.len() < k
+            || h.first()
+                .is_some_and(|root| root.v.is_nan() || if bottom { root.v > e.v } else { root.v < e.v });
+        if !enters {
+            continue;
+        }
+        if h.len() == k {
+            if k == 1 {
+                // 2.42 replaces in place for k == 1.
+                h[0] = e;
+                continue;
+            }
+            let last = h.len() - 1;
+            h.swap(0, last);
+            heap_down(&mut h, 0, last, &less);
+            h.pop();
+        }
+        h.push(e);
+        heap_up(&mut h, &less);
+    }
+    h
+}
+
+/// Go's `container/heap` `down(h, i0, n)`.
+fn heap_down(h: &mut [Elem], mut i: usize, n: usize, less: &impl Fn(f64, f64) -> bool) {
+    loop {
+        let j1 = 2 * i + 1;
+        if j1 >= n {
+            break;
+        }
+        let mut j = j1;
+        if j1 + 1 < n && less(h[j1 + 1].v, h[j1].v) {
+            j = j1 + 1;
+        }
+        if !less(h[j].v, h[i].v) {
+            break;
+        }
+        h.swap(i, j);
+        i = j;
+    }
+}
+
+/// Go's `container/heap` `up(h, len-1)`.
+fn heap_up(h: &mut [Elem], less: &impl Fn(f64, f64) -> bool) {
+    let mut j = h.len().saturating_sub(1);
+    while j > 0 {
+        let i = (j - 1) / 2;
+        if !less(h[j].v, h[i].v) {
+            break;
+        }
+        h.swap(i, j);
+        j = i;
+    }
 }
 
 fn desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {

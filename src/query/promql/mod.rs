@@ -30,6 +30,9 @@ pub enum QueryError {
     /// The timeout expired (`timeout`).
     #[error("query timed out in {0}")]
     Timeout(&'static str),
+    /// `EngineOptions::cancel` was set (`canceled`, Prometheus's text).
+    #[error("query was canceled in {0}")]
+    Canceled(&'static str),
     /// `--query.max-samples` exceeded (`execution`, Prometheus's text).
     #[error("query processing would load too many samples into memory in {0}")]
     TooManySamples(&'static str),
@@ -49,6 +52,9 @@ pub struct EngineOptions {
     /// evaluation instead of by each operation. Off by default, as in Prometheus; its test scripts
     /// run with it on.
     pub delayed_name_removal: bool,
+    /// Set by the caller to stop the evaluation (the HTTP client went away); checked wherever the
+    /// deadline is.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for EngineOptions {
@@ -59,6 +65,7 @@ impl Default for EngineOptions {
             timeout: Duration::from_secs(120),
             default_subquery_step_ms: 60_000,
             delayed_name_removal: false,
+            cancel: None,
         }
     }
 }
