@@ -25,11 +25,32 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Expressions whose answers legitimately differ between 2.42 and 3.x (this server follows 3.x).
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
-    "temperature atan2 10",
-    "2.42 keeps __name__ on `atan2` (its shouldDropMetricName omitted ATAN2); 3.x drops it like every \
-     arithmetic operator (promqltest operators.test: `trigy atan2 trigx` gives `{}`)",
-)];
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "temperature atan2 10",
+        "2.42 keeps __name__ on `atan2` (its shouldDropMetricName omitted ATAN2); 3.x drops it like every \
+         arithmetic operator (promqltest operators.test: `trigy atan2 trigx` gives `{}`)",
+    ),
+    ("topk(2, rate(tied_total[5m]))", TIES),
+    ("topk(4, rate(tied_total[5m]))", TIES),
+    ("topk(7, rate(tied_total[5m]))", TIES),
+    ("bottomk(3, rate(tied_total[5m]))", TIES),
+    ("bottomk(1, rate(tied_total[5m]))", TIES),
+    ("topk by (grp) (2, rate(tied_total[5m]))", TIES),
+    ("bottomk by (grp) (4, increase(tied_total[5m]))", TIES),
+    ("topk(3, tied_total)", TIES),
+    ("topk(1, tied_gauge)", TIES),
+    ("topk(3, tied_gauge)", TIES),
+    ("bottomk(3, tied_gauge)", TIES),
+    ("bottomk(5, tied_gauge)", TIES),
+    ("topk(3, -tied_gauge)", TIES),
+];
+
+/// Which of several equal values `topk`/`bottomk` keep: 2.42 pops the heap's root and pushes the new
+/// element, 3.x overwrites the root and sifts it down (`heap.Fix`), so among ties they keep different
+/// series (`select_k` in src/query/promql/eval.rs and its unit test pin 3.x's choice). With 2.42's
+/// order in `select_k`, every evaluation of these queries agreed with 2.42.
+const TIES: &str = "2.42 topk/bottomk tie order (heap Pop+Push) vs 3.x (overwrite root + heap.Fix)";
 
 /// Broken expressions whose error text still differs from 2.42's (status and errorType agree), and
 /// why. promql-parser 0.11 returns its errors as bare strings without positions and answers every
@@ -104,8 +125,10 @@ const PARSE_ERROR_DIFFERENCES: &[(&str, &str)] = &[
 /// Broken expressions whose answer must match 2.42's exactly; only ever raise it.
 const PARSE_ERROR_FLOOR: usize = 18;
 
-/// Minimum agreeing evaluations; only ever raise it.
-const AGREE_FLOOR: usize = 844;
+/// Minimum agreeing evaluations; only ever raise it. (844 for a moment on the `promfix` branch while
+/// `select_k` copied 2.42's tie order; 834 since it follows 3.x's, the 10 tie evaluations that differ
+/// now counted under `TIES`. The last floor CI saw was 776.)
+const AGREE_FLOOR: usize = 834;
 
 const STEP: i64 = 15_000;
 const POINTS: i64 = 260;

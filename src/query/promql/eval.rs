@@ -1421,18 +1421,18 @@ fn ratio_offset(l: &Labels) -> f64 {
     super::functions::xxhash64(&b) as f64 / u64::MAX as f64
 }
 
-/// The `k` elements `topk` (or, with `bottom`, `bottomk`) keeps, chosen exactly as Prometheus 2.42's
-/// `aggregation()` chooses them, so that ties between equal values (several series with identical
+/// The `k` elements `topk` (or, with `bottom`, `bottomk`) keeps, chosen exactly as Prometheus 3.x's
+/// `aggregationK()` chooses them, so that ties between equal values (several series with identical
 /// counters have identical rates) keep the same series: the group's elements are fed in input order
-/// into a Go `container/heap` with the worst kept value at the root; an element enters when the
-/// heap is not full, or it is strictly better than the root, or the root is NaN; it then pops the
-/// root (`heap.Pop`: swap root and last, sift down, drop the last) and is pushed (append, sift up).
-/// A stable sort and truncate keeps a different series among ties: `topk(3, x)` over values
-/// a=3 b=3 c=3 d=5 e=5 (in label order) keeps {b, d, e} in 2.42 and kept {a, d, e} here (found with
-/// compat-tests/promql_diff.rs's `tie` series). Prometheus 3.x overwrites the root and calls
-/// `heap.Fix` instead of Pop+Push, which picks yet another series among ties ({c, d, e});
-/// the differential test's reference is 2.42, so 2.42 it is.
-/// <https://github.com/prometheus/prometheus/blob/v2.42.0/promql/engine.go> (`aggregation`, `case parser.TOPK`)
+/// into a Go `container/heap` with the worst kept value at the root; while the heap is not full an
+/// element is pushed (append, sift up); afterwards it enters when it is strictly better than the
+/// root, or the root is NaN and it is not, by overwriting the root and `heap.Fix(h, 0)` (sift down;
+/// nothing when k == 1). A stable sort and truncate keeps a different series among ties:
+/// `topk(3, x)` over a=3 b=3 c=3 d=5 e=5 (in label order) keeps {c, d, e} in 3.x (pinned by the unit
+/// test below). Prometheus 2.42 popped the root and pushed the new element instead, which keeps
+/// {b, d, e}: the differential test (whose reference is 2.42) lists the tie queries as known
+/// 2.42-vs-3.x differences; with 2.42's Pop+Push here they agreed at all 4 evaluations each.
+/// <https://github.com/prometheus/prometheus/blob/v3.0.0/promql/engine.go> (`aggregationK`, `case parser.TOPK`)
 fn select_k(g: Vec<Elem>, k: i64, bottom: bool) -> Vec<Elem> {
     let k = usize::try_from(k).unwrap_or(usize::MAX);
     if k >= g.len() {
@@ -1442,25 +1442,20 @@ fn select_k(g: Vec<Elem>, k: i64, bottom: bool) -> Vec<Elem> {
     let less = |a: f64, b: f64| a.is_nan() || if bottom { a > b } else { a < b };
     let mut h: Vec<Elem> = Vec::with_capacity(k);
     for e in g {
-        let enters = h.len() < k
-            || h.first()
-                .is_some_and(|root| root.v.is_nan() || if bottom { root.v > e.v } else { root.v < e.v });
-        if !enters {
+        if h.len() < k {
+            h.push(e);
+            heap_up(&mut h, &less);
             continue;
         }
-        if h.len() == k {
-            if k == 1 {
-                // 2.42 replaces in place for k == 1.
-                h[0] = e;
-                continue;
+        let better = h.first().is_some_and(|root| {
+            (if bottom { root.v > e.v } else { root.v < e.v }) || (root.v.is_nan() && !e.v.is_nan())
+        });
+        if better {
+            h[0] = e;
+            if k > 1 {
+                heap_down(&mut h, 0, k, &less);
             }
-            let last = h.len() - 1;
-            h.swap(0, last);
-            heap_down(&mut h, 0, last, &less);
-            h.pop();
         }
-        h.push(e);
-        heap_up(&mut h, &less);
     }
     h
 }
@@ -1864,4 +1859,47 @@ fn vector_vector(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `topk`/`bottomk` among ties, as Prometheus 3.x's heap picks them (input in label order).
+    /// The expected sets follow Go's `container/heap` by hand, e.g. topk(3) over a=b=c=3, d=e=5:
+    /// push a, b, c; d overwrites a and sifts down to [b d c]; e overwrites b, sifts to [c d e].
+    fn check(values: &[(&str, f64)], k: i64, bottom: bool, want: &[&str]) {
+        let g: Vec<Elem> = values
+            .iter()
+            .map(|(n, v)| Elem {
+                labels: Arc::new(Labels::from_pairs([("s", *n)]).unwrap()),
+                v: *v,
+                t: 0,
+                drop_name: false,
+            })
+            .collect();
+        let mut got: Vec<String> = select_k(g, k, bottom)
+            .iter()
+            .map(|e| e.labels.get("s").unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "k={k} bottom={bottom} over {values:?}");
+    }
+
+    #[test]
+    fn select_k_breaks_ties_like_prometheus_3() {
+        let ties = [("a", 3.0), ("b", 3.0), ("c", 3.0), ("d", 5.0), ("e", 5.0)];
+        check(&ties, 3, false, &["c", "d", "e"]);
+        check(&ties, 1, false, &["d"]);
+        check(&ties, 2, false, &["d", "e"]);
+        // bottomk(2): push a, b; c is not strictly smaller; nothing else enters.
+        check(&ties, 2, true, &["a", "b"]);
+        // bottomk(4): push a b c d; e = 5 is not smaller than the root d = 5.
+        check(&ties, 4, true, &["a", "b", "c", "d"]);
+        // A NaN root is replaced by any number; a NaN never replaces a number.
+        let nan = [("a", f64::NAN), ("b", 1.0), ("c", f64::NAN), ("d", 0.5)];
+        check(&nan, 2, false, &["b", "d"]);
+        check(&nan, 2, true, &["b", "d"]);
+        check(&[("a", 1.0), ("b", f64::NAN)], 1, false, &["a"]);
+    }
 }
