@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod collect;
 pub mod config;
 pub mod ingest;
 pub mod model;
