@@ -82,6 +82,10 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub query: QueryConfig,
+    /// Prometheus-style `scrape_configs`, kept as YAML here and checked by `collect::scrape` (config
+    /// may not import collect).
+    #[serde(default)]
+    pub scrape_configs: Vec<serde_yaml::Value>,
 }
 
 fn default_log_level() -> String {
