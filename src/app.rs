@@ -201,11 +201,11 @@ struct ScrapeTargets(Arc<parking_lot::Mutex<ScrapeState>>);
 /// Prometheus's duration text for whole units (`100ms`, `15s`, `1m`, `1h`).
 fn prom_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms == 0 || ms % 1000 != 0 {
+    if ms == 0 || !ms.is_multiple_of(1000) {
         format!("{ms}ms")
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else {
         format!("{}s", ms / 1000)
