@@ -1,5 +1,6 @@
 //! A real `prometheus-node-exporter` scraped by this server and by a real Prometheus 2.42 at the
-//! same time: both stores must hold the same series (names and label sets; values differ in time).
+//! same time: both stores must hold the same series (names and label sets; values differ in time),
+//! and `/api/v1/targets` shows the target as Prometheus shapes it.
 //! Under `CI=true` a missing binary is a failure, never a silent skip.
 
 mod common;
@@ -107,6 +108,28 @@ fn node_exporter_series_agree_with_prometheus() {
             assert!(ours.iter().any(|s| s.starts_with("__name__=up,")), "{ours:?}");
             assert!(ours.iter().any(|s| s.starts_with("__name__=scrape_series_added,")));
             eprintln!("scrape_node_exporter: {} series agree with Prometheus", ours.len());
+            // `/api/v1/targets` shows the target the way Prometheus does.
+            let t = server.get("/api/v1/targets").json();
+            let a = &t["data"]["activeTargets"][0];
+            let want_url = format!("http://127.0.0.1:{ne_port}/metrics");
+            assert_eq!(
+                (a["health"].as_str(), a["scrapeUrl"].as_str(), a["scrapePool"].as_str()),
+                (Some("up"), Some(want_url.as_str()), Some("node")),
+                "{t}"
+            );
+            assert_eq!(a["labels"]["job"], "node", "{t}");
+            assert_eq!(
+                a["discoveredLabels"]["__address__"],
+                format!("127.0.0.1:{ne_port}"),
+                "{t}"
+            );
+            assert_eq!(
+                (a["scrapeInterval"].as_str(), a["lastError"].as_str()),
+                (Some("500ms"), Some("")),
+                "{t}"
+            );
+            assert!(a["lastScrapeDuration"].as_f64().is_some_and(|d| d > 0.0), "{t}");
+            assert_eq!(t["data"]["droppedTargets"], serde_json::json!([]), "{t}");
             break;
         }
         if Instant::now() > deadline {
