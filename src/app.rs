@@ -6,6 +6,7 @@
 
 use crate::api::{self, ApiState, PushStats, WriteStats};
 use crate::collect::logs::{ErrorReason, IngestSink, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats};
+use crate::collect::scrape::{ScrapeConfig, ScrapeState, Scraper, StaticProvider};
 use crate::config::{Compression, Config, FsyncSetting};
 use crate::ingest::{
     Discard, IngestStats, Limits, LokiIngester, LokiLimits, LokiStats, MetricsIngester, SeriesRejection,
@@ -98,6 +99,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_labels_per_series: cfg.limits.max_labels_per_series,
     };
     let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), limits));
+    let scraper = start_scraper(&cfg, &ingester)?;
     let lopts = logs_options(&cfg);
     let ldir = lopts.dir.clone();
     let logs = tokio::task::spawn_blocking(move || LogStore::open(lopts))
@@ -133,6 +135,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             ..Default::default()
         }),
         query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query.max_concurrency)),
+        targets: scraper
+            .as_ref()
+            .map(|s| Arc::new(ScrapeTargets(s.state())) as Arc<dyn api::TargetsSource>),
     });
     let router = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -165,6 +170,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             Ok(Err(e)) => tracing::warn!(error = %e, "A listener ended with an error."),
             Err(e) => tracing::warn!(error = %e, "A listener task failed."),
         }
+    }
+    if let Some(s) = scraper {
+        // Before the store closes: each loop writes staleness markers for its series.
+        s.shutdown().await;
     }
     let db2 = Arc::clone(&db);
     tokio::task::spawn_blocking(move || db2.close())
@@ -318,6 +327,73 @@ fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {
             );
         }
     });
+}
+
+/// Starts the scraper when `scrape_configs` lists any job.
+fn start_scraper(cfg: &Config, ingester: &Arc<MetricsIngester>) -> anyhow::Result<Option<Scraper>> {
+    if cfg.scrape_configs.is_empty() {
+        return Ok(None);
+    }
+    let jobs: Vec<ScrapeConfig> = cfg
+        .scrape_configs
+        .iter()
+        .map(|v| serde_yaml::from_value(v.clone()))
+        .collect::<Result<_, _>>()
+        .context("config key `scrape_configs`")?;
+    let n = jobs.len();
+    let s = Scraper::start(jobs, &StaticProvider, Arc::clone(ingester)).context("config key `scrape_configs`")?;
+    tracing::info!(jobs = n, "Scraping static targets.");
+    Ok(Some(s))
+}
+
+/// The scraper's state as `/api/v1/targets` wants it.
+struct ScrapeTargets(Arc<parking_lot::Mutex<ScrapeState>>);
+
+/// Prometheus's duration text for whole units (`100ms`, `15s`, `1m`, `1h`).
+fn prom_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 || !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+impl api::TargetsSource for ScrapeTargets {
+    fn active(&self) -> Vec<api::TargetView> {
+        let st = self.0.lock();
+        st.active
+            .iter()
+            .map(|t| {
+                let t = t.lock();
+                api::TargetView {
+                    discovered_labels: t.discovered_labels.clone(),
+                    labels: t.labels.clone(),
+                    scrape_pool: t.scrape_pool.clone(),
+                    scrape_url: t.scrape_url.clone(),
+                    global_url: t.scrape_url.clone(),
+                    last_error: t.last_error.clone(),
+                    last_scrape: if t.last_scrape_ms == 0 {
+                        "0001-01-01T00:00:00Z".to_string()
+                    } else {
+                        crate::model::text::format_rfc3339_ns(t.last_scrape_ms.saturating_mul(1_000_000))
+                    },
+                    last_scrape_duration: t.last_scrape_duration.as_secs_f64(),
+                    health: t.health,
+                    scrape_interval: prom_duration(t.scrape_interval),
+                    scrape_timeout: prom_duration(t.scrape_timeout),
+                }
+            })
+            .collect()
+    }
+
+    fn dropped(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        self.0.lock().dropped.clone()
+    }
 }
 
 async fn shutdown_signal() {

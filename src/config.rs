@@ -92,6 +92,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub query: QueryConfig,
     pub collect: CollectConfig,
+    /// Prometheus-style `scrape_configs`, kept as YAML here and checked by `collect::scrape` (config
+    /// may not import collect).
+    #[serde(default)]
+    pub scrape_configs: Vec<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 pub use loki::{DEFAULT_TENANT, PushStats};
+pub use prom::{TargetView, TargetsSource};
 pub use remote_write::WriteStats;
 
 /// Stored batches buffered per tail subscriber before it is told it dropped some.
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub engine: crate::query::promql::Engine,
     /// Queries evaluated at once (`query.max_concurrency`); the rest wait for a permit.
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// Scrape targets for `/api/v1/targets`; `None` when nothing is scraped.
+    pub targets: Option<Arc<dyn TargetsSource>>,
 }
 
 /// The router serving both API families on every listener.
@@ -62,6 +65,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/labels", get(prom::label_names).post(prom::label_names))
         .route("/api/v1/label/{name}/values", get(prom::label_values))
         .route("/api/v1/metadata", get(prom::metadata))
+        .route("/api/v1/targets", get(prom::targets))
         .route("/loki/api/v1/push", post(loki::push))
         .route("/api/prom/push", post(loki::push_legacy))
         .route("/loki/api/v1/labels", get(loki::labels).post(loki::labels))

@@ -238,3 +238,72 @@ pub async fn ready() -> Response {
 pub async fn healthy() -> Response {
     (StatusCode::OK, "Prometheus Server is Healthy.\n").into_response()
 }
+
+/// One scrape target as `/api/v1/targets` shows it (filled by `app` from the scraper's state).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetView {
+    pub discovered_labels: std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub scrape_pool: String,
+    pub scrape_url: String,
+    pub global_url: String,
+    pub last_error: String,
+    /// RFC 3339; `0001-01-01T00:00:00Z` before the first scrape, as Prometheus shows it.
+    pub last_scrape: String,
+    pub last_scrape_duration: f64,
+    pub health: &'static str,
+    pub scrape_interval: String,
+    pub scrape_timeout: String,
+}
+
+/// Where `/api/v1/targets` reads targets from: active ones and the discovered labels of dropped ones.
+pub trait TargetsSource: Send + Sync {
+    fn active(&self) -> Vec<TargetView>;
+    fn dropped(&self) -> Vec<std::collections::BTreeMap<String, String>>;
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DroppedJson {
+    discovered_labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TargetsJson {
+    active_targets: Vec<TargetView>,
+    dropped_targets: Vec<DroppedJson>,
+}
+
+/// `GET /api/v1/targets?state=active|dropped|any`.
+pub async fn targets(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap) -> Response {
+    let form = match Form::parse(uri.query(), &headers, &[]) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let which = form.value("state").to_ascii_lowercase();
+    let (want_active, want_dropped) = match which.as_str() {
+        "" | "any" => (true, true),
+        "active" => (true, false),
+        "dropped" => (false, true),
+        _ => (true, true),
+    };
+    let mut out = TargetsJson {
+        active_targets: Vec::new(),
+        dropped_targets: Vec::new(),
+    };
+    if let Some(src) = &st.targets {
+        if want_active {
+            out.active_targets = src.active();
+        }
+        if want_dropped {
+            out.dropped_targets = src
+                .dropped()
+                .into_iter()
+                .map(|discovered_labels| DroppedJson { discovered_labels })
+                .collect();
+        }
+    }
+    axum::Json(serde_json::json!({"status": "success", "data": out})).into_response()
+}
