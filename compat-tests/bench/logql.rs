@@ -9,7 +9,9 @@
 //!
 //! Run: `cargo bench --bench logql`. Without `--bench` on the command line it does nothing unless
 //! `BENCH_FORCE=1`. Environment: `BENCH_LINES` [1000000], `BENCH_STREAMS` [500],
-//! `SHARED_DIR` [`<manifest>/../shared`]. Needs `python3` with `cramjam`.
+//! `SHARED_DIR` [`<manifest>/../shared`], `BENCH_DUMP` [unset: a directory to write each query's
+//! `data.result` to, as `q<N>.json`, to compare two builds byte for byte]. Needs `python3` with
+//! `cramjam`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -36,6 +38,16 @@ fn main() {
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// User+system CPU seconds of process `pid` so far (`/proc/<pid>/stat`, 100 ticks/s); 0 if unreadable.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn urlencode(s: &str) -> String {
@@ -101,18 +113,22 @@ fn run() -> Result<(), String> {
     let start_ns = u128::from(start_s) * 1_000_000_000;
     let end_ns = start_ns + 3_600_000_000_000;
     println!();
-    println!("| query | median s (3 runs) | result |");
-    println!("| --- | --- | --- |");
+    let dump = std::env::var_os("BENCH_DUMP").map(PathBuf::from);
+    let pid = server.child.as_ref().map_or(0, std::process::Child::id);
+    println!("| query | median s (3 runs) | server CPU s (3 runs) | result |");
+    println!("| --- | --- | --- | --- |");
+    let mut cpu_total = 0.0;
     let mut total = 0.0;
     let mut needle_s = 0.0;
     let mut rate_s = 0.0;
-    for q in &queries {
+    for (qi, q) in queries.iter().enumerate() {
         let url = format!(
             "/loki/api/v1/query_range?query={}&start={start_ns}&end={end_ns}&limit=100",
             urlencode(q)
         );
         let mut times = Vec::new();
         let mut summary = String::new();
+        let cpu0 = cpu_s(pid);
         for _ in 0..3 {
             let t = Instant::now();
             let r = common::request(server.addr, "GET", &url, &[], &[]);
@@ -120,11 +136,18 @@ fn run() -> Result<(), String> {
             summary = if r.status == 200 {
                 let j = r.json();
                 let n = j["data"]["result"].as_array().map_or(0, Vec::len);
+                if let Some(d) = &dump {
+                    std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+                    std::fs::write(d.join(format!("q{qi}.json")), j["data"]["result"].to_string())
+                        .map_err(|e| e.to_string())?;
+                }
                 format!("200, {} {n}", j["data"]["resultType"].as_str().unwrap_or("?"))
             } else {
                 format!("{} {}", r.status, r.text().chars().take(80).collect::<String>())
             };
         }
+        let cpu = cpu_s(pid) - cpu0;
+        cpu_total += cpu;
         times.sort_by(f64::total_cmp);
         let med = times[1];
         total += med;
@@ -134,8 +157,10 @@ fn run() -> Result<(), String> {
         if q.starts_with("sum by (namespace) (rate(") {
             rate_s = med;
         }
-        println!("| `{q}` | {med:.3} | {summary} |");
+        println!("| `{q}` | {med:.3} | {cpu:.3} | {summary} |");
     }
+    println!();
+    println!("server CPU for the set (3 runs each, user+sys): {cpu_total:.3} s");
     let t = Instant::now();
     let grep = Command::new("grep")
         .args(["-c", NEEDLE])

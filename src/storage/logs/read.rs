@@ -114,20 +114,19 @@ pub struct BlockBatch<'a> {
     pub meta: &'a [(&'a [u8], &'a [u8])],
 }
 
-/// Decodes a decompressed block into borrowed entries in `[start, end)`. The one place that picks
-/// the block decoder: once `block` can decode timestamps, lengths and metadata without the lines,
-/// `lines == false` should call that here.
+/// Decodes what [`load_block`] left in `raw` into borrowed entries in `[start, end)`; with `lines`
+/// false `raw` holds no lines ([`block::decompress_head`]) and every `line` is empty.
 fn decode_batch<'a>(
     raw: &'a [u8],
     first_seq: u64,
-    _lines: bool,
+    lines: bool,
     start: i64,
     end: i64,
     entries: &mut Vec<BlockEntry<'a>>,
     meta: &mut Vec<(&'a [u8], &'a [u8])>,
 ) -> Result<(), LogsError> {
     let mut seq = first_seq;
-    block::for_each_entry(raw, |ts, line, m| {
+    let mut push = |ts: i64, len: u32, line: &'a [u8], m: &mut dyn Iterator<Item = (&'a [u8], &'a [u8])>| {
         seq += 1;
         if ts < start || ts >= end {
             return;
@@ -137,17 +136,25 @@ fn decode_batch<'a>(
         entries.push(BlockEntry {
             ts,
             seq: seq - 1,
-            len: line.len() as u32,
+            len,
             line,
             meta: (a, meta.len() as u32),
         });
-    })
+    };
+    if lines {
+        block::for_each_entry(raw, |ts, line, m| push(ts, line.len() as u32, line, m))
+    } else {
+        block::for_each_entry_head(raw, |ts, len, m| push(ts, len, &[], m))
+    }
 }
 
-/// Reads, checks and decompresses one block record into `raw` (`buf` is the record scratch).
+/// Reads, checks and decompresses one block record into `raw` (`buf` is the record scratch): the
+/// whole entries encoding, or with `lines` false possibly only the part before the lines (a
+/// column block's head section alone).
 fn load_block(
     dir: &std::path::Path,
     b: &BlockSource,
+    lines: bool,
     buf: &mut Vec<u8>,
     raw: &mut Vec<u8>,
     dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
@@ -158,7 +165,11 @@ fn load_block(
         return Err(LogsError::BadRecord("not a block"));
     }
     let (h, data) = block::decode_block_header(&mut r)?;
-    block::decompress_with(&h, data, raw, dctx)
+    if lines {
+        block::decompress_with(&h, data, raw, dctx)
+    } else {
+        block::decompress_head(&h, data, raw)
+    }
 }
 
 /// Below this many blocks a visit stays on the calling thread (a thread costs ~50 µs).
@@ -530,7 +541,7 @@ impl LogReader for LogStore {
         let (mut buf, mut raw, mut dctx) = (Vec::new(), Vec::new(), None);
         if sel.blocks.len() < PARALLEL_BLOCKS {
             for b in &sel.blocks {
-                load_block(dir, b, &mut buf, &mut raw, &mut dctx)?;
+                load_block(dir, b, lines, &mut buf, &mut raw, &mut dctx)?;
                 if !run(b, &raw)? {
                     break;
                 }
@@ -550,7 +561,7 @@ impl LogReader for LogStore {
                 let (mut buf, mut dctx) = (Vec::new(), None);
                 for (i, b) in blocks.iter().enumerate().skip(first).step_by(step) {
                     let mut raw = back_rx.try_recv().unwrap_or_default();
-                    let r = load_block(dir, b, &mut buf, &mut raw, &mut dctx).map(|()| (i, raw));
+                    let r = load_block(dir, b, lines, &mut buf, &mut raw, &mut dctx).map(|()| (i, raw));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
@@ -559,7 +570,7 @@ impl LogReader for LogStore {
             });
             if !ordered {
                 for b in blocks.iter().step_by(2) {
-                    load_block(dir, b, &mut buf, &mut raw, &mut dctx)?;
+                    load_block(dir, b, lines, &mut buf, &mut raw, &mut dctx)?;
                     if !run(b, &raw)? {
                         return Ok(());
                     }
