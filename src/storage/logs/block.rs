@@ -1974,21 +1974,29 @@ mod tests {
         }
     }
 
-    /// Pinned format: `UPDATE_FIXTURES=1 cargo test --release --lib logs_records_fixture` rewrites it.
-    #[test]
-    fn logs_records_fixture() {
+    /// The records, length-prefixed (u32 LE) back to back, must equal the pinned file at `path`;
+    /// `UPDATE_FIXTURES=1` rewrites it first. Returns the pinned bytes.
+    fn check_fixture(path: &str, records: Vec<Vec<u8>>, changed: &str) -> Vec<u8> {
         let mut file = Vec::new();
-        for r in records() {
+        for r in records {
             file.extend_from_slice(&(r.len() as u32).to_le_bytes());
             file.extend_from_slice(&r);
         }
         if std::env::var_os("UPDATE_FIXTURES").is_some() {
-            std::fs::write(FIXTURE, &file).unwrap();
+            std::fs::write(path, &file).unwrap();
         }
-        let pinned = std::fs::read(FIXTURE).expect("fixture missing: run with UPDATE_FIXTURES=1");
-        assert_eq!(
-            pinned, file,
-            "the logs record format changed: bump VERSION or fix the encoder"
+        let pinned = std::fs::read(path).expect("fixture missing: run with UPDATE_FIXTURES=1");
+        assert_eq!(pinned, file, "{changed}");
+        pinned
+    }
+
+    /// Pinned format: `UPDATE_FIXTURES=1 cargo test --release --lib logs_records_fixture` rewrites it.
+    #[test]
+    fn logs_records_fixture() {
+        check_fixture(
+            FIXTURE,
+            records(),
+            "the logs record format changed: bump VERSION or fix the encoder",
         );
     }
 
@@ -2138,18 +2146,10 @@ mod tests {
     /// it. The pinned block must also decode to the entries it was made from.
     #[test]
     fn logs_columns_fixture() {
-        let mut file = Vec::new();
-        for r in column_records() {
-            file.extend_from_slice(&(r.len() as u32).to_le_bytes());
-            file.extend_from_slice(&r);
-        }
-        if std::env::var_os("UPDATE_FIXTURES").is_some() {
-            std::fs::write(FIXTURE_COLUMNS, &file).unwrap();
-        }
-        let pinned = std::fs::read(FIXTURE_COLUMNS).expect("fixture missing: run with UPDATE_FIXTURES=1");
-        assert_eq!(
-            pinned, file,
-            "the logs column format changed: add a codec or fix the encoder"
+        let pinned = check_fixture(
+            FIXTURE_COLUMNS,
+            column_records(),
+            "the logs column format changed: add a codec or fix the encoder",
         );
         let n = u32::from_le_bytes(pinned[..4].try_into().unwrap()) as usize;
         let m = u32::from_le_bytes(pinned[4 + n..8 + n].try_into().unwrap()) as usize;
