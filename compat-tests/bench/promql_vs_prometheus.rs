@@ -100,12 +100,7 @@ struct Params {
 
 impl Params {
     fn from_env() -> Res<Params> {
-        let only = match std::env::var("BENCH_ONLY").ok().as_deref() {
-            None | Some("") => None,
-            Some("prometheus") => Some(System::Prometheus),
-            Some("monitoring-rs") => Some(System::Ours),
-            Some(o) => return Err(format!("BENCH_ONLY={o}: expected `prometheus` or `monitoring-rs`")),
-        };
+        let only = System::only_from_env()?;
         let shared = match std::env::var_os("SHARED_DIR") {
             Some(d) => PathBuf::from(d),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
@@ -128,20 +123,7 @@ impl Params {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum System {
-    Prometheus,
-    Ours,
-}
-
 impl System {
-    fn name(self) -> &'static str {
-        match self {
-            System::Prometheus => "prometheus",
-            System::Ours => "monitoring-rs",
-        }
-    }
-
     /// Writes the system's config file into `root` (outside its data dir, so the data dir holds data only).
     /// Both keep their default 2 h blocks.
     fn write_config(self, root: &Path) -> Res<PathBuf> {
@@ -281,26 +263,7 @@ fn run() -> Res<()> {
     }
     let combos = combos(&p, main_set.start_ms);
 
-    let mut targets: Vec<(System, PathBuf)> = Vec::new();
-    if p.only != Some(System::Ours) {
-        match find_on_path("prometheus") {
-            Some(bin) => {
-                let mut version = Command::new(&bin);
-                version.arg("--version");
-                if let Ok(out) = run_to_end(version, "prometheus --version", tools.path(), HTTP_TIMEOUT) {
-                    println!(
-                        "reference: {}",
-                        out.lines().next().unwrap_or("prometheus (version unknown)")
-                    );
-                }
-                targets.push((System::Prometheus, bin));
-            }
-            None => println!("reference: prometheus not found (apt-get install prometheus)"),
-        }
-    }
-    if p.only != Some(System::Prometheus) {
-        targets.push((System::Ours, PathBuf::from(OURS_BIN)));
-    }
+    let targets = bench_targets(p.only, tools.path(), OURS_BIN);
 
     let mut prom = SysResult::default();
     let mut ours = SysResult::default();

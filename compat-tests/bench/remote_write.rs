@@ -65,12 +65,7 @@ struct Params {
 
 impl Params {
     fn from_env() -> Res<Params> {
-        let only = match std::env::var("BENCH_ONLY").ok().as_deref() {
-            None | Some("") => None,
-            Some("prometheus") => Some(System::Prometheus),
-            Some("monitoring-rs") => Some(System::Ours),
-            Some(o) => return Err(format!("BENCH_ONLY={o}: expected `prometheus` or `monitoring-rs`")),
-        };
+        let only = System::only_from_env()?;
         let block = std::env::var("BENCH_BLOCK").unwrap_or_else(|_| "30m".to_string());
         if block.is_empty() || !block.chars().all(|c| c.is_ascii_digit() || "smhdwy".contains(c)) {
             return Err(format!("BENCH_BLOCK={block}: expected a duration such as 30m or 2h"));
@@ -96,20 +91,7 @@ impl Params {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum System {
-    Prometheus,
-    Ours,
-}
-
 impl System {
-    fn name(self) -> &'static str {
-        match self {
-            System::Prometheus => "prometheus",
-            System::Ours => "monitoring-rs",
-        }
-    }
-
     /// Writes the system's config file into `root` (outside its data dir, so the data dir holds data only).
     fn write_config(self, root: &Path, p: &Params) -> Res<PathBuf> {
         let (file, text) = match self {
@@ -190,26 +172,7 @@ fn run() -> Res<()> {
     let data = prepare_data(&p, tools.path())?;
     println!("data set: {} ({} samples)", data.path.display(), data.samples);
 
-    let mut targets: Vec<(System, PathBuf)> = Vec::new();
-    if p.only != Some(System::Ours) {
-        match find_on_path("prometheus") {
-            Some(bin) => {
-                let mut version = Command::new(&bin);
-                version.arg("--version");
-                if let Ok(out) = run_to_end(version, "prometheus --version", tools.path(), HTTP_TIMEOUT) {
-                    println!(
-                        "reference: {}",
-                        out.lines().next().unwrap_or("prometheus (version unknown)")
-                    );
-                }
-                targets.push((System::Prometheus, bin));
-            }
-            None => println!("reference: prometheus not found (apt-get install prometheus)"),
-        }
-    }
-    if p.only != Some(System::Prometheus) {
-        targets.push((System::Ours, PathBuf::from(OURS_BIN)));
-    }
+    let targets = bench_targets(p.only, tools.path(), OURS_BIN);
 
     let mut prom = SysResult::default();
     let mut ours = SysResult::default();

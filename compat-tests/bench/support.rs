@@ -338,3 +338,55 @@ pub fn vm_hwm_kib(pid: u32) -> Res<u64> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("no VmHWM in {path}"))
 }
+
+/// The two servers the Prometheus-side benchmarks compare.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    Prometheus,
+    Ours,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Prometheus => "prometheus",
+            System::Ours => "monitoring-rs",
+        }
+    }
+
+    /// `BENCH_ONLY=prometheus|monitoring-rs` runs one side only; unset or empty runs both.
+    pub fn only_from_env() -> Res<Option<System>> {
+        match std::env::var("BENCH_ONLY").ok().as_deref() {
+            None | Some("") => Ok(None),
+            Some("prometheus") => Ok(Some(System::Prometheus)),
+            Some("monitoring-rs") => Ok(Some(System::Ours)),
+            Some(o) => Err(format!("BENCH_ONLY={o}: expected `prometheus` or `monitoring-rs`")),
+        }
+    }
+}
+
+/// The servers to run, Prometheus first (its version printed; a note when it is not installed),
+/// then ours (`ours_bin`), minus the one `only` excludes.
+pub fn bench_targets(only: Option<System>, tools: &Path, ours_bin: &str) -> Vec<(System, PathBuf)> {
+    let mut targets = Vec::new();
+    if only != Some(System::Ours) {
+        match find_on_path("prometheus") {
+            Some(bin) => {
+                let mut version = Command::new(&bin);
+                version.arg("--version");
+                if let Ok(out) = run_to_end(version, "prometheus --version", tools, HTTP_TIMEOUT) {
+                    println!(
+                        "reference: {}",
+                        out.lines().next().unwrap_or("prometheus (version unknown)")
+                    );
+                }
+                targets.push((System::Prometheus, bin));
+            }
+            None => println!("reference: prometheus not found (apt-get install prometheus)"),
+        }
+    }
+    if only != Some(System::Prometheus) {
+        targets.push((System::Ours, PathBuf::from(ours_bin)));
+    }
+    targets
+}
