@@ -104,17 +104,8 @@ impl Writer {
 
     fn ts(&mut self) -> String {
         self.ts += 1_000_000;
-        let secs = self.ts / 1_000_000_000;
-        let frac = self.ts % 1_000_000_000;
         // containerd's trimmed fraction, in UTC.
-        let t = format_rfc3339(secs);
-        let f = format!("{frac:09}");
-        let f = f.trim_end_matches('0');
-        if f.is_empty() {
-            format!("{t}Z")
-        } else {
-            format!("{t}.{f}Z")
-        }
+        monitoring_rs::model::text::format_rfc3339_ns(self.ts)
     }
 
     fn cri(&mut self, stream: &str, tag: &str, msg: &str) {
@@ -137,26 +128,6 @@ impl Writer {
         }
         self.f = OpenOptions::new().create(true).append(true).open(&self.path).unwrap();
     }
-}
-
-fn format_rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
 }
 
 /// Every stored line of the tree with its labels (minus the ingester's own `service_name`) and how

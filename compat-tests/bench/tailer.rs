@@ -92,7 +92,8 @@ fn write_tree(root: &Path, total: usize) -> (u64, u64) {
             let ts = t0 + (k as i64) * 1000;
             let secs = ts / 1_000_000_000;
             let ns = ts % 1_000_000_000;
-            let t = format!("{}.{ns:09}Z", rfc3339(secs));
+            let whole = monitoring_rs::model::text::format_rfc3339_ns(secs * 1_000_000_000);
+            let t = format!("{}.{ns:09}Z", whole.trim_end_matches('Z'));
             let msg = format!(
                 "level=info ts={secs} caller=handler.go:{k} msg=\"request served\" method=GET path=/api/v1/items/{k} status=200 bytes={} duration_ms={}",
                 k * 7 % 9000,
@@ -113,26 +114,6 @@ fn write_tree(root: &Path, total: usize) -> (u64, u64) {
         f.flush().unwrap();
     }
     (lines, bytes)
-}
-
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
 }
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {

@@ -218,23 +218,27 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Formats unix ns as RFC 3339 in UTC with the fraction Go's `time.Time.String` would need
-/// (`2024-05-01T10:00:00.123Z`), for error messages.
-pub fn format_rfc3339_ns(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let frac = ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // civil_from_days (Hinnant).
+/// (year, month, day) of a day count since 1970-01-01, proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`); the inverse of [`days_from_civil`].
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Formats unix ns as RFC 3339 in UTC with the fraction Go's `time.Time.String` would need
+/// (`2024-05-01T10:00:00.123Z`), for error messages.
+pub fn format_rfc3339_ns(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let frac = ns.rem_euclid(1_000_000_000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
     let mut s = format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         sod / 3600,
@@ -352,5 +356,16 @@ mod tests {
             "2023-11-14T21:13:20.123456789Z"
         );
         assert_eq!(format_rfc3339_ns(0), "1970-01-01T00:00:00Z");
+    }
+
+    /// `civil_from_days` inverts `days_from_civil` across leap days, centuries and before 1970.
+    #[test]
+    fn civil_round_trip() {
+        for days in (-800_000..800_000).step_by(97).chain(-1..=1) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, i64::from(m), i64::from(d)), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }

@@ -636,27 +636,13 @@ pub fn go_time_string(ns: i64) -> String {
     s
 }
 
-/// Civil date from days since the epoch (Howard Hinnant's algorithm).
-pub fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// Go time layout formatting (UTC), for the layout elements Loki users write.
 pub fn go_date(layout: &str, ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let frac = ns.rem_euclid(1_000_000_000);
     let days = secs.div_euclid(86400);
     let sod = secs.rem_euclid(86400);
-    let (y, mo, d) = civil(days);
+    let (y, mo, d) = crate::model::text::civil_from_days(days);
     let (h, mi, s) = (sod / 3600, (sod % 3600) / 60, sod % 60);
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -788,18 +788,9 @@ impl Calendar {
     fn of(&mut self, ts: i64) -> &[u64; 7] {
         let secs = ts.div_euclid(1_000_000_000);
         if secs != self.secs {
-            // Howard Hinnant's civil_from_days.
-            let days = secs.div_euclid(86_400);
+            let (y, m, d) = crate::model::text::civil_from_days(secs.div_euclid(86_400));
+            let (m, d) = (u64::from(m), u64::from(d));
             let sod = secs.rem_euclid(86_400) as u64;
-            let z = days + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z.rem_euclid(146_097);
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
-            let m = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-            let y = yoe + era * 400 + i64::from(m <= 2);
             *self = Calendar {
                 secs,
                 f: [y.max(0) as u64, m, d, sod / 3600, sod / 60 % 60, sod % 60, m * 100 + d],
