@@ -63,13 +63,23 @@ fn series(db: &MetricsDb, name: &str) -> Series {
 }
 
 /// Waits until `up` of the live target has `n` samples (each scrape writes one).
+/// `up` samples stored so far for the live target.
+fn live_scrapes(db: &MetricsDb) -> usize {
+    series(db, "up")
+        .iter()
+        .find(|(l, _)| l.contains("live"))
+        .map_or(0, |(_, v)| v.len())
+}
+
+/// Waits until `more` scrapes of the live target were stored after the ones already there.
+fn wait_more_scrapes(db: &MetricsDb, more: usize) {
+    wait_scrapes(db, live_scrapes(db) + more);
+}
+
 fn wait_scrapes(db: &MetricsDb, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got = series(db, "up")
-            .iter()
-            .find(|(l, _)| l.contains("live"))
-            .map_or(0, |(_, v)| v.len());
+        let got = live_scrapes(db);
         if got >= n {
             return;
         }
@@ -199,13 +209,7 @@ async fn scrape_test_target() {
 
     // `b` vanishes (and the body becomes OpenMetrics): `b` gets a staleness marker.
     *body.lock().unwrap() = Some((V2.to_string(), "application/openmetrics-text; version=1.0.0"));
-    let n = series(&db, "up")
-        .iter()
-        .find(|(l, _)| l.contains("live"))
-        .unwrap()
-        .1
-        .len();
-    wait_scrapes(&db, n + 2);
+    wait_more_scrapes(&db, 2);
     check(&db, "a_total", &[(&format!("{{{live}, x=\"1\"}}"), "5")]);
     check(
         &db,
@@ -216,13 +220,7 @@ async fn scrape_test_target() {
 
     // The target fails: everything it had goes stale, `up` is 0.
     *body.lock().unwrap() = None;
-    let n = series(&db, "up")
-        .iter()
-        .find(|(l, _)| l.contains("live"))
-        .unwrap()
-        .1
-        .len();
-    wait_scrapes(&db, n + 2);
+    wait_more_scrapes(&db, 2);
     check(&db, "a_total", &[(&format!("{{{live}, x=\"1\"}}"), "stale")]);
     check(
         &db,
@@ -232,13 +230,7 @@ async fn scrape_test_target() {
 
     // Back up, then the scraper stops (the target goes away): its series end with a marker.
     *body.lock().unwrap() = Some((V2.to_string(), "bogus/type"));
-    let n = series(&db, "up")
-        .iter()
-        .find(|(l, _)| l.contains("live"))
-        .unwrap()
-        .1
-        .len();
-    wait_scrapes(&db, n + 2);
+    wait_more_scrapes(&db, 2);
     check(
         &db,
         "up",
