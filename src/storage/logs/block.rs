@@ -734,19 +734,6 @@ impl Bloom {
     }
 }
 
-/// [`decompress`] for callers that keep a decompression context across blocks. `decompress` now keeps
-/// one zstd context per thread itself (creating one per block was 11 % of the CPU of a full scan:
-/// `perf`, `sum by (namespace) (rate({job=~".+"}[1m]))` over the lokiload corpus), so the caller's
-/// slot is no longer used; the signature stays for the read path.
-pub fn decompress_with(
-    h: &BlockHeader,
-    data: &[u8],
-    out: &mut Vec<u8>,
-    _dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
-) -> Result<(), LogsError> {
-    decompress(h, data, out)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Column layout (codec byte 3): see "Column blocks" in the module docs.
 

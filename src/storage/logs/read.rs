@@ -157,7 +157,6 @@ fn load_block(
     lines: bool,
     buf: &mut Vec<u8>,
     raw: &mut Vec<u8>,
-    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
 ) -> Result<(), LogsError> {
     crate::storage::wal::read_record_at(dir, b.block.pos, buf)?;
     let (ty, mut r) = block::open_record(buf)?;
@@ -166,7 +165,7 @@ fn load_block(
     }
     let (h, data) = block::decode_block_header(&mut r)?;
     if lines {
-        block::decompress_with(&h, data, raw, dctx)
+        block::decompress(&h, data, raw)
     } else {
         block::decompress_head(&h, data, raw)
     }
@@ -538,10 +537,10 @@ impl LogReader for LogStore {
             }))
         };
         let dir = sel.dir.as_path();
-        let (mut buf, mut raw, mut dctx) = (Vec::new(), Vec::new(), None);
+        let (mut buf, mut raw) = (Vec::new(), Vec::new());
         if sel.blocks.len() < PARALLEL_BLOCKS {
             for b in &sel.blocks {
-                load_block(dir, b, lines, &mut buf, &mut raw, &mut dctx)?;
+                load_block(dir, b, lines, &mut buf, &mut raw)?;
                 if !run(b, &raw)? {
                     break;
                 }
@@ -558,10 +557,10 @@ impl LogReader for LogStore {
             // Ordered: the worker reads every block ahead of this thread; unordered: the odd ones.
             let (step, first) = if ordered { (1, 0) } else { (2, 1) };
             sc.spawn(move || {
-                let (mut buf, mut dctx) = (Vec::new(), None);
+                let mut buf = Vec::new();
                 for (i, b) in blocks.iter().enumerate().skip(first).step_by(step) {
                     let mut raw = back_rx.try_recv().unwrap_or_default();
-                    let r = load_block(dir, b, lines, &mut buf, &mut raw, &mut dctx).map(|()| (i, raw));
+                    let r = load_block(dir, b, lines, &mut buf, &mut raw).map(|()| (i, raw));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
@@ -570,7 +569,7 @@ impl LogReader for LogStore {
             });
             if !ordered {
                 for b in blocks.iter().step_by(2) {
-                    load_block(dir, b, lines, &mut buf, &mut raw, &mut dctx)?;
+                    load_block(dir, b, lines, &mut buf, &mut raw)?;
                     if !run(b, &raw)? {
                         return Ok(());
                     }
