@@ -329,14 +329,19 @@ pub fn cpu_seconds(pid: u32) -> Res<f64> {
 }
 
 pub fn vm_hwm_kib(pid: u32) -> Res<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, e.g. `VmRSS` or `VmHWM`.
+pub fn status_kib(pid: u32, field: &str) -> Res<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no VmHWM in {path}"))
+        .ok_or_else(|| format!("no {field} in {path}"))
 }
 
 /// The two servers the Prometheus-side benchmarks compare.

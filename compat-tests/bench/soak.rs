@@ -1,0 +1,429 @@
+//! Soak (issue 6's footprint): the real binary at a steady load for an hour, its RSS sampled all
+//! along, to show memory stays flat (this project's ancestor leaked linearly; it must never return).
+//!
+//! `cargo bench --bench soak` runs, for `SOAK_SECS` (default 3600):
+//! - the pod-log tailer over 200 CRI files (100 pods × 2 containers) written at `SOAK_LINES_PER_SEC`
+//!   (default 1000, ~150-byte messages), each file rotated kubelet-style (rename to
+//!   `0.log.<stamp>`, a few late lines to the old handle, new `0.log`, older rotations deleted)
+//!   every 2 MiB, and one pod replaced by a new one (new name and uid, old directory removed)
+//!   every minute;
+//! - 20 scrape targets (300 series each, counters rising) scraped every 15 s;
+//! - every 15 s a PromQL range query, a LogQL metric query and a LogQL log query over HTTP.
+//!
+//! It prints a row every 5 minutes (RSS, CPU ms per second, open descriptors, lines stored) and at
+//! the end the RSS after warm-up (the first 10 % of the run), its maximum, the last value and the
+//! least-squares slope of RSS over the rest of the run in MiB per hour, plus lines written vs stored.
+
+#[path = "support.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{Proc, Res, cpu_seconds, env_u64, free_port, http_get, status_kib, target_dir, wait_ready};
+
+const BIN: &str = env!("CARGO_BIN_EXE_monitoring-rs");
+const PODS: usize = 100;
+const CONTAINERS: [&str; 2] = ["app", "sidecar"];
+const TARGETS: usize = 20;
+const SERIES_PER_TARGET: usize = 300;
+const ROTATE_BYTES: u64 = 2 << 20;
+const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+const PRINT_EVERY: Duration = Duration::from_secs(300);
+const QUERY_EVERY: Duration = Duration::from_secs(15);
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("soak: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// containerd's timestamp style: RFC 3339 with nanoseconds, `Z`.
+fn cri_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = monitoring_rs::model::text::civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+struct Pod {
+    dir: PathBuf,
+}
+
+/// The node's log tree and its writer: round-robin lines, rotation, pod churn.
+struct Node {
+    root: PathBuf,
+    pods: Vec<Pod>,
+    next_pod: usize,
+    seq: u64,
+    /// Pods no longer written to, with when they stopped: their directories go a minute later,
+    /// as kubelet removes a deleted pod's logs (lines written before are all still read).
+    retired: Vec<(Instant, PathBuf)>,
+}
+
+impl Node {
+    fn new(root: &Path) -> Res<Node> {
+        let mut n = Node {
+            root: root.to_path_buf(),
+            pods: Vec::new(),
+            next_pod: 0,
+            seq: 0,
+            retired: Vec::new(),
+        };
+        for _ in 0..PODS {
+            let p = n.new_pod()?;
+            n.pods.push(p);
+        }
+        Ok(n)
+    }
+
+    fn new_pod(&mut self) -> Res<Pod> {
+        let i = self.next_pod;
+        self.next_pod += 1;
+        let dir = self.root.join(format!(
+            "ns{}_web-{i}_{:08x}-0000-4000-8000-{:012x}",
+            i % 7,
+            i * 7919,
+            i
+        ));
+        for c in CONTAINERS {
+            std::fs::create_dir_all(dir.join(c)).map_err(|e| format!("mkdir: {e}"))?;
+            std::fs::File::create(dir.join(c).join("0.log")).map_err(|e| format!("create: {e}"))?;
+        }
+        Ok(Pod { dir })
+    }
+
+    /// Writes `n` lines round-robin over every file; returns lines written.
+    fn write(&mut self, n: u64) -> Res<u64> {
+        let files = self.pods.len() * CONTAINERS.len();
+        let per_file = n.div_ceil(files as u64);
+        let mut written = 0;
+        let ts = cri_time(now_ns());
+        let mut buf = String::new();
+        for p in &self.pods {
+            for c in CONTAINERS {
+                if written >= n {
+                    return Ok(written);
+                }
+                let path = p.dir.join(c).join("0.log");
+                buf.clear();
+                for _ in 0..per_file.min(n - written) {
+                    self.seq += 1;
+                    let s = self.seq;
+                    let _ = writeln!(
+                        buf,
+                        "{ts} stdout F level=info msg=\"handled request\" method=GET path=/api/v1/items/{} status={} duration_ms={} trace_id={:016x}",
+                        s % 977,
+                        [200, 200, 200, 404, 500][(s % 5) as usize],
+                        s % 250,
+                        s.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    );
+                    written += 1;
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| format!("open {}: {e}", path.display()))?;
+                f.write_all(buf.as_bytes()).map_err(|e| format!("write: {e}"))?;
+                if f.metadata().map(|m| m.len()).unwrap_or(0) >= ROTATE_BYTES {
+                    rotate(&path, &mut f, &ts)?;
+                    written += 2;
+                    self.seq += 2;
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Replaces the oldest pod with a new one (kubelet removes the directory of a deleted pod).
+    fn churn(&mut self) -> Res<()> {
+        let old = self.pods.remove(0);
+        self.retired.push((Instant::now(), old.dir));
+        while self
+            .retired
+            .first()
+            .is_some_and(|r| r.0.elapsed() >= Duration::from_secs(60))
+        {
+            let (_, dir) = self.retired.remove(0);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let p = self.new_pod()?;
+        self.pods.push(p);
+        Ok(())
+    }
+}
+
+/// Kubelet's rotation: older rotations deleted, `0.log` renamed, two late lines to the renamed file
+/// through the writer's handle, then a new `0.log`.
+fn rotate(path: &Path, f: &mut std::fs::File, ts: &str) -> Res<()> {
+    let dir = path.parent().ok_or("no parent")?;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("0.log.") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let rotated = dir.join(format!("0.log.{}", now_ns()));
+    std::fs::rename(path, &rotated).map_err(|e| format!("rename: {e}"))?;
+    let late = format!("{ts} stdout F late line one\n{ts} stderr F late line two\n");
+    f.write_all(late.as_bytes()).map_err(|e| format!("late write: {e}"))?;
+    std::fs::File::create(path).map_err(|e| format!("create: {e}"))?;
+    Ok(())
+}
+
+/// A scrape target: 300 series, counters rising with every scrape.
+fn serve_target(l: TcpListener, id: usize, stop: Arc<AtomicBool>) {
+    let mut scrapes: u64 = 0;
+    l.set_nonblocking(true).ok();
+    let mut body = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((mut s, _)) = l.accept() else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        s.set_nonblocking(false).ok();
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req);
+        scrapes += 1;
+        body.clear();
+        body.push_str("# HELP soak_requests_total Requests handled.\n# TYPE soak_requests_total counter\n");
+        for k in 0..SERIES_PER_TARGET - 1 {
+            let _ = writeln!(
+                body,
+                "soak_requests_total{{handler=\"/h{}\",code=\"{}\"}} {}",
+                k / 3,
+                [200, 404, 500][k % 3],
+                scrapes * (k as u64 + 1) + id as u64
+            );
+        }
+        body.push_str("# TYPE soak_up_seconds gauge\n");
+        let _ = writeln!(body, "soak_up_seconds {}", scrapes * 15);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body.as_bytes());
+    }
+}
+
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Least-squares slope of (seconds, MiB), in MiB per hour.
+fn slope_per_hour(pts: &[(f64, f64)]) -> f64 {
+    let n = pts.len() as f64;
+    if pts.len() < 2 {
+        return 0.0;
+    }
+    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    if sxx == 0.0 { 0.0 } else { sxy / sxx * 3600.0 }
+}
+
+fn urlenc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
+}
+
+fn run() -> Res<()> {
+    let secs = env_u64("SOAK_SECS", 3600)?;
+    let rate = env_u64("SOAK_LINES_PER_SEC", 1000)?;
+    let work = target_dir().join("soak");
+    let _ = std::fs::remove_dir_all(&work);
+    let root = work.join("pods");
+    std::fs::create_dir_all(&root).map_err(|e| format!("mkdir: {e}"))?;
+    let mut node = Node::new(&root)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut targets = Vec::new();
+    let mut addrs = Vec::new();
+    for id in 0..TARGETS {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        addrs.push(format!("\"{}\"", l.local_addr().map_err(|e| e.to_string())?));
+        let st = Arc::clone(&stop);
+        targets.push(std::thread::spawn(move || serve_target(l, id, st)));
+    }
+    let cfg = work.join("soak.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "scrape_configs:\n  - job_name: soak\n    scrape_interval: 15s\n    scrape_timeout: 10s\n    static_configs:\n      - targets: [{}]\n",
+            addrs.join(", ")
+        ),
+    )
+    .map_err(|e| format!("write config: {e}"))?;
+
+    let port = free_port()?;
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--pod-logs")
+        .arg(&root)
+        .env("NODE_NAME", "soak");
+    let mut srv = Proc::spawn(cmd, "monitoring-rs".into(), None, &work.join("server.log"))?;
+    wait_ready(&mut srv, port)?;
+    let pid = srv.pid();
+    println!(
+        "soak: {secs} s, {rate} lines/s over {} files, {TARGETS} targets × {SERIES_PER_TARGET} series @ 15 s, 3 queries / 15 s",
+        PODS * CONTAINERS.len()
+    );
+    println!(
+        "{:>6} {:>9} {:>10} {:>5} {:>12} {:>12}",
+        "min", "RSS MiB", "CPU ms/s", "fds", "written", "stored"
+    );
+
+    let written = Arc::new(AtomicU64::new(0));
+    let queries_failed = Arc::new(AtomicU64::new(0));
+    let qstop = Arc::clone(&stop);
+    let qfail = Arc::clone(&queries_failed);
+    let querier = std::thread::spawn(move || {
+        while !qstop.load(Ordering::Relaxed) {
+            let end = now_ns() / 1_000_000_000;
+            let start = end - 600;
+            let qs = [
+                format!(
+                    "/api/v1/query_range?query={}&start={start}&end={end}&step=15",
+                    urlenc("sum by (code) (rate(soak_requests_total[1m]))")
+                ),
+                format!(
+                    "/loki/api/v1/query_range?query={}&start={start}000000000&end={end}000000000&step=15",
+                    urlenc("sum by (container) (count_over_time({node=\"soak\"} |= \"status=500\" [1m]))")
+                ),
+                format!(
+                    "/loki/api/v1/query_range?query={}&start={start}000000000&end={end}000000000&limit=100",
+                    urlenc("{container=\"app\"} | logfmt | status >= 500")
+                ),
+            ];
+            for q in &qs {
+                if !matches!(http_get(port, q, Duration::from_secs(30)), Ok((200, _))) {
+                    qfail.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let t = Instant::now();
+            while t.elapsed() < QUERY_EVERY && !qstop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+
+    let t0 = Instant::now();
+    let cpu0 = cpu_seconds(pid)?;
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let (mut last_sample, mut last_print, mut last_churn) = (t0, t0, t0);
+    let (mut last_cpu, mut last_cpu_t) = (cpu0, t0);
+    let mut tick = t0;
+    let mut stored = 0.0;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tick += Duration::from_millis(100);
+        let w = node.write(rate / 10)?;
+        written.fetch_add(w, Ordering::Relaxed);
+        if last_churn.elapsed() >= Duration::from_secs(60) {
+            node.churn()?;
+            last_churn = Instant::now();
+        }
+        if last_sample.elapsed() >= SAMPLE_EVERY {
+            last_sample = Instant::now();
+            let rss = status_kib(pid, "VmRSS")? as f64 / 1024.0;
+            samples.push((t0.elapsed().as_secs_f64(), rss));
+            if last_print.elapsed() >= PRINT_EVERY {
+                last_print = Instant::now();
+                let cpu = cpu_seconds(pid)?;
+                let ms = (cpu - last_cpu) * 1000.0 / last_cpu_t.elapsed().as_secs_f64();
+                (last_cpu, last_cpu_t) = (cpu, Instant::now());
+                if let Ok((200, m)) = http_get(port, "/metrics", Duration::from_secs(10)) {
+                    stored = metric_value(&String::from_utf8_lossy(&m), "monitoring_rs_tailer_lines_total");
+                }
+                println!(
+                    "{:>6.1} {rss:>9.1} {ms:>10.1} {:>5} {:>12} {stored:>12}",
+                    t0.elapsed().as_secs_f64() / 60.0,
+                    open_fds(pid),
+                    written.load(Ordering::Relaxed)
+                );
+            }
+        }
+        if let Some(s) = srv.exited() {
+            return Err(format!("server exited during the soak ({s}){}", srv.tail()));
+        }
+        let now = Instant::now();
+        if tick > now {
+            std::thread::sleep(tick - now);
+        } else {
+            tick = now;
+        }
+    }
+    let cpu = cpu_seconds(pid)? - cpu0;
+    // Let the tailer catch up before counting what it stored.
+    std::thread::sleep(Duration::from_secs(15));
+    if let Ok((200, m)) = http_get(port, "/metrics", Duration::from_secs(10)) {
+        stored = metric_value(&String::from_utf8_lossy(&m), "monitoring_rs_tailer_lines_total");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = querier.join();
+    for t in targets {
+        let _ = t.join();
+    }
+    let warm = samples.len() / 10;
+    let rest = &samples[warm.min(samples.len())..];
+    let at_warm = rest.first().map(|p| p.1).unwrap_or(f64::NAN);
+    let max = rest.iter().map(|p| p.1).fold(f64::NAN, f64::max);
+    let last = rest.last().map(|p| p.1).unwrap_or(f64::NAN);
+    println!(
+        "RSS after warm-up ({:.0} min) {at_warm:.1} MiB, max {max:.1} MiB, last {last:.1} MiB, slope {:+.2} MiB/h over the last {:.0} min",
+        rest.first().map(|p| p.0 / 60.0).unwrap_or(0.0),
+        slope_per_hour(rest),
+        rest.last().map(|p| p.0).unwrap_or(0.0) / 60.0 - rest.first().map(|p| p.0).unwrap_or(0.0) / 60.0
+    );
+    println!(
+        "CPU {:.1} ms/s on average; lines written {}, stored {stored}; queries failed {}",
+        cpu * 1000.0 / secs as f64,
+        written.load(Ordering::Relaxed),
+        queries_failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
