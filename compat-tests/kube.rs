@@ -596,7 +596,10 @@ fn strip_rv(line: &str) -> String {
 
 /// Every `{job="kubernetes-events"}` stream (labels without `job`) and line (without `eventRV=`)
 /// in the store must be exactly `want`; more lines than wanted fail at once (duplicates).
-fn check_events(s: &Server, want: &[(&[(&str, &str)], &[&str])]) {
+/// One expected events stream: its labels (without `job`) and its lines.
+type WantStream<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+
+fn check_events(s: &Server, want: &[WantStream<'_>]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got: Vec<(BTreeMap<String, String>, Vec<String>)> = query(s, "{job=\"kubernetes-events\"}")

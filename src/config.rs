@@ -480,7 +480,8 @@ impl Config {
             });
         }
         let ck = &self.collect.kube;
-        if !ck.api_url.is_empty() && !(ck.api_url.starts_with("http://") || ck.api_url.starts_with("https://")) {
+        let url_ok = ck.api_url.is_empty() || ck.api_url.starts_with("http://") || ck.api_url.starts_with("https://");
+        if !url_ok {
             return Err(ConfigError::Invalid {
                 key: "collect.kube.api_url",
                 message: format!("{:?} is not an http:// or https:// URL", ck.api_url),
