@@ -35,6 +35,21 @@ const MODULES: &[&str] = &[
 /// External crates that only one module may use.
 const OWNERS: &[(&str, &str)] = &[("axum", "api"), ("kube", "collect"), ("inotify", "collect")];
 
+/// External crates that only files under one path may use (narrower than a module):
+/// (crate, path prefix under `src/`).
+const PATH_OWNERS: &[(&str, &str)] = &[("kube", "collect/kube"), ("k8s_openapi", "collect/kube")];
+
+/// A non-comment line naming `krate::` as a path root (not `x::krate::` or `my_krate::`).
+fn uses_crate(text: &str, krate: &str) -> bool {
+    let needle = format!("{krate}::");
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        !l.starts_with("//")
+            && l.match_indices(&needle)
+                .any(|(i, _)| i == 0 || !l[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':'))
+    })
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -105,6 +120,16 @@ fn check(violations: &mut Vec<String>, file: &Path, module: &str, text: &str) {
             }
         }
     }
+    let rel = file.to_string_lossy().replace('\\', "/");
+    for (krate, prefix) in PATH_OWNERS {
+        let owned = rel.contains(&format!("src/{prefix}/")) || rel.ends_with(&format!("src/{prefix}.rs"));
+        if !owned && uses_crate(text, krate) {
+            violations.push(format!(
+                "{}: only src/{prefix}* may use the `{krate}` crate",
+                file.display()
+            ));
+        }
+    }
     let code = if is_test_file(file) { "" } else { code };
     for (n, line) in code.lines().enumerate() {
         let l = line.trim_start();
@@ -164,5 +189,23 @@ fn tidy_catches_violations() {
         "ingest",
         "use crate::storage::metrics;\n#[cfg(test)]\nfn t(){ a.unwrap(); }\n",
     );
-    assert_eq!(v.len(), 3, "{v:#?}");
+    check(
+        &mut v,
+        Path::new("src/collect/logs/q.rs"),
+        "collect",
+        "use k8s_openapi::api::core::v1::Pod;\n",
+    );
+    check(
+        &mut v,
+        Path::new("src/collect/kube/ok.rs"),
+        "collect",
+        "use kube::runtime::watcher;\nuse crate::collect::kube::PodCache;\n",
+    );
+    check(
+        &mut v,
+        Path::new("src/app.rs"),
+        "app",
+        "use crate::collect::kube::KubeStats;\nlet x = kube::Client::new();\n",
+    );
+    assert_eq!(v.len(), 6, "{v:#?}");
 }

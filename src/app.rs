@@ -5,7 +5,11 @@
 //! details or storage formats.
 
 use crate::api::{self, ApiState, PushStats, WriteStats};
-use crate::collect::logs::{ErrorReason, IngestSink, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats};
+use crate::collect::kube::{KubeHandle, KubeOptions, KubeStats, Resource as KubeResource};
+use crate::collect::logs::{
+    ErrorReason, IngestSink, LabelProvider, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats,
+};
+use crate::collect::meta::ClusterView;
 use crate::collect::scrape::{ScrapeConfig, ScrapeState, Scraper, StaticProvider};
 use crate::config::{Compression, Config, FsyncSetting};
 use crate::ingest::{
@@ -99,7 +103,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_labels_per_series: cfg.limits.max_labels_per_series,
     };
     let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), limits));
-    let scraper = start_scraper(&cfg, &ingester)?;
     let lopts = logs_options(&cfg);
     let ldir = lopts.dir.clone();
     let logs = tokio::task::spawn_blocking(move || LogStore::open(lopts))
@@ -111,7 +114,26 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let loki = Arc::new(LokiIngester::new(Arc::clone(&logs), loki_limits(&cfg)).with_tail(tail.clone()));
     let push_stats = Arc::new(PushStats::default());
     let registry = Registry::new();
-    let tailer = start_tailer(&cfg, &loki, &registry)?;
+    let kube = start_kube(&cfg, &loki, &registry)?;
+    let labels: Arc<dyn LabelProvider> = match &kube {
+        Some(k) => {
+            // Files found before the first pod list would keep path labels only: give the list a
+            // moment (a healthy API answers in milliseconds); an API that is down only delays this.
+            if !k.wait_synced(std::time::Duration::from_secs(5)).await {
+                tracing::warn!(
+                    "No pod list from the Kubernetes API yet; log streams carry path labels until it answers."
+                );
+            }
+            k.cache()
+        }
+        None => Arc::new(PathLabels),
+    };
+    let tailer = start_tailer(&cfg, &loki, &registry, labels)?;
+    // Hand-off for kubernetes_sd_configs: `cluster` is this node's pods and the node itself, live
+    // (None without Kubernetes); the scraper's discovery takes it as a parameter at merge.
+    let cluster: Option<Arc<dyn ClusterView>> = kube.as_ref().map(|k| k.cluster_view());
+    let _ = &cluster;
+    let scraper = start_scraper(&cfg, &ingester)?;
     let write_stats = Arc::new(WriteStats::default());
     register_metrics(&registry, db.stats(), db.wal_stats(), ingester.stats(), &write_stats);
     register_log_metrics(&registry, &logs, loki.stats(), &push_stats);
@@ -162,6 +184,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             _ => tracing::warn!("The pod-log tailer thread panicked."),
         }
     }
+    if let Some(k) = kube {
+        // Also while the store is open: the events watcher finishes the batch it is writing.
+        k.shutdown().await;
+        tracing::info!("Kubernetes watchers stopped.");
+    }
     tracing::info!("Shutting down: finishing in-flight requests.");
     let _ = stop_tx.send(true);
     while let Some(res) = servers.join_next().await {
@@ -189,25 +216,39 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// The tailer's options from `collect.logs`; `None` when no pod-logs tree is configured.
+/// In a cluster (the kube watchers on with the in-cluster configuration) an empty `pod_logs_dir`
+/// means the node's `/var/log/pods`.
 pub fn tailer_options(cfg: &Config) -> Option<TailerOptions> {
     let c = &cfg.collect.logs;
-    if c.pod_logs_dir.as_os_str().is_empty() {
-        return None;
-    }
-    let mut o = TailerOptions::new(&c.pod_logs_dir, cfg.data_dir.join("tailer-positions"));
-    o.node_name = if !c.node_name.is_empty() {
-        c.node_name.clone()
-    } else if let Ok(n) = std::env::var("NODE_NAME") {
-        n
+    let in_cluster = cfg.collect.kube.active() && cfg.collect.kube.api_url.is_empty();
+    let root = if !c.pod_logs_dir.as_os_str().is_empty() {
+        c.pod_logs_dir.clone()
+    } else if in_cluster {
+        std::path::PathBuf::from("/var/log/pods")
     } else {
-        host_name()
+        return None;
     };
+    let mut o = TailerOptions::new(root, cfg.data_dir.join("tailer-positions"));
+    o.node_name = node_name(cfg);
     o.pod_labels = c.pod_labels.clone();
     o.rescan_interval = c.rescan_interval.0;
     o.max_line_size = usize::try_from(c.max_line_size.0).unwrap_or(usize::MAX);
     o.partial_timeout = c.partial_timeout.0;
     o.batch_bytes = usize::try_from(c.batch_size.0).unwrap_or(1 << 20);
     Some(o)
+}
+
+/// This node's name: `collect.logs.node_name`, else `$NODE_NAME` (the downward API), else the host
+/// name. Shared by the tailer's `node` label and the kube pods watch.
+pub fn node_name(cfg: &Config) -> String {
+    let c = &cfg.collect.logs;
+    if !c.node_name.is_empty() {
+        c.node_name.clone()
+    } else if let Ok(n) = std::env::var("NODE_NAME") {
+        n
+    } else {
+        host_name()
+    }
 }
 
 fn host_name() -> String {
@@ -220,7 +261,12 @@ type TailerHandle = (Arc<StopSignal>, std::thread::JoinHandle<()>);
 
 /// The tailer runs on its own thread (blocking reads, fsyncs and pushes: backpressure is the thread
 /// waiting); the app owns it and stops it before the store closes.
-fn start_tailer(cfg: &Config, loki: &Arc<LokiIngester>, registry: &Registry) -> anyhow::Result<Option<TailerHandle>> {
+fn start_tailer(
+    cfg: &Config,
+    loki: &Arc<LokiIngester>,
+    registry: &Registry,
+    labels: Arc<dyn LabelProvider>,
+) -> anyhow::Result<Option<TailerHandle>> {
     let Some(opts) = tailer_options(cfg) else {
         return Ok(None);
     };
@@ -232,7 +278,7 @@ fn start_tailer(cfg: &Config, loki: &Arc<LokiIngester>, registry: &Registry) -> 
         tenant: crate::api::DEFAULT_TENANT.to_string(),
     });
     tracing::info!(root = %opts.root.display(), node = %opts.node_name, "Tailing pod logs.");
-    let tailer = Tailer::new(opts, sink, Arc::new(PathLabels), stats);
+    let tailer = Tailer::new(opts, sink, labels, stats);
     let stop = Arc::new(StopSignal::new().context("creating the tailer's stop signal")?);
     let stop2 = Arc::clone(&stop);
     let handle = std::thread::Builder::new()
@@ -240,6 +286,105 @@ fn start_tailer(cfg: &Config, loki: &Arc<LokiIngester>, registry: &Registry) -> 
         .spawn(move || tailer.run(&stop2))
         .context("starting the pod-log tailer")?;
     Ok(Some((stop, handle)))
+}
+
+/// The Kubernetes watchers, when `collect.kube` is active; their tasks stop in `KubeHandle::shutdown`.
+fn start_kube(cfg: &Config, loki: &Arc<LokiIngester>, registry: &Registry) -> anyhow::Result<Option<KubeHandle>> {
+    let k = &cfg.collect.kube;
+    if !k.active() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let opts = KubeOptions {
+        api_url: k.api_url.clone(),
+        node_name: node_name(cfg),
+        deleted_pod_grace: k.deleted_pod_grace.0,
+        events: k.events,
+        events_state: cfg.data_dir.join("kube-events-state"),
+    };
+    let sink = Arc::new(IngestSink {
+        ingester: Arc::clone(loki),
+        tenant: crate::api::DEFAULT_TENANT.to_string(),
+    });
+    let stats = Arc::new(KubeStats::default());
+    register_kube_metrics(registry, &stats);
+    tracing::info!(
+        api = if opts.api_url.is_empty() { "in-cluster" } else { opts.api_url.as_str() },
+        node = %opts.node_name,
+        events = opts.events,
+        "Watching Kubernetes for this node's pods."
+    );
+    let h = crate::collect::kube::start(opts, sink, stats).context("config section `collect.kube`")?;
+    Ok(Some(h))
+}
+
+fn register_kube_metrics(reg: &Registry, st: &Arc<KubeStats>) {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let st = Arc::clone(st);
+    reg.register(move |w| {
+        let per_resource: [(&str, &str, &str, &[AtomicU64; 3]); 4] = [
+            (
+                "monitoring_rs_kube_watch_errors_total",
+                "counter",
+                "Errors of the Kubernetes watchers (list or watch failed, 410 Gone, API unreachable), by resource.",
+                &st.watch_errors,
+            ),
+            (
+                "monitoring_rs_kube_cache_synced",
+                "gauge",
+                "1 when the watcher holds a complete list and its last answer was good, by resource.",
+                &st.synced,
+            ),
+            (
+                "monitoring_rs_kube_objects_total",
+                "counter",
+                "Objects received by the Kubernetes watchers (list items and changes), by resource.",
+                &st.objects,
+            ),
+            (
+                "monitoring_rs_kube_lists_total",
+                "counter",
+                "Complete lists (first list and re-lists) by the Kubernetes watchers, by resource.",
+                &st.lists,
+            ),
+        ];
+        for (name, kind, help, v) in per_resource {
+            w.header(name, kind, help);
+            for r in KubeResource::ALL {
+                w.sample(name, &[("resource", r.as_str())], g(&v[r as usize]));
+            }
+        }
+        let counters: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "monitoring_rs_kube_events_stored_total",
+                "Kubernetes event occurrences stored as log lines.",
+                &st.events_stored,
+            ),
+            (
+                "monitoring_rs_kube_events_duplicate_total",
+                "Kubernetes events seen again unchanged (re-lists, restarts) and not stored twice.",
+                &st.events_duplicate,
+            ),
+            (
+                "monitoring_rs_kube_events_invalid_total",
+                "Kubernetes events without an involved object, not stored.",
+                &st.events_invalid,
+            ),
+            (
+                "monitoring_rs_kube_events_sink_errors_total",
+                "Batches of event lines the store refused (retried).",
+                &st.events_sink_errors,
+            ),
+            (
+                "monitoring_rs_kube_events_state_errors_total",
+                "Failed writes of the events dedup state file.",
+                &st.events_state_errors,
+            ),
+        ];
+        for (name, help, v) in counters {
+            w.single(name, "counter", help, g(v));
+        }
+    });
 }
 
 fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {

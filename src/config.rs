@@ -69,6 +69,11 @@ collect:
     max_line_size: 256KB      # a line joined from P/F partials is held up to this size (then limits.logs decides)
     partial_timeout: 5s       # a partial line with no continuation for this long is stored as it is
     batch_size: 1MiB          # bytes of lines per push (and per positions checkpoint)
+  kube:
+    enabled: auto             # auto: on in a cluster (KUBERNETES_SERVICE_HOST and a service-account token) or when api_url is set
+    api_url: ""               # API server for out-of-cluster use and tests (http:// allowed); empty = in-cluster config
+    deleted_pod_grace: 5m     # a deleted pod's labels stay this long for its late log lines
+    events: true              # store Kubernetes events as {job="kubernetes-events"} log streams
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,52 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct CollectConfig {
     pub logs: CollectLogsConfig,
+    pub kube: CollectKubeConfig,
+}
+
+/// `collect.kube`: the pod/node metadata watcher and the events source. The node is
+/// `collect.logs.node_name`'s (shared: the pods watch and the `node` label name the same node).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectKubeConfig {
+    pub enabled: AutoBool,
+    pub api_url: String,
+    pub deleted_pod_grace: DurationStr,
+    pub events: bool,
+}
+
+/// `true`, `false` or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AutoBool {
+    Bool(bool),
+    Word(AutoWord),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+/// The in-cluster service-account token kube-client reads.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+impl CollectKubeConfig {
+    /// Whether the Kubernetes watchers run: `auto` means an `api_url` is set or this process runs
+    /// in a pod (`KUBERNETES_SERVICE_HOST` set and the service-account token present).
+    pub fn active(&self) -> bool {
+        match self.enabled {
+            AutoBool::Bool(b) => b,
+            AutoBool::Word(AutoWord::Auto) => !self.api_url.is_empty() || in_cluster(),
+        }
+    }
+}
+
+/// Running in a pod with a service account (what `kube::Config::incluster` needs).
+pub fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty())
+        && std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -428,6 +479,20 @@ impl Config {
                 message: "max_line_size must be at least 1KiB and batch_size at least 4KiB".to_string(),
             });
         }
+        let ck = &self.collect.kube;
+        let url_ok = ck.api_url.is_empty() || ck.api_url.starts_with("http://") || ck.api_url.starts_with("https://");
+        if !url_ok {
+            return Err(ConfigError::Invalid {
+                key: "collect.kube.api_url",
+                message: format!("{:?} is not an http:// or https:// URL", ck.api_url),
+            });
+        }
+        if ck.deleted_pod_grace.0 < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "collect.kube.deleted_pod_grace",
+                message: "must be at least 1s".to_string(),
+            });
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(ConfigError::Invalid {
                 key: "log_level",
@@ -526,6 +591,16 @@ mod tests {
             Some("collect.logs.rescan_interval"),
         );
         check_config("collect:\n  logs:\n    pod_label: [app]\n", Some("pod_label"));
+        check_config("collect:\n  kube:\n    enabled: false\n    events: false\n", None);
+        check_config("collect:\n  kube:\n    enabled: maybe\n", Some("enabled"));
+        check_config(
+            "collect:\n  kube:\n    api_url: 127.0.0.1:6443\n",
+            Some("collect.kube.api_url"),
+        );
+        check_config(
+            "collect:\n  kube:\n    deleted_pod_grace: 10ms\n",
+            Some("collect.kube.deleted_pod_grace"),
+        );
     }
 
     #[test]

@@ -165,6 +165,13 @@ pub struct PodRef<'a> {
 pub trait LabelProvider: Send + Sync {
     /// The pod's labels (unsanitised keys), empty when the pod is unknown.
     fn pod_labels(&self, pod: &PodRef<'_>) -> Vec<(String, String)>;
+
+    /// Rises whenever what [`LabelProvider::pod_labels`] answers may have changed (the pod cache
+    /// filled after the API came back): the tailer then derives its directories' labels again, so
+    /// a file found while the API was unreachable does not keep path labels for ever.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Labels from the path alone.

@@ -187,6 +187,8 @@ pub struct Tailer {
     watcher: Option<Inotify>,
     watches: HashMap<WatchDescriptor, (PathBuf, DirKind)>,
     watched: HashMap<PathBuf, WatchDescriptor>,
+    /// The label provider's generation the directories' labels were derived at.
+    labels_generation: u64,
     /// Test hook: stop dead between a push and its checkpoint, like a kill -9 there.
     #[cfg(test)]
     pub(crate) crash_after_push: bool,
@@ -435,6 +437,7 @@ impl Tailer {
             watcher: None,
             watches: HashMap::new(),
             watched: HashMap::new(),
+            labels_generation: 0,
             #[cfg(test)]
             crash_after_push: false,
         }
@@ -592,22 +595,39 @@ impl Tailer {
         }
     }
 
+    /// A container directory's labels, from its path and the label provider.
+    fn dir_labels(&self, dir: &Path) -> [Arc<str>; 2] {
+        let pod = dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ctr = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.container_labels(&pod, &ctr)
+    }
+
+    /// The provider's answers changed: every directory's labels are derived again (lines already
+    /// gathered keep theirs). A node has some hundreds of container directories at most.
+    fn relabel(&mut self) {
+        let dirs: Vec<PathBuf> = self.dirs.keys().cloned().collect();
+        for dir in dirs {
+            let labels = self.dir_labels(&dir);
+            if let Some(d) = self.dirs.get_mut(&dir) {
+                d.labels = labels;
+            }
+        }
+    }
+
     /// Lists one container directory: tracks new files, follows renames, notices deletions.
     fn scan_container(&mut self, dir: &Path) {
         if !self.dirs.contains_key(dir) {
-            let pod = dir
-                .parent()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let ctr = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
             if std::fs::metadata(dir).is_err() {
                 return;
             }
-            let labels = self.container_labels(&pod, &ctr);
+            let labels = self.dir_labels(dir);
             self.dirs.insert(
                 dir.to_path_buf(),
                 ContainerDir {
@@ -954,6 +974,11 @@ impl Tailer {
         if self.io.batch.entries > 0 {
             // A batch the sink refused last time goes first: nothing new is read meanwhile.
             self.commit()?;
+        }
+        let generation = self.labels.generation();
+        if generation != self.labels_generation {
+            self.labels_generation = generation;
+            self.relabel();
         }
         if full_rescan {
             self.scan_all();
