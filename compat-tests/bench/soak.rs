@@ -5,10 +5,15 @@
 //! - the pod-log tailer over 200 CRI files (100 pods × 2 containers) written at `SOAK_LINES_PER_SEC`
 //!   (default 1000, ~150-byte messages), each file rotated kubelet-style (rename to
 //!   `0.log.<stamp>`, a few late lines to the old handle, new `0.log`, older rotations deleted)
-//!   every 2 MiB, and one pod replaced by a new one (new name and uid, old directory removed)
-//!   every minute;
+//!   every 2 MiB, and one pod replaced by a new one (new name and uid, old directory removed a
+//!   minute later) every `SOAK_CHURN_SECS` (default 60);
 //! - 20 scrape targets (300 series each, counters rising) scraped every 15 s;
-//! - every 15 s a PromQL range query, a LogQL metric query and a LogQL log query over HTTP.
+//! - every 15 s a PromQL range query, a LogQL metric query and a LogQL log query over HTTP
+//!   (`SOAK_QUERIES=0` leaves them out, to tell the query path's memory from the collectors').
+//!
+//! `SOAK_PRINT_SECS` (default 300) sets how often a row is printed; `SOAK_BIN` runs another build
+//! of the server (to compare two builds side by side), `SOAK_DIR` another work directory,
+//! `SOAK_IDLE` the log store's `chunk_idle_period` (default 30m, which a short run never reaches).
 //!
 //! It prints a row every 5 minutes (RSS, CPU ms per second, open descriptors, lines stored) and at
 //! the end the RSS after warm-up (the first 10 % of the run), its maximum, the last value and the
@@ -34,7 +39,6 @@ const TARGETS: usize = 20;
 const SERIES_PER_TARGET: usize = 300;
 const ROTATE_BYTES: u64 = 2 << 20;
 const SAMPLE_EVERY: Duration = Duration::from_secs(30);
-const PRINT_EVERY: Duration = Duration::from_secs(300);
 const QUERY_EVERY: Duration = Duration::from_secs(15);
 
 fn main() {
@@ -270,7 +274,11 @@ fn urlenc(s: &str) -> String {
 fn run() -> Res<()> {
     let secs = env_u64("SOAK_SECS", 3600)?;
     let rate = env_u64("SOAK_LINES_PER_SEC", 1000)?;
-    let work = target_dir().join("soak");
+    let churn = Duration::from_secs(env_u64("SOAK_CHURN_SECS", 60)?);
+    let queries = env_u64("SOAK_QUERIES", 1)? != 0;
+    let print_every = Duration::from_secs(env_u64("SOAK_PRINT_SECS", 300)?);
+    let work = std::env::var_os("SOAK_DIR").map_or_else(|| target_dir().join("soak"), PathBuf::from);
+    let bin = std::env::var_os("SOAK_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("pods");
     std::fs::create_dir_all(&root).map_err(|e| format!("mkdir: {e}"))?;
@@ -289,14 +297,18 @@ fn run() -> Res<()> {
     std::fs::write(
         &cfg,
         format!(
-            "scrape_configs:\n  - job_name: soak\n    scrape_interval: 15s\n    scrape_timeout: 10s\n    static_configs:\n      - targets: [{}]\n",
-            addrs.join(", ")
+            "{idle}scrape_configs:\n  - job_name: soak\n    scrape_interval: 15s\n    scrape_timeout: 10s\n    static_configs:\n      - targets: [{}]\n",
+            addrs.join(", "),
+            idle = match std::env::var("SOAK_IDLE") {
+                Ok(d) => format!("storage:\n  logs:\n    chunk_idle_period: {d}\n"),
+                Err(_) => String::new(),
+            }
         ),
     )
     .map_err(|e| format!("write config: {e}"))?;
 
     let port = free_port()?;
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&bin);
     cmd.arg("--config")
         .arg(&cfg)
         .arg("--data-dir")
@@ -310,8 +322,10 @@ fn run() -> Res<()> {
     wait_ready(&mut srv, port)?;
     let pid = srv.pid();
     println!(
-        "soak: {secs} s, {rate} lines/s over {} files, {TARGETS} targets × {SERIES_PER_TARGET} series @ 15 s, 3 queries / 15 s",
-        PODS * CONTAINERS.len()
+        "soak: {secs} s, {rate} lines/s over {} files, a pod replaced every {} s, {TARGETS} targets × {SERIES_PER_TARGET} series @ 15 s, {}",
+        PODS * CONTAINERS.len(),
+        churn.as_secs(),
+        if queries { "3 queries / 15 s" } else { "no queries" }
     );
     println!(
         "{:>6} {:>9} {:>10} {:>5} {:>12} {:>12}",
@@ -323,7 +337,7 @@ fn run() -> Res<()> {
     let qstop = Arc::clone(&stop);
     let qfail = Arc::clone(&queries_failed);
     let querier = std::thread::spawn(move || {
-        while !qstop.load(Ordering::Relaxed) {
+        while queries && !qstop.load(Ordering::Relaxed) {
             let end = now_ns() / 1_000_000_000;
             let start = end - 600;
             let qs = [
@@ -363,7 +377,7 @@ fn run() -> Res<()> {
         tick += Duration::from_millis(100);
         let w = node.write(rate / 10)?;
         written.fetch_add(w, Ordering::Relaxed);
-        if last_churn.elapsed() >= Duration::from_secs(60) {
+        if last_churn.elapsed() >= churn {
             node.churn()?;
             last_churn = Instant::now();
         }
@@ -371,7 +385,7 @@ fn run() -> Res<()> {
             last_sample = Instant::now();
             let rss = status_kib(pid, "VmRSS")? as f64 / 1024.0;
             samples.push((t0.elapsed().as_secs_f64(), rss));
-            if last_print.elapsed() >= PRINT_EVERY {
+            if last_print.elapsed() >= print_every {
                 last_print = Instant::now();
                 let cpu = cpu_seconds(pid)?;
                 let ms = (cpu - last_cpu) * 1000.0 / last_cpu_t.elapsed().as_secs_f64();
