@@ -3,7 +3,7 @@
 //! stored samples and labels, target and metric relabeling, staleness markers when a series
 //! vanishes, when the target fails and when the scraper stops, and HELP/TYPE metadata.
 
-use monitoring_rs::collect::scrape::{ScrapeConfig, Scraper, StaticProvider};
+use monitoring_rs::collect::scrape::{ScrapeConfig, Scraper};
 use monitoring_rs::ingest::{Limits, MetricsIngester};
 use monitoring_rs::model::{MatchOp, Matcher, is_stale_nan};
 use monitoring_rs::storage::metrics::{MetricsDb, MetricsOptions, MetricsReader};
@@ -148,7 +148,7 @@ async fn scrape_test_target() {
 "
     );
     let cfgs: Vec<ScrapeConfig> = serde_yaml::from_str(&yaml).unwrap();
-    let scraper = Scraper::start(cfgs, &StaticProvider, Arc::clone(&ingester)).unwrap();
+    let scraper = Scraper::start(cfgs, None, Arc::clone(&ingester)).unwrap();
     let live = format!("host=\"127.0.0.1\", instance=\"127.0.0.1:{port}\", job=\"t\", role=\"live\"");
     let refused = "host=\"127.0.0.1\", instance=\"127.0.0.1:1\", job=\"t\", role=\"refused\"".to_string();
 

@@ -6,7 +6,7 @@
 
 use crate::api::{self, ApiState, PushStats, WriteStats};
 use crate::collect::logs::{ErrorReason, IngestSink, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats};
-use crate::collect::scrape::{ScrapeConfig, ScrapeState, Scraper, StaticProvider};
+use crate::collect::scrape::{ScrapeConfig, ScrapeState, Scraper};
 use crate::config::{Compression, Config, FsyncSetting};
 use crate::ingest::{
     Discard, IngestStats, Limits, LokiIngester, LokiLimits, LokiStats, MetricsIngester, SeriesRejection,
@@ -341,7 +341,7 @@ fn start_scraper(cfg: &Config, ingester: &Arc<MetricsIngester>) -> anyhow::Resul
         .collect::<Result<_, _>>()
         .context("config key `scrape_configs`")?;
     let n = jobs.len();
-    let s = Scraper::start(jobs, &StaticProvider, Arc::clone(ingester)).context("config key `scrape_configs`")?;
+    let s = Scraper::start(jobs, None, Arc::clone(ingester)).context("config key `scrape_configs`")?;
     tracing::info!(jobs = n, "Scraping static targets.");
     Ok(Some(s))
 }
