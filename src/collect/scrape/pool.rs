@@ -552,19 +552,44 @@ fn offset(t: &Target, interval: Duration) -> Duration {
     Duration::from_nanos(h % iv)
 }
 
-/// A series as the store gets it: sorted labels with `__name__`, and their hash.
+/// A series as the store gets it: sorted labels with `__name__`, and their hash. The names and
+/// values live in one buffer (two allocations per series instead of two per label: with ~6
+/// labels this is ~180 bytes instead of ~670, which for 20 targets of 300 series is ~3 MiB of
+/// the idle footprint).
 struct Series {
-    labels: Vec<(String, String)>,
+    text: Box<str>,
+    /// End offsets in `text`: name, value, name, value, ...
+    ends: Box<[u32]>,
     hash: u64,
 }
 
 impl Series {
-    fn new(labels: Vec<(String, String)>) -> Series {
-        let refs: Vec<(&[u8], &[u8])> = labels.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+    fn new<'a>(labels: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Series {
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for (k, v) in labels.clone() {
+            text.push_str(k);
+            ends.push(text.len() as u32);
+            text.push_str(v);
+            ends.push(text.len() as u32);
+        }
+        let refs: Vec<(&[u8], &[u8])> = labels.map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
         Series {
             hash: label_hash(&refs),
-            labels,
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
         }
+    }
+
+    fn labels(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let b = self.text.as_bytes();
+        let mut start = 0usize;
+        self.ends.chunks_exact(2).map(move |c| {
+            let (n, v) = (c[0] as usize, c[1] as usize);
+            let pair = (b.get(start..n).unwrap_or(&[]), b.get(n..v).unwrap_or(&[]));
+            start = v;
+            pair
+        })
     }
 }
 
@@ -615,8 +640,6 @@ struct Loop {
     iter: u64,
     /// This scrape's samples (`tracked`: no explicit timestamp), kept for their capacity.
     batch: Vec<(SeriesRef, i64, f64, bool)>,
-    /// The last commit's vectors, recycled so a steady scrape reuses their capacity.
-    wb: Option<WriteBatch<'static>>,
     /// Scratch label map for cache misses.
     scratch: LabelMap,
 }
@@ -635,10 +658,10 @@ impl Loop {
         let synthetic = SYNTHETIC
             .iter()
             .map(|name| {
-                let mut ls: Vec<(String, String)> = target.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                ls.push(("__name__".into(), (*name).into()));
+                let mut ls: Vec<(&str, &str)> = target.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                ls.push(("__name__", name));
                 ls.sort();
-                Series::new(ls)
+                Series::new(ls.into_iter())
             })
             .collect();
         Loop {
@@ -653,7 +676,6 @@ impl Loop {
             synthetic,
             iter: 0,
             batch: Vec::new(),
-            wb: Some(WriteBatch::new()),
             scratch: LabelMap::new(),
         }
     }
@@ -877,12 +899,17 @@ impl Loop {
             return Ok(None);
         }
         check_label_limits(&job.cfg, ls)?;
-        Ok(Some(Series::new(std::mem::take(ls).into_iter().collect())))
+        Ok(Some(Series::new(ls.iter().map(|(k, v)| (k.as_str(), v.as_str())))))
     }
 
     /// One commit for the whole scrape (this batch and `meta`), through the remote-write ingester.
     fn commit(&mut self, meta: &[Meta<'_>]) {
-        let mut wb = self.wb.take().unwrap_or_default().recycle();
+        // A fresh batch per commit, not a recycled one: holding 20 targets' vectors between
+        // scrapes costs ~1 MiB of idle RSS, allocating them is a few µs per scrape.
+        let mut wb = WriteBatch::new();
+        wb.labels.reserve(self.batch.len() * 6);
+        wb.samples.reserve(self.batch.len());
+        wb.series.reserve(self.batch.len());
         for (r, t, v, _) in &self.batch {
             let series = match r {
                 SeriesRef::Cached(slot) => self.entries.get(*slot as usize).and_then(|e| e.series.as_ref()),
@@ -891,8 +918,7 @@ impl Loop {
             let Some(series) = series else { continue };
             let start = wb.labels.len() as u32;
             let s0 = wb.samples.len() as u32;
-            wb.labels
-                .extend(series.labels.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+            wb.labels.extend(series.labels());
             wb.samples.push(RawSample { t: *t, v: *v });
             wb.series.push(SeriesView {
                 labels: start..wb.labels.len() as u32,
@@ -917,7 +943,6 @@ impl Loop {
             Ok(_) => {}
             Err(e) => tracing::warn!(target = %self.target.url, error = %e, "Storing a scrape failed."),
         }
-        self.wb = Some(wb.recycle());
     }
 }
 
