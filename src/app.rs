@@ -341,8 +341,11 @@ fn start_scraper(cfg: &Config, ingester: &Arc<MetricsIngester>) -> anyhow::Resul
         .collect::<Result<_, _>>()
         .context("config key `scrape_configs`")?;
     let n = jobs.len();
+    // No cluster view yet: `kubernetes_sd_configs` jobs get targets once the kube watcher's
+    // `ClusterView` is passed here (and `collect::scrape::in_cluster_defaults()` serves when
+    // running in a cluster without `scrape_configs`).
     let s = Scraper::start(jobs, None, Arc::clone(ingester)).context("config key `scrape_configs`")?;
-    tracing::info!(jobs = n, "Scraping static targets.");
+    tracing::info!(jobs = n, "Scraping.");
     Ok(Some(s))
 }
 
