@@ -10,7 +10,7 @@ use crate::collect::logs::{
     ErrorReason, IngestSink, LabelProvider, PathLabels, StopSignal, Tailer, TailerOptions, TailerStats,
 };
 use crate::collect::meta::ClusterView;
-use crate::collect::scrape::{ScrapeConfig, ScrapeState, Scraper, StaticProvider};
+use crate::collect::scrape::{ScrapeConfig, ScrapeState, Scraper};
 use crate::config::{Compression, Config, FsyncSetting};
 use crate::ingest::{
     Discard, IngestStats, Limits, LokiIngester, LokiLimits, LokiStats, MetricsIngester, SeriesRejection,
@@ -129,11 +129,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => Arc::new(PathLabels),
     };
     let tailer = start_tailer(&cfg, &loki, &registry, labels)?;
-    // Hand-off for kubernetes_sd_configs: `cluster` is this node's pods and the node itself, live
-    // (None without Kubernetes); the scraper's discovery takes it as a parameter at merge.
+    // `kubernetes_sd_configs` discovers from this node's pods and the node itself, live (None
+    // without Kubernetes: such jobs then have no targets).
     let cluster: Option<Arc<dyn ClusterView>> = kube.as_ref().map(|k| k.cluster_view());
-    let _ = &cluster;
-    let scraper = start_scraper(&cfg, &ingester)?;
+    let scraper = start_scraper(&cfg, &ingester, cluster)?;
     let write_stats = Arc::new(WriteStats::default());
     register_metrics(&registry, db.stats(), db.wal_stats(), ingester.stats(), &write_stats);
     register_log_metrics(&registry, &logs, loki.stats(), &push_stats);
@@ -474,20 +473,29 @@ fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {
     });
 }
 
-/// Starts the scraper when `scrape_configs` lists any job.
-fn start_scraper(cfg: &Config, ingester: &Arc<MetricsIngester>) -> anyhow::Result<Option<Scraper>> {
-    if cfg.scrape_configs.is_empty() {
+/// Starts the scraper when `scrape_configs` lists any job, or, in a cluster (kube watchers on with
+/// the in-cluster configuration) without `scrape_configs`, with the embedded in-cluster jobs
+/// (annotated pods, the kubelet and its cAdvisor).
+fn start_scraper(
+    cfg: &Config,
+    ingester: &Arc<MetricsIngester>,
+    cluster: Option<Arc<dyn ClusterView>>,
+) -> anyhow::Result<Option<Scraper>> {
+    let in_cluster = cfg.collect.kube.active() && cfg.collect.kube.api_url.is_empty();
+    let jobs: Vec<ScrapeConfig> = if !cfg.scrape_configs.is_empty() {
+        cfg.scrape_configs
+            .iter()
+            .map(|v| serde_yaml::from_value(v.clone()))
+            .collect::<Result<_, _>>()
+            .context("config key `scrape_configs`")?
+    } else if in_cluster && cluster.is_some() {
+        crate::collect::scrape::in_cluster_defaults().context("the embedded in-cluster scrape jobs")?
+    } else {
         return Ok(None);
-    }
-    let jobs: Vec<ScrapeConfig> = cfg
-        .scrape_configs
-        .iter()
-        .map(|v| serde_yaml::from_value(v.clone()))
-        .collect::<Result<_, _>>()
-        .context("config key `scrape_configs`")?;
+    };
     let n = jobs.len();
-    let s = Scraper::start(jobs, &StaticProvider, Arc::clone(ingester)).context("config key `scrape_configs`")?;
-    tracing::info!(jobs = n, "Scraping static targets.");
+    let s = Scraper::start(jobs, cluster, Arc::clone(ingester)).context("config key `scrape_configs`")?;
+    tracing::info!(jobs = n, "Scraping.");
     Ok(Some(s))
 }
 

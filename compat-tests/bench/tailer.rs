@@ -1,15 +1,22 @@
-//! Footprint of the pod-log tailer (issue 6): throughput tailing 200 files, per CPU-second, and the
-//! idle cost of 200 quiet files.
+//! Footprint of the node collector (issue 6): throughput tailing 200 files, per CPU-second, and the
+//! idle cost of 200 quiet files plus 20 scrape targets.
 //!
 //! `cargo bench --bench tailer` prints:
 //! 1. the tailer alone (the library's `Tailer` with a sink that drops batches) reading 200 CRI files:
 //!    MB/s and lines/s per CPU-second of this process;
 //! 2. the real binary with `--pod-logs` over the same tree, into its store (WAL, zstd blocks):
 //!    MB/s and lines/s per CPU-second of the server process (utime+stime from /proc), and its RSS;
-//! 3. the same server idle with the 200 files quiet: CPU ms per second over 10 s, and RSS.
+//!    the same server also scrapes 20 targets every 15 s (issue 6's idle setup);
+//! 3. that server idle: the 200 files quiet, the 20 targets scraped every 15 s (Prometheus's
+//!    common interval; the targets are threads of this bench process, each serving ~300 series
+//!    like a small exporter, so their CPU is not counted): CPU ms per second over 30 s (two scrape
+//!    rounds, three 10 s rescans) and RSS, both of the server process only, from /proc;
+//! 4. scrape cost: a second server scraping the same 20 targets every 100 ms (no pod logs): CPU µs
+//!    per scraped sample, parse to store included.
 //!
 //! CPU-seconds, not wall time: the machine running this may be shared. `TAILER_BENCH_MB` sets the
-//! total size (default 200 MiB).
+//! total size (default 200 MiB); `TAILER_BENCH_BIN` runs another build of the server (for
+//! before/after figures).
 
 use monitoring_rs::collect::logs::{LogSink, PathLabels, SinkStream, Tailer, TailerOptions, TailerStats};
 use std::io::Write;
@@ -21,6 +28,113 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_monitoring-rs");
 const FILES: usize = 200;
+
+/// Scrape targets: 20 (issue 6), or `TAILER_BENCH_TARGETS` (0 gives the logs-only figure).
+fn targets() -> usize {
+    std::env::var("TAILER_BENCH_TARGETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn bin() -> String {
+    std::env::var("TAILER_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
+/// ~300 series like a small exporter: 100 request counters, 10 histograms of 10 series, 50
+/// labelled gauges and 50 plain ones, with HELP/TYPE; counters move between scrapes.
+fn exposition(n: u64, target: usize) -> String {
+    use std::fmt::Write as _;
+    let mut b = String::with_capacity(32 * 1024);
+    b.push_str("# HELP bench_requests_total Requests served.\n# TYPE bench_requests_total counter\n");
+    for i in 0..100u64 {
+        let _ = writeln!(
+            b,
+            "bench_requests_total{{code=\"200\",handler=\"/api/v1/items/{i}\",method=\"GET\"}} {}",
+            n * (i + 1) + target as u64
+        );
+    }
+    b.push_str(
+        "# HELP bench_request_duration_seconds Request latency.\n# TYPE bench_request_duration_seconds histogram\n",
+    );
+    for h in 0..10u64 {
+        for (k, le) in ["0.005", "0.01", "0.05", "0.1", "0.5", "1", "5", "+Inf"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                b,
+                "bench_request_duration_seconds_bucket{{handler=\"h{h}\",le=\"{le}\"}} {}",
+                n * (k as u64 + 1)
+            );
+        }
+        let _ = writeln!(
+            b,
+            "bench_request_duration_seconds_sum{{handler=\"h{h}\"}} {}",
+            n as f64 * 0.37
+        );
+        let _ = writeln!(b, "bench_request_duration_seconds_count{{handler=\"h{h}\"}} {}", n * 8);
+    }
+    b.push_str("# HELP bench_memory_bytes Memory by area.\n# TYPE bench_memory_bytes gauge\n");
+    for i in 0..50u64 {
+        let _ = writeln!(
+            b,
+            "bench_memory_bytes{{area=\"a{}\",id=\"{i}\"}} {}",
+            i % 5,
+            1_000_000 + i * 4096
+        );
+    }
+    for i in 0..50u64 {
+        let _ = writeln!(b, "# TYPE bench_gauge_{i} gauge\nbench_gauge_{i} {}", (n + i) % 17);
+    }
+    b
+}
+
+/// Starts the 20 targets (a thread each); returns their addresses and the count of scrapes served.
+fn start_targets() -> (Vec<String>, Arc<std::sync::atomic::AtomicU64>) {
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut addrs = Vec::new();
+    for t in 0..targets() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        addrs.push(l.local_addr().unwrap().to_string());
+        let served = Arc::clone(&served);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut buf = [0u8; 4096];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match std::io::Read::read(&mut c, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => req.extend_from_slice(&buf[..k]),
+                    }
+                }
+                n += 1;
+                let body = exposition(n, t);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    (addrs, served)
+}
+
+fn scrape_config(path: &Path, addrs: &[String], interval: &str) {
+    let targets: Vec<String> = addrs.iter().map(|a| format!("'{a}'")).collect();
+    std::fs::write(
+        path,
+        format!(
+            "scrape_configs:\n  - job_name: bench\n    scrape_interval: {interval}\n    static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+}
 
 struct Null;
 impl LogSink for Null {
@@ -171,11 +285,17 @@ fn main() {
     );
     drop(t);
 
-    // 2. The real binary into its store.
+    // 2. The real binary into its store, scraping 20 targets every 15 s as well.
+    let (addrs, served) = start_targets();
+    let samples_per_scrape = exposition(1, 0).lines().filter(|l| !l.starts_with('#')).count() as u64;
+    let idle_cfg = tmp.path().join("idle.yaml");
+    scrape_config(&idle_cfg, &addrs, "15s");
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let data = tmp.path().join("data");
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
+        .arg("--config")
+        .arg(&idle_cfg)
         .arg("--data-dir")
         .arg(&data)
         .arg("--listen")
@@ -208,15 +328,62 @@ fn main() {
         w0.elapsed().as_secs_f64()
     );
 
-    // 3. Idle: the same 200 files, quiet.
+    // 3. Idle: the same 200 files, quiet; the 20 targets scraped every 15 s. Steady state: the
+    // first round (every series new to the store and the scrape caches) is over first.
+    while served.load(std::sync::atomic::Ordering::Relaxed) < targets() as u64 {
+        assert!(w0.elapsed() < Duration::from_secs(600), "targets not scraped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_secs(2));
     let c0 = proc_cpu_ns(pid);
+    let s0 = served.load(std::sync::atomic::Ordering::Relaxed);
     let w0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(30));
     let cpu = (proc_cpu_ns(pid) - c0) as f64 / 1e9;
+    let scrapes = served.load(std::sync::atomic::Ordering::Relaxed) - s0;
     println!(
-        "idle with {FILES} quiet files: {:.3} ms CPU per second (over {:.0} s, two 10 s rescans), RSS {:.1} MiB",
+        "idle with {FILES} quiet files and {} targets of {samples_per_scrape} series every 15 s: {:.3} ms CPU per second (over {:.0} s, {scrapes} scrapes), RSS {:.1} MiB",
+        targets(),
         cpu * 1000.0 / w0.elapsed().as_secs_f64(),
+        w0.elapsed().as_secs_f64(),
+        proc_rss_mib(pid)
+    );
+    drop(_kill);
+    if targets() == 0 {
+        return;
+    }
+
+    // 4. Scrape cost: the 20 targets every 100 ms, nothing else.
+    let busy_cfg = tmp.path().join("busy.yaml");
+    scrape_config(&busy_cfg, &addrs, "100ms");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(bin())
+        .arg("--config")
+        .arg(&busy_cfg)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data-busy"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _kill = Kill(child);
+    // Warm-up: every series in the store and the scrape caches.
+    std::thread::sleep(Duration::from_secs(3));
+    let c0 = proc_cpu_ns(pid);
+    let s0 = served.load(std::sync::atomic::Ordering::Relaxed);
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu = (proc_cpu_ns(pid) - c0) as f64 / 1e9;
+    let scrapes = served.load(std::sync::atomic::Ordering::Relaxed) - s0;
+    let samples = scrapes * samples_per_scrape;
+    println!(
+        "scraping {} targets every 100 ms: {:.2} µs CPU per scraped sample ({samples} samples in {scrapes} scrapes, {cpu:.2} CPU-s over {:.0} s), RSS {:.1} MiB",
+        targets(),
+        cpu * 1e6 / samples.max(1) as f64,
         w0.elapsed().as_secs_f64(),
         proc_rss_mib(pid)
     );

@@ -1,15 +1,22 @@
 //! The Prometheus-compatible metrics scraper: exposition parser (`parse`), relabeling (`relabel`),
-//! a minimal HTTP client (`http`) and the scrape pools and loops (`pool`).
+//! a minimal HTTP/HTTPS client (`http`), `kubernetes_sd_configs` (`kubernetes`), the embedded
+//! in-cluster jobs (`defaults`) and the scrape pools and loops (`pool`).
 //!
 //! Owns: targets, their scrape loops, synthetic series and staleness. Never does: store anything
 //! except through `ingest` (one commit per scrape), or serve HTTP (`/api/v1/targets` lives in
-//! `api`); Kubernetes discovery plugs in through [`TargetProvider`], not here.
+//! `api`), or talk to the Kubernetes API: `kubernetes_sd_configs` reads the shared
+//! [`crate::collect::meta::ClusterView`] through [`KubernetesProvider`].
 
+mod defaults;
 mod http;
+pub mod kubernetes;
 pub mod parse;
 mod pool;
 pub mod relabel;
 
+pub use defaults::{IN_CLUSTER_DEFAULTS, in_cluster_defaults};
+pub use http::{Authorization, BasicAuth, TlsConfig};
+pub use kubernetes::{KubernetesProvider, KubernetesSdConfig};
 pub use pool::{
     ScrapeConfig, ScrapeState, Scraper, StaticConfig, StaticProvider, TargetGroup, TargetProvider, TargetStatus,
 };
@@ -24,6 +31,14 @@ pub enum ScrapeError {
     Config(String),
     #[error("{0}")]
     Http(String),
-    #[error("sample limit exceeded (limit {0})")]
-    SampleLimit(usize),
+    /// Prometheus's `errSampleLimit` text (what `/api/v1/targets` shows as `lastError`).
+    #[error("sample limit exceeded")]
+    SampleLimit,
+    /// Prometheus's `errBodySizeLimit` text.
+    #[error("body size limit exceeded")]
+    BodySizeLimit,
+    /// `label_limit`, `label_name_length_limit`, `label_value_length_limit` or `target_limit`,
+    /// with Prometheus's text.
+    #[error("{0}")]
+    Limit(String),
 }

@@ -49,6 +49,9 @@ pub fn format_for(content_type: Option<&str>, fallback: Format) -> Format {
 #[derive(Debug, Clone)]
 pub struct Sample<'a> {
     pub name: &'a str,
+    /// The series as written (name and label block): the scrape cache's key, so a series seen
+    /// before is recognised without building its labels again.
+    pub series: &'a str,
     /// Range into [`Parsed::labels`].
     pub labels: Range<u32>,
     pub value: f64,
@@ -380,6 +383,7 @@ fn sample<'a>(line: &'a str, n: usize, om: bool, out: &mut Parsed<'a>) -> Result
     if s.starts_with('{') {
         s = label_block(s, n, om, &mut out.labels)?;
     }
+    let series = &line[..line.len() - s.len()];
     // Value.
     s = if om {
         s.strip_prefix(' ').ok_or(err(n, "expected a space before the value"))?
@@ -427,6 +431,7 @@ fn sample<'a>(line: &'a str, n: usize, om: bool, out: &mut Parsed<'a>) -> Result
     }
     out.samples.push(Sample {
         name,
+        series,
         labels: start..out.labels.len() as u32,
         value,
         timestamp_ms,
