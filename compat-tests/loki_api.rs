@@ -471,3 +471,219 @@ fn query_protection_texts() {
         "max entries limit per query exceeded, limit > max_entries_limit_per_query (5001 > 5000)",
     );
 }
+
+/// `limits.logs` from the config: the engine, the tail and drilldown-limits all use the
+/// configured values, with Loki's texts.
+#[test]
+fn configured_query_limits() {
+    let dir = tempdir();
+    let s = Server::start(
+        &dir.path().join("d"),
+        Some(
+            "limits:\n  logs:\n    max_entries_limit_per_query: 10\n    max_query_series: 2\n    query_timeout: 45s\n    max_query_length: 1h\n    max_query_lookback: 2h\n",
+        ),
+    );
+    let t0 = now_ns() - 30_000_000_000;
+    for i in 0..3 {
+        push(&s, json!({"job": "lim", "i": i.to_string()}), t0, &["x"]);
+    }
+    let hour = 3_600_000_000_000i64;
+    let end = t0 + 1_000_000_000;
+    fn check(s: &Server, path: &str, status: u16, want: &str) {
+        let r = s.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().starts_with(want), "{path}: {}", r.text());
+    }
+    let logs = enc("{job=\"lim\"}");
+    let metric = enc("count_over_time({job=\"lim\"}[1m])");
+    let summed = enc("sum(count_over_time({job=\"lim\"}[1m]))");
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&limit=11&start={}&end={end}",
+            end - 60_000_000_000
+        ),
+        400,
+        "max entries limit per query exceeded, limit > max_entries_limit_per_query (11 > 10)",
+    );
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&limit=10&start={}&end={end}",
+            end - 60_000_000_000
+        ),
+        200,
+        "{",
+    );
+    check(
+        &s,
+        &format!("/loki/api/v1/query?query={metric}&time={end}"),
+        400,
+        "maximum number of series (2) reached for a single query",
+    );
+    check(&s, &format!("/loki/api/v1/query?query={summed}&time={end}"), 200, "{");
+    // Go's Duration for the length, Prometheus's for the limit.
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&start={}&end={end}",
+            end - hour - 90_000_000_000
+        ),
+        400,
+        "the query time range exceeds the limit (query length: 1h1m30s, limit: 1h)",
+    );
+    // The lookback moves the start up to now-2h before the length is checked: a range starting
+    // a day ago and ending 29 s ago is then 1h59m31s long, too long for 1h; one ending 3h ago is
+    // empty.
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&start={}&end={end}",
+            end - 24 * hour
+        ),
+        400,
+        "the query time range exceeds the limit (query length: 1h59m",
+    );
+    let r = s.get(&format!(
+        "/loki/api/v1/query_range?query={logs}&limit=10&start={}&end={}",
+        end - 4 * hour,
+        end - 3 * hour
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["result"], json!([]));
+    // The tail takes the same entries limit.
+    match tail_connect(&s, &format!("query={logs}&limit=11")) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 400),
+        other => panic!("tail with limit=11: {:?}", other.map(|_| ())),
+    }
+    let v = s.get("/loki/api/v1/drilldown-limits").json();
+    for (key, want) in [
+        ("max_entries_limit_per_query", json!(10)),
+        ("max_query_series", json!(2)),
+        ("query_timeout", json!("45s")),
+        ("max_query_length", json!("1h")),
+        ("max_query_lookback", json!("2h")),
+    ] {
+        assert_eq!(v["limits"][key], want, "{key}");
+    }
+}
+
+/// Pushes `n` logfmt lines to `{job="big"}` in batches, one second apart, ending a minute ago.
+fn push_big(s: &Server, n: usize) -> (i64, i64) {
+    let t0 = now_ns() - 60_000_000_000 - n as i64 * 1_000_000_000 / 1000;
+    let batch = 20_000;
+    for b in (0..n).step_by(batch) {
+        let values: Vec<Value> = (b..(b + batch).min(n))
+            .map(|i| {
+                json!([
+                    (t0 + i as i64 * 1_000_000).to_string(),
+                    format!(
+                        "level=info msg=\"request {i} handled for user u{}\" k=v{} took={}ms path=/api/v1/items/{i}",
+                        i % 97,
+                        i % 50,
+                        i % 1000
+                    )
+                ])
+            })
+            .collect();
+        let body = json!({"streams": [{"stream": {"job": "big"}, "values": values}]});
+        let r = s.post("/loki/api/v1/push", JSON, body.to_string().as_bytes());
+        assert_eq!(r.status, 204, "push: {}", r.text());
+    }
+    (t0, t0 + n as i64 * 1_000_000)
+}
+
+/// `query_timeout`: a query running past it is stopped and answered 504 with Loki's text, while
+/// pushes go on; a client that disconnects stops its query too. With one query slot, the next
+/// query getting the slot at once shows that the abandoned query's thread really stopped.
+#[test]
+fn query_timeout_and_disconnect() {
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let mut s = Server::start(
+        &dir.path().join("d"),
+        Some("query:\n  max_concurrency: 1\nlimits:\n  logs:\n    query_timeout: 60s\n"),
+    );
+    let (t0, t1) = push_big(&s, 600_000);
+    // A pipeline heavy enough to take more than a second over 600k lines (1.7 s on the 2-core
+    // dev machine).
+    let slow_q = enc(concat!(
+        "sum by (k) (count_over_time({job=\"big\"} | logfmt | line_format \"{{.msg}} {{.k}} {{.path}}\"",
+        " | label_format x=\"{{.msg | upper}}{{.path | lower}}\" | regexp \"(?P<w>\\\\w+) (?P<n>\\\\d+)\"",
+        " | line_format \"{{.x}} {{.w}} {{.n}}\" |~ \"USER U1.*v2\" [1h]))"
+    ));
+    let slow = format!("/loki/api/v1/query?query={slow_q}&time={}", t1 + 1_000_000_000);
+    let cheap = format!(
+        "/loki/api/v1/query_range?query={}&start={t0}&end={}&limit=1",
+        enc("{job=\"big\"}"),
+        t0 + 1_000_000_000
+    );
+    let began = Instant::now();
+    let r = s.get(&slow);
+    let full = began.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let timeout = Duration::from_millis(400);
+    assert!(full >= 3 * timeout, "the slow query took only {full:?}");
+
+    // A client that leaves: its query stops and frees the slot.
+    {
+        use std::io::Write as _;
+        let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+        write!(conn, "GET {slow} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        std::thread::sleep(full / 10);
+    }
+    let began = Instant::now();
+    let r = s.get(&cheap);
+    let waited = began.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        waited < full / 3,
+        "the next query waited {waited:?} for the slot; the abandoned query takes {full:?}"
+    );
+    assert_eq!(s.metric("monitoring_rs_loki_queries_canceled_total"), 1.0);
+
+    // Now with a timeout well under the query's time.
+    let cfg = s.config.clone().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "query:\n  max_concurrency: 1\nlimits:\n  logs:\n    query_timeout: {}ms\n",
+            timeout.as_millis()
+        ),
+    )
+    .unwrap();
+    s.restart();
+    let addr = s.addr;
+    let path = slow.clone();
+    let began = Instant::now();
+    let q = std::thread::spawn(move || {
+        let r = request(addr, "GET", &path, &[], &[]);
+        (r, began.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // Ingestion goes on while the query runs.
+    let pushed_at = Instant::now();
+    push(&s, json!({"job": "small"}), now_ns(), &["during the slow query"]);
+    let push_took = pushed_at.elapsed();
+    let push_done = began.elapsed();
+    let (r, answered) = q.join().unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "Request timed out, decrease the duration of the request or add more label matchers (prefer exact match over regex match) to reduce the amount of data processed."
+    );
+    assert!(r.header("content-type").unwrap_or("").starts_with("text/plain"));
+    assert!(
+        answered < timeout + Duration::from_millis(1500),
+        "the 504 came after {answered:?}"
+    );
+    assert!(
+        push_done < answered,
+        "a push during the query took {push_took:?}; the query answered after {answered:?}"
+    );
+    // The timed-out query's thread stopped: the slot is free at once (it would otherwise be held
+    // for the rest of `full`, and this query's wait for it counts against its own timeout).
+    let r = s.get(&cheap);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.metric("monitoring_rs_loki_queries_timed_out_total"), 1.0);
+}

@@ -8,8 +8,9 @@
 
 use super::ApiState;
 use super::error::LokiError;
-use super::loki::{Req, blocking, json_response, req, selector, store_err};
+use super::loki::{Req, json_response, req, selector, store_err};
 use super::loki_misc::{Measured, stats_value};
+use super::loki_query::{Stop, run_stoppable};
 use crate::model::Labels;
 use crate::storage::logs::{Direction, LogReader, SelectRequest};
 use axum::body::Bytes;
@@ -86,7 +87,7 @@ fn stream_selector(q: &str) -> &str {
 
 /// Every selected entry as (labels, ts, line, structured metadata), oldest first, at most `max`
 /// (0 = all); newest first when `newest` (so a line limit keeps the recent ones).
-fn scan(r: &Req, max: usize, newest: bool) -> Result<Vec<Scanned>, LokiError> {
+fn scan(r: &Req, stop: &Stop, max: usize, newest: bool) -> Result<Vec<Scanned>, LokiError> {
     let matchers = selector(stream_selector(r.form.value("query")))?;
     let it = r
         .store
@@ -105,7 +106,11 @@ fn scan(r: &Req, max: usize, newest: bool) -> Result<Vec<Scanned>, LokiError> {
         })
         .map_err(store_err)?;
     let mut out = Vec::new();
-    for e in it {
+    for (i, e) in it.enumerate() {
+        // The deadline check every 1024 entries: a few µs of work between two checks.
+        if i % 1024 == 0 && stop.should_stop() {
+            break;
+        }
         let e = e.map_err(store_err)?;
         out.push((e.labels, e.entry.ts, e.entry.line, e.entry.metadata));
     }
@@ -204,7 +209,7 @@ fn secs(ns: i64) -> Value {
 
 /// Byte volume per group for `/index/volume` (one vector at `end`) or `/index/volume_range`
 /// (`step` buckets). Groups are ranked by total bytes, largest first, and cut to `limit`.
-fn volume(r: &Req, range: bool) -> Result<Value, LokiError> {
+fn volume(r: &Req, stop: &Stop, range: bool) -> Result<Value, LokiError> {
     let started = std::time::Instant::now();
     let p = volume_params(r)?;
     let step = if range {
@@ -221,7 +226,7 @@ fn volume(r: &Req, range: bool) -> Result<Value, LokiError> {
         0
     };
     let mut totals: Groups = HashMap::new();
-    for (labels, ts, line, _) in scan(r, 0, false)? {
+    for (labels, ts, line, _) in scan(r, stop, 0, false)? {
         let b = entry_bytes(&line);
         for k in volume_keys(&p, &labels) {
             let e = totals.entry(k).or_default();
@@ -256,7 +261,7 @@ fn volume(r: &Req, range: bool) -> Result<Value, LokiError> {
 }
 
 pub async fn index_volume(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    run(&st, &uri, &headers, &body, |r| volume(&r, false)).await
+    run(&st, &uri, &headers, &body, |r, stop| volume(&r, stop, false)).await
 }
 
 pub async fn index_volume_range(
@@ -265,7 +270,7 @@ pub async fn index_volume_range(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, |r| volume(&r, true)).await
+    run(&st, &uri, &headers, &body, |r, stop| volume(&r, stop, true)).await
 }
 
 async fn run(
@@ -273,14 +278,15 @@ async fn run(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-    f: impl FnOnce(Req) -> Result<Value, LokiError> + Send + 'static,
+    f: impl FnOnce(Req, &Stop) -> Result<Value, LokiError> + Send + 'static,
 ) -> Response {
     let r = match req(st, uri, headers, body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    // Scans read chunk files and decode entries: keep them off the reactor.
-    respond(blocking(move || f(r)).await)
+    // Scans read chunk files and decode entries: off the reactor, on a query thread that stops
+    // at `query_timeout` or when the client leaves, like `/query_range`.
+    respond(run_stoppable(st, move |stop| f(r, stop)).await.and_then(|r| r))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,7 +320,7 @@ pub async fn detected_labels_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, |r| detected_labels(&r)).await
+    run(&st, &uri, &headers, &body, |r, _| detected_labels(&r)).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,10 +440,10 @@ struct Field {
     json_path: Vec<String>,
 }
 
-fn collect_fields(r: &Req) -> Result<BTreeMap<String, Field>, LokiError> {
+fn collect_fields(r: &Req, stop: &Stop) -> Result<BTreeMap<String, Field>, LokiError> {
     let line_limit = number(r, "line_limit", DEFAULT_LINE_LIMIT)?;
     let mut fields: BTreeMap<String, Field> = BTreeMap::new();
-    for (labels, _, line, sm) in scan(r, line_limit, true)? {
+    for (labels, _, line, sm) in scan(r, stop, line_limit, true)? {
         for (k, v, parser, path) in line_fields(&line) {
             // A parsed key that is also a stream label is not a new field.
             if labels.iter().any(|l| l.name == k) {
@@ -460,9 +466,9 @@ fn collect_fields(r: &Req) -> Result<BTreeMap<String, Field>, LokiError> {
     Ok(fields)
 }
 
-fn detected_fields(r: &Req) -> Result<Value, LokiError> {
+fn detected_fields(r: &Req, stop: &Stop) -> Result<Value, LokiError> {
     let limit = number(r, "limit", DEFAULT_FIELDS_LIMIT)?;
-    let fields = collect_fields(r)?;
+    let fields = collect_fields(r, stop)?;
     let out: Vec<Value> = fields
         .into_iter()
         .take(limit)
@@ -490,9 +496,9 @@ fn detected_fields(r: &Req) -> Result<Value, LokiError> {
     Ok(json!({"fields": out, "limit": limit}))
 }
 
-fn detected_field_values(r: &Req, name: &str) -> Result<Value, LokiError> {
+fn detected_field_values(r: &Req, stop: &Stop, name: &str) -> Result<Value, LokiError> {
     let limit = number(r, "limit", DEFAULT_FIELDS_LIMIT)?;
-    let fields = collect_fields(r)?;
+    let fields = collect_fields(r, stop)?;
     let values: Vec<String> = fields
         .get(name)
         .map(|f| f.values.iter().take(limit).cloned().collect())
@@ -506,7 +512,7 @@ pub async fn detected_fields_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, |r| detected_fields(&r)).await
+    run(&st, &uri, &headers, &body, |r, stop| detected_fields(&r, stop)).await
 }
 
 pub async fn detected_field_values_handler(
@@ -516,7 +522,10 @@ pub async fn detected_field_values_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, move |r| detected_field_values(&r, &name)).await
+    run(&st, &uri, &headers, &body, move |r, stop| {
+        detected_field_values(&r, stop, &name)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,7 +564,7 @@ fn level_of(labels: &Labels, line: &str) -> String {
     "unknown".to_string()
 }
 
-fn patterns(r: &Req) -> Result<Value, LokiError> {
+fn patterns(r: &Req, stop: &Stop) -> Result<Value, LokiError> {
     let step = match r.form.value("step") {
         "" => 10_000_000_000,
         s => match s.parse::<f64>() {
@@ -566,7 +575,7 @@ fn patterns(r: &Req) -> Result<Value, LokiError> {
         },
     };
     let mut groups: HashMap<(String, String), BTreeMap<i64, u64>> = HashMap::new();
-    for (labels, ts, line, _) in scan(r, PATTERN_LINES, true)? {
+    for (labels, ts, line, _) in scan(r, stop, PATTERN_LINES, true)? {
         let key = (template(&line), level_of(&labels, &line));
         *groups
             .entry(key)
@@ -593,7 +602,7 @@ fn patterns(r: &Req) -> Result<Value, LokiError> {
 }
 
 pub async fn patterns_handler(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    run(&st, &uri, &headers, &body, |r| patterns(&r)).await
+    run(&st, &uri, &headers, &body, |r, stop| patterns(&r, stop)).await
 }
 
 #[cfg(test)]

@@ -24,9 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
-/// Loki's bounds on `delay_for` (seconds) and `limit`.
+/// Loki's bound on `delay_for` (seconds); `limit` is bounded by `max_entries_limit_per_query`.
 const MAX_DELAY_SECS: u64 = 5;
-const MAX_LIMIT: usize = 5000;
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// How often held-back entries are checked for release.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -39,8 +38,8 @@ pub enum TailError {
     NotLogQuery,
     #[error("delay_for can't be greater than {MAX_DELAY_SECS}")]
     Delay,
-    #[error("max entries limit per query exceeded, limit > max_entries_limit_per_query ({0} > {MAX_LIMIT})")]
-    Limit(usize),
+    #[error("max entries limit per query exceeded, limit > max_entries_limit_per_query ({0} > {1})")]
+    Limit(usize, usize),
     #[error("invalid {0}: {1}")]
     Param(&'static str, String),
 }
@@ -70,7 +69,7 @@ impl Tail {
     }
 }
 
-fn parse(uri: &Uri, headers: &HeaderMap) -> Result<Tail, TailError> {
+fn parse(uri: &Uri, headers: &HeaderMap, max_entries: usize) -> Result<Tail, TailError> {
     let form = Form::parse(uri.query(), headers, &[]).map_err(|e| TailError::Parse(e.message))?;
     let expr = logql::parser::parse(form.value("query")).map_err(|e| TailError::Parse(e.to_string()))?;
     let ast::Expr::Log(le) = expr else {
@@ -88,8 +87,8 @@ fn parse(uri: &Uri, headers: &HeaderMap) -> Result<Tail, TailError> {
         "" => 100,
         s => s.parse().map_err(|_| TailError::Param("limit", s.to_string()))?,
     };
-    if limit > MAX_LIMIT {
-        return Err(TailError::Limit(limit));
+    if limit > max_entries {
+        return Err(TailError::Limit(limit, max_entries));
     }
     let delay = match form.value("delay_for") {
         "" => 0,
@@ -120,7 +119,7 @@ fn now_ns() -> i64 {
 }
 
 pub async fn tail(State(st): State<Arc<ApiState>>, ws: WebSocketUpgrade, uri: Uri, headers: HeaderMap) -> Response {
-    let t = match parse(&uri, &headers) {
+    let t = match parse(&uri, &headers, st.loki_limits.max_entries) {
         Ok(t) => t,
         Err(e) => return plain_text(StatusCode::BAD_REQUEST, &e.to_string()),
     };
