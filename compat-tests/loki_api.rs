@@ -309,6 +309,70 @@ fn exploration_endpoints() {
         .sum();
     assert_eq!(n, 2);
     assert!(pats[0]["samples"][0][0].is_i64());
+
+    // Both run the query's pipeline first: filters cut the lines, parsers' labels count as
+    // fields of their parser, line_format rewrites what patterns see.
+    fn check_fields(get: &dyn Fn(&str) -> Value, q: &str, want: &[(&str, u64, Value)]) {
+        let v = get(q);
+        let got: Vec<(String, u64, Value)> = v["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["label"] != "detected_level")
+            .map(|f| {
+                (
+                    f["label"].as_str().unwrap().to_string(),
+                    f["cardinality"].as_u64().unwrap(),
+                    f["parsers"].clone(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64, Value)> = want.iter().map(|(l, c, p)| (l.to_string(), *c, p.clone())).collect();
+        assert_eq!(got, want, "{q}");
+    }
+    let fields = |q: &str| get("/loki/api/v1/detected_fields", q, "");
+    let logfmt = || json!(["logfmt"]);
+    check_fields(
+        &fields,
+        "{service_name=\"api\"} |= \"failed\"",
+        &[
+            ("level", 1, logfmt()),
+            ("msg", 1, logfmt()),
+            ("status", 1, logfmt()),
+            ("took", 1, logfmt()),
+        ],
+    );
+    check_fields(
+        &fields,
+        "{service_name=\"api\"} | logfmt | status >= 400",
+        &[
+            ("level", 2, logfmt()),
+            ("msg", 2, logfmt()),
+            ("status", 2, logfmt()),
+            ("took", 2, logfmt()),
+        ],
+    );
+    check_fields(
+        &fields,
+        "{service_name=\"api\"} | logfmt | line_format \"code={{.status}}\" | drop level, msg, took, status",
+        &[("code", 3, logfmt())],
+    );
+    let patterns = |q: &str| -> Vec<String> {
+        get("/loki/api/v1/patterns", q, "&step=30s")["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pattern"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        patterns("{service_name=\"api\"} != \"failed\""),
+        vec!["level=info msg=\"request done\" status=<_> took=<_>"]
+    );
+    assert_eq!(
+        patterns("{service_name=\"api\"} | logfmt | line_format \"{{.msg}} in {{.took}}\""),
+        vec!["request done in <_>", "request failed in <_>"]
+    );
 }
 
 type Ws = tungstenite::WebSocket<std::net::TcpStream>;
@@ -331,7 +395,8 @@ fn next_text(ws: &mut Ws) -> (Value, usize) {
     loop {
         match ws.read().unwrap() {
             tungstenite::Message::Text(t) => return (serde_json::from_str(t.as_str()).unwrap(), pings),
-            tungstenite::Message::Ping(_) => pings += 1,
+            // One ping a second: a message that has not come in 15 s will not come.
+            tungstenite::Message::Ping(_) if pings < 15 => pings += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -686,4 +751,141 @@ fn query_timeout_and_disconnect() {
     let r = s.get(&cheap);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.metric("monitoring_rs_loki_queries_timed_out_total"), 1.0);
+}
+
+/// Tail queries run their whole pipeline, on history and on live entries alike: parsers, label
+/// filters, `line_format`, `drop`; streams carry the pipeline's output labels. As in Loki 3.4.6,
+/// only history entries carry the `detected_level` structured metadata (loki-observed.md).
+#[test]
+fn tail_applies_pipelines() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let lines = [
+        "level=info msg=started took=1",
+        "level=error msg=failed took=2",
+        "level=error msg=\"timed out\" took=3",
+    ];
+    /// `want`: live labels, line, and the `detected_level` history adds (if it survives).
+    fn check(s: &Server, app: &str, query: &str, lines: &[&str], want: &[(Value, &str, Option<&str>)]) {
+        let t0 = now_ns() - 5_000_000_000;
+        push(s, json!({"app": app}), t0, lines);
+        let q = enc(query);
+        let mut ws = tail_connect(s, &format!("query={q}&start={}", t0 - 1_000_000_000)).unwrap();
+        let flat = |v: &Value| -> Vec<(Value, String)> {
+            v["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|st| {
+                    st["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| (st["stream"].clone(), e[1].as_str().unwrap().to_string()))
+                })
+                .collect()
+        };
+        let live: Vec<(Value, String)> = want.iter().map(|(l, line, _)| (l.clone(), line.to_string())).collect();
+        let hist: Vec<(Value, String)> = want
+            .iter()
+            .map(|(l, line, dl)| {
+                let mut l = l.clone();
+                if let Some(dl) = dl {
+                    l["detected_level"] = json!(dl);
+                }
+                (l, line.to_string())
+            })
+            .collect();
+        let (got, _) = next_text(&mut ws);
+        assert_eq!(flat(&got), hist, "{query} history");
+        push(s, json!({"app": app}), now_ns(), lines);
+        let (got, _) = next_text(&mut ws);
+        assert_eq!(flat(&got), live, "{query} live");
+    }
+    check(
+        &s,
+        "a",
+        "{app=\"a\"} | logfmt | level=\"error\" | line_format \"{{.msg}}\" | drop took",
+        &lines,
+        &[
+            (
+                json!({"app": "a", "level": "error", "msg": "failed", "service_name": "a"}),
+                "failed",
+                Some("error"),
+            ),
+            (
+                json!({"app": "a", "level": "error", "msg": "timed out", "service_name": "a"}),
+                "timed out",
+                Some("error"),
+            ),
+        ],
+    );
+    check(
+        &s,
+        "b",
+        "{app=\"b\"} |= \"took\" | logfmt | took > 2 | keep msg",
+        &lines,
+        &[(
+            json!({"msg": "timed out"}),
+            "level=error msg=\"timed out\" took=3",
+            None,
+        )],
+    );
+}
+
+/// A reader too slow for the live entries: what does not fit is dropped and listed in the next
+/// message's `dropped_entries` (labels and ns timestamp), as Loki's tailer reports it.
+#[test]
+fn tail_reports_dropped_entries() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let mut ws = tail_connect(&s, &format!("query={}&limit=100", enc("{app=\"flood\"}"))).unwrap();
+    // Not reading: socket buffers fill, then the server's queue of messages, then entries drop.
+    let line = "x".repeat(4000);
+    let lines: Vec<&str> = (0..500).map(|_| line.as_str()).collect();
+    let mut sent = std::collections::HashSet::new();
+    for _ in 0..15 {
+        let t0 = now_ns();
+        push(&s, json!({"app": "flood"}), t0, &lines);
+        sent.extend((0..500).map(|i| t0 + i));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let addr = s.addr;
+    let marker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let body = json!({"streams": [{"stream": {"app": "flood"}, "values": [[now_ns().to_string(), "marker"]]}]});
+        request(addr, "POST", "/loki/api/v1/push", JSON, body.to_string().as_bytes());
+    });
+    let (mut received, mut dropped) = (Vec::new(), Vec::new());
+    loop {
+        let (v, _) = next_text(&mut ws);
+        for st in v["streams"].as_array().unwrap() {
+            for e in st["values"].as_array().unwrap() {
+                received.push((
+                    e[0].as_str().unwrap().parse::<i64>().unwrap(),
+                    e[1].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        if let Some(d) = v.get("dropped_entries") {
+            for e in d.as_array().unwrap() {
+                assert_eq!(e["labels"]["app"], "flood", "{e}");
+                dropped.push(e["timestamp"].as_str().unwrap().parse::<i64>().unwrap());
+            }
+        }
+        if received.iter().any(|(_, l)| l == "marker") {
+            break;
+        }
+    }
+    marker.join().unwrap();
+    assert!(
+        !dropped.is_empty(),
+        "nothing dropped; {} entries received",
+        received.len()
+    );
+    for ts in &dropped {
+        assert!(sent.contains(ts), "dropped {ts} was never pushed");
+        assert!(received.iter().all(|(r, _)| r != ts), "{ts} both received and dropped");
+    }
+    assert!(received.len() + dropped.len() <= sent.len() + 1);
 }

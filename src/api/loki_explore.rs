@@ -4,14 +4,19 @@
 //!
 //! Owns: these summaries, computed by scanning the selected entries through `LogReader` (there is
 //! no separate volume index or pattern ingester). Never touches: storage internals or LogQL
-//! evaluation (a `query` here is a stream selector; a pipeline after it is ignored).
+//! semantics: `detected_fields` and `patterns` run the query's pipeline through the engine's own
+//! log-query evaluation first (as Loki runs the query before detecting fields); volumes and
+//! detected labels take only the stream selector, as Loki's index-based answers do.
 
 use super::ApiState;
 use super::error::LokiError;
 use super::loki::{Req, json_response, req, selector, store_err};
 use super::loki_misc::{Measured, stats_value};
-use super::loki_query::{Stop, run_stoppable};
+use super::loki_query::{Stop, StopReader, run_stoppable};
 use crate::model::Labels;
+use crate::query::logql::eval::{self, LogParams};
+use crate::query::logql::pipeline::Pairs;
+use crate::query::logql::{self, StoreSource, ast};
 use crate::storage::logs::{Direction, LogReader, SelectRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -115,6 +120,76 @@ fn scan(r: &Req, stop: &Stop, max: usize, newest: bool) -> Result<Vec<Scanned>, 
         out.push((e.labels, e.entry.ts, e.entry.line, e.entry.metadata));
     }
     Ok(out)
+}
+
+/// One entry that passed the query's pipeline: stream labels, ts, line as the pipeline left it,
+/// structured metadata and the labels its parsers extracted.
+struct Piped {
+    stream: Arc<Pairs>,
+    ts: i64,
+    line: String,
+    sm: Pairs,
+    parsed: Pairs,
+}
+
+/// The newest `max` entries of `query` (a log query, pipeline included) in the request's range.
+fn scan_pipeline(r: &Req, stop: &Stop, max: usize) -> Result<Vec<Piped>, LokiError> {
+    let q = r.form.value("query");
+    let le = match logql::parser::parse(q) {
+        Ok(ast::Expr::Log(le)) => le,
+        Ok(ast::Expr::Metric(_)) => {
+            return Err(LokiError::BadRequest(
+                "only log queries are supported here, not metric queries".into(),
+            ));
+        }
+        Err(e) => return Err(LokiError::BadRequest(e.to_string())),
+    };
+    let reader = StopReader {
+        inner: r.store.as_ref(),
+        stop,
+    };
+    let src = StoreSource {
+        reader: &reader,
+        tenant: &r.tenant,
+    };
+    let params = LogParams {
+        start: r.start,
+        end: r.end.saturating_add(1),
+        limit: max,
+        forward: false,
+        categorize: true,
+        interval: 0,
+    };
+    let streams = eval::eval_log(&src, &le, params).map_err(|e| match e.status() {
+        400 => LokiError::BadRequest(e.to_string()),
+        _ => LokiError::Internal(e.to_string()),
+    })?;
+    let mut out = Vec::new();
+    for s in streams {
+        let stream = Arc::new(s.labels);
+        out.extend(s.entries.into_iter().map(|e| Piped {
+            stream: Arc::clone(&stream),
+            ts: e.ts,
+            line: e.line,
+            sm: e.sm,
+            parsed: e.parsed,
+        }));
+    }
+    Ok(out)
+}
+
+/// The parser name Loki reports for labels a query's own parser stage extracted.
+fn query_parser(q: &str) -> Option<&'static str> {
+    let Ok(ast::Expr::Log(le)) = logql::parser::parse(q) else {
+        return None;
+    };
+    le.stages.iter().find_map(|s| match s {
+        ast::Stage::Json(_) | ast::Stage::Unpack => Some("json"),
+        ast::Stage::Logfmt { .. } => Some("logfmt"),
+        ast::Stage::Regexp(_) => Some("regexp"),
+        ast::Stage::Pattern(_) => Some("pattern"),
+        _ => None,
+    })
 }
 
 /// One scanned entry: stream labels, ts, line, structured metadata.
@@ -442,11 +517,26 @@ struct Field {
 
 fn collect_fields(r: &Req, stop: &Stop) -> Result<BTreeMap<String, Field>, LokiError> {
     let line_limit = number(r, "line_limit", DEFAULT_LINE_LIMIT)?;
+    let own_parser = query_parser(r.form.value("query"));
     let mut fields: BTreeMap<String, Field> = BTreeMap::new();
-    for (labels, _, line, sm) in scan(r, stop, line_limit, true)? {
-        for (k, v, parser, path) in line_fields(&line) {
+    for e in scan_pipeline(r, stop, line_limit)? {
+        let is_stream_label = |k: &str| e.stream.iter().any(|(n, _)| n == k);
+        // Labels the query's own parser extracted, then what the (possibly rewritten) line
+        // parses to: a key seen in both counts once, as the query's.
+        for (k, v) in &e.parsed {
+            if is_stream_label(k) || k.starts_with("__") {
+                continue;
+            }
+            let f = fields.entry(k.clone()).or_default();
+            f.types.insert(field_type(v));
+            if let Some(p) = own_parser {
+                f.parsers.insert(p);
+            }
+            f.values.insert(v.clone());
+        }
+        for (k, v, parser, path) in line_fields(&e.line) {
             // A parsed key that is also a stream label is not a new field.
-            if labels.iter().any(|l| l.name == k) {
+            if is_stream_label(&k) || e.parsed.iter().any(|(n, _)| *n == k) {
                 continue;
             }
             let f = fields.entry(k).or_default();
@@ -457,7 +547,7 @@ fn collect_fields(r: &Req, stop: &Stop) -> Result<BTreeMap<String, Field>, LokiE
             }
             f.values.insert(v);
         }
-        for (k, v) in sm {
+        for (k, v) in e.sm {
             let f = fields.entry(k).or_default();
             f.types.insert(field_type(&v));
             f.values.insert(v);
@@ -550,12 +640,15 @@ pub fn template(line: &str) -> String {
     out.join(" ")
 }
 
-fn level_of(labels: &Labels, line: &str) -> String {
+fn level_of(e: &Piped) -> String {
     for n in ["detected_level", "level"] {
-        if let Some(l) = labels.iter().find(|l| l.name == n) {
-            return l.value.clone();
+        for set in [&e.sm, &*e.stream, &e.parsed] {
+            if let Some((_, v)) = set.iter().find(|(k, _)| k == n) {
+                return v.clone();
+            }
         }
     }
+    let line = &e.line;
     for (k, v) in logfmt_pairs(line) {
         if k == "level" || k == "lvl" || k == "severity" {
             return v.to_ascii_lowercase();
@@ -575,12 +668,12 @@ fn patterns(r: &Req, stop: &Stop) -> Result<Value, LokiError> {
         },
     };
     let mut groups: HashMap<(String, String), BTreeMap<i64, u64>> = HashMap::new();
-    for (labels, ts, line, _) in scan(r, stop, PATTERN_LINES, true)? {
-        let key = (template(&line), level_of(&labels, &line));
+    for e in scan_pipeline(r, stop, PATTERN_LINES)? {
+        let key = (template(&e.line), level_of(&e));
         *groups
             .entry(key)
             .or_default()
-            .entry(ts.div_euclid(step) * step)
+            .entry(e.ts.div_euclid(step) * step)
             .or_default() += 1;
     }
     let mut list: Vec<_> = groups.into_iter().collect();
