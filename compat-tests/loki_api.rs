@@ -748,8 +748,15 @@ fn query_timeout_and_disconnect() {
     );
     // The timed-out query's thread stopped: the slot is free at once (it would otherwise be held
     // for the rest of `full`, and this query's wait for it counts against its own timeout).
+    let began = Instant::now();
     let r = s.get(&cheap);
+    let after_timeout = began.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
+    println!(
+        "loki query protection: slow query {full:?} unbounded; after a disconnect the next query waited {waited:?}; \
+         with query_timeout {timeout:?} the 504 came after {answered:?}, a push during it took {push_took:?}, \
+         the next query took {after_timeout:?}"
+    );
     assert_eq!(s.metric("monitoring_rs_loki_queries_timed_out_total"), 1.0);
 }
 
