@@ -309,6 +309,70 @@ fn exploration_endpoints() {
         .sum();
     assert_eq!(n, 2);
     assert!(pats[0]["samples"][0][0].is_i64());
+
+    // Both run the query's pipeline first: filters cut the lines, parsers' labels count as
+    // fields of their parser, line_format rewrites what patterns see.
+    fn check_fields(get: &dyn Fn(&str) -> Value, q: &str, want: &[(&str, u64, Value)]) {
+        let v = get(q);
+        let got: Vec<(String, u64, Value)> = v["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["label"] != "detected_level")
+            .map(|f| {
+                (
+                    f["label"].as_str().unwrap().to_string(),
+                    f["cardinality"].as_u64().unwrap(),
+                    f["parsers"].clone(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64, Value)> = want.iter().map(|(l, c, p)| (l.to_string(), *c, p.clone())).collect();
+        assert_eq!(got, want, "{q}");
+    }
+    let fields = |q: &str| get("/loki/api/v1/detected_fields", q, "");
+    let logfmt = || json!(["logfmt"]);
+    check_fields(
+        &fields,
+        "{service_name=\"api\"} |= \"failed\"",
+        &[
+            ("level", 1, logfmt()),
+            ("msg", 1, logfmt()),
+            ("status", 1, logfmt()),
+            ("took", 1, logfmt()),
+        ],
+    );
+    check_fields(
+        &fields,
+        "{service_name=\"api\"} | logfmt | status >= 400",
+        &[
+            ("level", 2, logfmt()),
+            ("msg", 2, logfmt()),
+            ("status", 2, logfmt()),
+            ("took", 2, logfmt()),
+        ],
+    );
+    check_fields(
+        &fields,
+        "{service_name=\"api\"} | logfmt | line_format \"code={{.status}}\" | drop level, msg, took, status",
+        &[("code", 3, logfmt())],
+    );
+    let patterns = |q: &str| -> Vec<String> {
+        get("/loki/api/v1/patterns", q, "&step=30s")["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pattern"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        patterns("{service_name=\"api\"} != \"failed\""),
+        vec!["level=info msg=\"request done\" status=<_> took=<_>"]
+    );
+    assert_eq!(
+        patterns("{service_name=\"api\"} | logfmt | line_format \"{{.msg}} in {{.took}}\""),
+        vec!["request done in <_>", "request failed in <_>"]
+    );
 }
 
 type Ws = tungstenite::WebSocket<std::net::TcpStream>;
@@ -331,7 +395,8 @@ fn next_text(ws: &mut Ws) -> (Value, usize) {
     loop {
         match ws.read().unwrap() {
             tungstenite::Message::Text(t) => return (serde_json::from_str(t.as_str()).unwrap(), pings),
-            tungstenite::Message::Ping(_) => pings += 1,
+            // One ping a second: a message that has not come in 15 s will not come.
+            tungstenite::Message::Ping(_) if pings < 15 => pings += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -470,4 +535,364 @@ fn query_protection_texts() {
         400,
         "max entries limit per query exceeded, limit > max_entries_limit_per_query (5001 > 5000)",
     );
+}
+
+/// `limits.logs` from the config: the engine, the tail and drilldown-limits all use the
+/// configured values, with Loki's texts.
+#[test]
+fn configured_query_limits() {
+    let dir = tempdir();
+    let s = Server::start(
+        &dir.path().join("d"),
+        Some(
+            "limits:\n  logs:\n    max_entries_limit_per_query: 10\n    max_query_series: 2\n    query_timeout: 45s\n    max_query_length: 1h\n    max_query_lookback: 2h\n",
+        ),
+    );
+    let t0 = now_ns() - 30_000_000_000;
+    for i in 0..3 {
+        push(&s, json!({"job": "lim", "i": i.to_string()}), t0, &["x"]);
+    }
+    let hour = 3_600_000_000_000i64;
+    let end = t0 + 1_000_000_000;
+    fn check(s: &Server, path: &str, status: u16, want: &str) {
+        let r = s.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().starts_with(want), "{path}: {}", r.text());
+    }
+    let logs = enc("{job=\"lim\"}");
+    let metric = enc("count_over_time({job=\"lim\"}[1m])");
+    let summed = enc("sum(count_over_time({job=\"lim\"}[1m]))");
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&limit=11&start={}&end={end}",
+            end - 60_000_000_000
+        ),
+        400,
+        "max entries limit per query exceeded, limit > max_entries_limit_per_query (11 > 10)",
+    );
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&limit=10&start={}&end={end}",
+            end - 60_000_000_000
+        ),
+        200,
+        "{",
+    );
+    check(
+        &s,
+        &format!("/loki/api/v1/query?query={metric}&time={end}"),
+        400,
+        "maximum number of series (2) reached for a single query",
+    );
+    check(&s, &format!("/loki/api/v1/query?query={summed}&time={end}"), 200, "{");
+    // Go's Duration for the length, Prometheus's for the limit.
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&start={}&end={end}",
+            end - hour - 90_000_000_000
+        ),
+        400,
+        "the query time range exceeds the limit (query length: 1h1m30s, limit: 1h)",
+    );
+    // The lookback moves the start up to now-2h before the length is checked: a range starting
+    // a day ago and ending 29 s ago is then 1h59m31s long, too long for 1h; one ending 3h ago is
+    // empty.
+    check(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?query={logs}&start={}&end={end}",
+            end - 24 * hour
+        ),
+        400,
+        "the query time range exceeds the limit (query length: 1h59m",
+    );
+    let r = s.get(&format!(
+        "/loki/api/v1/query_range?query={logs}&limit=10&start={}&end={}",
+        end - 4 * hour,
+        end - 3 * hour
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["result"], json!([]));
+    // The tail takes the same entries limit.
+    match tail_connect(&s, &format!("query={logs}&limit=11")) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 400),
+        other => panic!("tail with limit=11: {:?}", other.map(|_| ())),
+    }
+    let v = s.get("/loki/api/v1/drilldown-limits").json();
+    for (key, want) in [
+        ("max_entries_limit_per_query", json!(10)),
+        ("max_query_series", json!(2)),
+        ("query_timeout", json!("45s")),
+        ("max_query_length", json!("1h")),
+        ("max_query_lookback", json!("2h")),
+    ] {
+        assert_eq!(v["limits"][key], want, "{key}");
+    }
+}
+
+/// Pushes `n` logfmt lines to `{job="big"}` in batches, one second apart, ending a minute ago.
+fn push_big(s: &Server, n: usize) -> (i64, i64) {
+    let t0 = now_ns() - 60_000_000_000 - n as i64 * 1_000_000_000 / 1000;
+    let batch = 20_000;
+    for b in (0..n).step_by(batch) {
+        let values: Vec<Value> = (b..(b + batch).min(n))
+            .map(|i| {
+                json!([
+                    (t0 + i as i64 * 1_000_000).to_string(),
+                    format!(
+                        "level=info msg=\"request {i} handled for user u{}\" k=v{} took={}ms path=/api/v1/items/{i}",
+                        i % 97,
+                        i % 50,
+                        i % 1000
+                    )
+                ])
+            })
+            .collect();
+        let body = json!({"streams": [{"stream": {"job": "big"}, "values": values}]});
+        let r = s.post("/loki/api/v1/push", JSON, body.to_string().as_bytes());
+        assert_eq!(r.status, 204, "push: {}", r.text());
+    }
+    (t0, t0 + n as i64 * 1_000_000)
+}
+
+/// `query_timeout`: a query running past it is stopped and answered 504 with Loki's text, while
+/// pushes go on; a client that disconnects stops its query too. With one query slot, the next
+/// query getting the slot at once shows that the abandoned query's thread really stopped.
+#[test]
+fn query_timeout_and_disconnect() {
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let mut s = Server::start(
+        &dir.path().join("d"),
+        Some("query:\n  max_concurrency: 1\nlimits:\n  logs:\n    query_timeout: 60s\n"),
+    );
+    let (t0, t1) = push_big(&s, 600_000);
+    // A pipeline heavy enough to take more than a second over 600k lines (1.7 s on the 2-core
+    // dev machine).
+    let slow_q = enc(concat!(
+        "sum by (k) (count_over_time({job=\"big\"} | logfmt | line_format \"{{.msg}} {{.k}} {{.path}}\"",
+        " | label_format x=\"{{.msg | upper}}{{.path | lower}}\" | regexp \"(?P<w>\\\\w+) (?P<n>\\\\d+)\"",
+        " | line_format \"{{.x}} {{.w}} {{.n}}\" |~ \"USER U1.*v2\" [1h]))"
+    ));
+    let slow = format!("/loki/api/v1/query?query={slow_q}&time={}", t1 + 1_000_000_000);
+    let cheap = format!(
+        "/loki/api/v1/query_range?query={}&start={t0}&end={}&limit=1",
+        enc("{job=\"big\"}"),
+        t0 + 1_000_000_000
+    );
+    let began = Instant::now();
+    let r = s.get(&slow);
+    let full = began.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let timeout = Duration::from_millis(400);
+    assert!(full >= 3 * timeout, "the slow query took only {full:?}");
+
+    // A client that leaves: its query stops and frees the slot.
+    {
+        use std::io::Write as _;
+        let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+        write!(conn, "GET {slow} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        std::thread::sleep(full / 10);
+    }
+    let began = Instant::now();
+    let r = s.get(&cheap);
+    let waited = began.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        waited < full / 3,
+        "the next query waited {waited:?} for the slot; the abandoned query takes {full:?}"
+    );
+    assert_eq!(s.metric("monitoring_rs_loki_queries_canceled_total"), 1.0);
+
+    // Now with a timeout well under the query's time.
+    let cfg = s.config.clone().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "query:\n  max_concurrency: 1\nlimits:\n  logs:\n    query_timeout: {}ms\n",
+            timeout.as_millis()
+        ),
+    )
+    .unwrap();
+    s.restart();
+    let addr = s.addr;
+    let path = slow.clone();
+    let began = Instant::now();
+    let q = std::thread::spawn(move || {
+        let r = request(addr, "GET", &path, &[], &[]);
+        (r, began.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // Ingestion goes on while the query runs.
+    let pushed_at = Instant::now();
+    push(&s, json!({"job": "small"}), now_ns(), &["during the slow query"]);
+    let push_took = pushed_at.elapsed();
+    let push_done = began.elapsed();
+    let (r, answered) = q.join().unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "Request timed out, decrease the duration of the request or add more label matchers (prefer exact match over regex match) to reduce the amount of data processed."
+    );
+    assert!(r.header("content-type").unwrap_or("").starts_with("text/plain"));
+    assert!(
+        answered < timeout + Duration::from_millis(1500),
+        "the 504 came after {answered:?}"
+    );
+    assert!(
+        push_done < answered,
+        "a push during the query took {push_took:?}; the query answered after {answered:?}"
+    );
+    // The timed-out query's thread stopped: the slot is free at once (it would otherwise be held
+    // for the rest of `full`, and this query's wait for it counts against its own timeout).
+    let began = Instant::now();
+    let r = s.get(&cheap);
+    let after_timeout = began.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    println!(
+        "loki query protection: slow query {full:?} unbounded; after a disconnect the next query waited {waited:?}; \
+         with query_timeout {timeout:?} the 504 came after {answered:?}, a push during it took {push_took:?}, \
+         the next query took {after_timeout:?}"
+    );
+    assert_eq!(s.metric("monitoring_rs_loki_queries_timed_out_total"), 1.0);
+}
+
+/// Tail queries run their whole pipeline, on history and on live entries alike: parsers, label
+/// filters, `line_format`, `drop`; streams carry the pipeline's output labels. As in Loki 3.4.6,
+/// only history entries carry the `detected_level` structured metadata (loki-observed.md).
+#[test]
+fn tail_applies_pipelines() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let lines = [
+        "level=info msg=started took=1",
+        "level=error msg=failed took=2",
+        "level=error msg=\"timed out\" took=3",
+    ];
+    /// `want`: live labels, line, and the `detected_level` history adds (if it survives).
+    fn check(s: &Server, app: &str, query: &str, lines: &[&str], want: &[(Value, &str, Option<&str>)]) {
+        let t0 = now_ns() - 5_000_000_000;
+        push(s, json!({"app": app}), t0, lines);
+        let q = enc(query);
+        let mut ws = tail_connect(s, &format!("query={q}&start={}", t0 - 1_000_000_000)).unwrap();
+        let flat = |v: &Value| -> Vec<(Value, String)> {
+            v["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|st| {
+                    st["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| (st["stream"].clone(), e[1].as_str().unwrap().to_string()))
+                })
+                .collect()
+        };
+        let live: Vec<(Value, String)> = want.iter().map(|(l, line, _)| (l.clone(), line.to_string())).collect();
+        let hist: Vec<(Value, String)> = want
+            .iter()
+            .map(|(l, line, dl)| {
+                let mut l = l.clone();
+                if let Some(dl) = dl {
+                    l["detected_level"] = json!(dl);
+                }
+                (l, line.to_string())
+            })
+            .collect();
+        let (got, _) = next_text(&mut ws);
+        assert_eq!(flat(&got), hist, "{query} history");
+        push(s, json!({"app": app}), now_ns(), lines);
+        let (got, _) = next_text(&mut ws);
+        assert_eq!(flat(&got), live, "{query} live");
+    }
+    check(
+        &s,
+        "a",
+        "{app=\"a\"} | logfmt | level=\"error\" | line_format \"{{.msg}}\" | drop took",
+        &lines,
+        &[
+            (
+                json!({"app": "a", "level": "error", "msg": "failed", "service_name": "a"}),
+                "failed",
+                Some("error"),
+            ),
+            (
+                json!({"app": "a", "level": "error", "msg": "timed out", "service_name": "a"}),
+                "timed out",
+                Some("error"),
+            ),
+        ],
+    );
+    check(
+        &s,
+        "b",
+        "{app=\"b\"} |= \"took\" | logfmt | took > 2 | keep msg",
+        &lines,
+        &[(
+            json!({"msg": "timed out"}),
+            "level=error msg=\"timed out\" took=3",
+            None,
+        )],
+    );
+}
+
+/// A reader too slow for the live entries: what does not fit is dropped and listed in the next
+/// message's `dropped_entries` (labels and ns timestamp), as Loki's tailer reports it.
+#[test]
+fn tail_reports_dropped_entries() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let mut ws = tail_connect(&s, &format!("query={}&limit=100", enc("{app=\"flood\"}"))).unwrap();
+    // Not reading: socket buffers fill, then the server's queue of messages, then entries drop.
+    let line = "x".repeat(4000);
+    let lines: Vec<&str> = (0..500).map(|_| line.as_str()).collect();
+    let mut sent = std::collections::HashSet::new();
+    for _ in 0..15 {
+        let t0 = now_ns();
+        push(&s, json!({"app": "flood"}), t0, &lines);
+        sent.extend((0..500).map(|i| t0 + i));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let addr = s.addr;
+    let marker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let body = json!({"streams": [{"stream": {"app": "flood"}, "values": [[now_ns().to_string(), "marker"]]}]});
+        request(addr, "POST", "/loki/api/v1/push", JSON, body.to_string().as_bytes());
+    });
+    let (mut received, mut dropped) = (Vec::new(), Vec::new());
+    loop {
+        let (v, _) = next_text(&mut ws);
+        for st in v["streams"].as_array().unwrap() {
+            for e in st["values"].as_array().unwrap() {
+                received.push((
+                    e[0].as_str().unwrap().parse::<i64>().unwrap(),
+                    e[1].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        if let Some(d) = v.get("dropped_entries") {
+            for e in d.as_array().unwrap() {
+                assert_eq!(e["labels"]["app"], "flood", "{e}");
+                dropped.push(e["timestamp"].as_str().unwrap().parse::<i64>().unwrap());
+            }
+        }
+        if received.iter().any(|(_, l)| l == "marker") {
+            break;
+        }
+    }
+    marker.join().unwrap();
+    assert!(
+        !dropped.is_empty(),
+        "nothing dropped; {} entries received",
+        received.len()
+    );
+    for ts in &dropped {
+        assert!(sent.contains(ts), "dropped {ts} was never pushed");
+        assert!(received.iter().all(|(r, _)| r != ts), "{ts} both received and dropped");
+    }
+    assert!(received.len() + dropped.len() <= sent.len() + 1);
 }

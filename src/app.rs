@@ -90,6 +90,17 @@ pub fn loki_limits(cfg: &Config) -> LokiLimits {
     }
 }
 
+pub fn loki_query_limits(cfg: &Config) -> api::LokiQueryLimits {
+    let l = &cfg.limits.logs;
+    api::LokiQueryLimits {
+        max_entries: l.max_entries_limit_per_query,
+        max_series: l.max_query_series,
+        timeout: l.query_timeout.0,
+        max_query_length: l.max_query_length.0,
+        max_query_lookback: l.max_query_lookback.0,
+    }
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let opts = metrics_options(&cfg);
     let dir = opts.dir.clone();
@@ -136,6 +147,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let write_stats = Arc::new(WriteStats::default());
     register_metrics(&registry, db.stats(), db.wal_stats(), ingester.stats(), &write_stats);
     register_log_metrics(&registry, &logs, loki.stats(), &push_stats);
+    let loki_query_stats = Arc::new(api::LokiQueryStats::default());
+    register_loki_query_metrics(&registry, &loki_query_stats);
     let state = Arc::new(ApiState {
         db: Arc::clone(&db),
         ingester,
@@ -156,6 +169,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             ..Default::default()
         }),
         query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query.max_concurrency)),
+        loki_limits: loki_query_limits(&cfg),
+        loki_query_stats,
         targets: scraper
             .as_ref()
             .map(|s| Arc::new(ScrapeTargets(s.state())) as Arc<dyn api::TargetsSource>),
@@ -564,6 +579,24 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+fn register_loki_query_metrics(reg: &Registry, st: &Arc<api::LokiQueryStats>) {
+    let st = Arc::clone(st);
+    reg.register(move |w| {
+        w.single(
+            "monitoring_rs_loki_queries_timed_out_total",
+            "counter",
+            "Loki read requests stopped and answered 504 after limits.logs.query_timeout.",
+            st.timed_out.load(Ordering::Relaxed) as f64,
+        );
+        w.single(
+            "monitoring_rs_loki_queries_canceled_total",
+            "counter",
+            "Loki read requests stopped because the client disconnected.",
+            st.canceled.load(Ordering::Relaxed) as f64,
+        );
+    });
 }
 
 fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiStats>, push: &Arc<PushStats>) {

@@ -54,6 +54,12 @@ limits:
     max_streams_per_tenant: 5000  # new streams beyond this answer 429
     discover_service_name: [service_name, service, app, application, name, app_kubernetes_io_name, container, container_name, k8s_container_name, component, workload, job, k8s_job_name]
     discover_log_levels: true     # add detected_level as structured metadata
+    # Loki query limits, with Loki 3.4's names, defaults and error texts:
+    max_entries_limit_per_query: 5000  # a log query's (and a tail's) `limit` above this is a 400
+    max_query_series: 500         # a metric query answering more series is a 400
+    query_timeout: 1m             # a query running longer is stopped and answered 504
+    max_query_length: 721h        # a query spanning longer is a 400; 0 = unlimited
+    max_query_lookback: 0s        # a query's start is moved up to now minus this; 0 = unlimited
 query:
   lookback_delta: 5m        # like --query.lookback-delta: how far back an instant selector looks
   timeout: 2m               # like --query.timeout; a request's `timeout` can only shorten it
@@ -217,6 +223,11 @@ pub struct LogsLimitsConfig {
     pub max_streams_per_tenant: usize,
     pub discover_service_name: Vec<String>,
     pub discover_log_levels: bool,
+    pub max_entries_limit_per_query: usize,
+    pub max_query_series: usize,
+    pub query_timeout: DurationStr,
+    pub max_query_length: DurationStr,
+    pub max_query_lookback: DurationStr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -466,6 +477,19 @@ impl Config {
                 message: "must be at least 1KiB".to_string(),
             });
         }
+        let ll = &self.limits.logs;
+        if ll.max_entries_limit_per_query == 0 || ll.max_query_series == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.logs.max_entries_limit_per_query",
+                message: "max_entries_limit_per_query and max_query_series must be positive".to_string(),
+            });
+        }
+        if ll.query_timeout.0 < Duration::from_millis(1) {
+            return Err(ConfigError::Invalid {
+                key: "limits.logs.query_timeout",
+                message: "must be at least 1ms".to_string(),
+            });
+        }
         let cl = &self.collect.logs;
         if cl.rescan_interval.0 < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
@@ -601,6 +625,18 @@ mod tests {
             "collect:\n  kube:\n    deleted_pod_grace: 10ms\n",
             Some("collect.kube.deleted_pod_grace"),
         );
+        check_config(
+            "limits:\n  logs:\n    query_timeout: 2s\n    max_query_length: 0\n",
+            None,
+        );
+        check_config(
+            "limits:\n  logs:\n    query_timeout: 0s\n",
+            Some("limits.logs.query_timeout"),
+        );
+        check_config(
+            "limits:\n  logs:\n    max_query_series: 0\n",
+            Some("limits.logs.max_entries_limit_per_query"),
+        );
     }
 
     #[test]
@@ -609,5 +645,11 @@ mod tests {
         assert_eq!(c.storage.metrics.retention_time.0, Duration::from_secs(15 * 86_400));
         assert_eq!(c.limits.remote_write_max_body.0, 64 << 20);
         assert_eq!(c.listen_addrs().len(), 2);
+        // Loki 3.4's query limits.
+        let l = &c.limits.logs;
+        assert_eq!((l.max_entries_limit_per_query, l.max_query_series), (5000, 500));
+        assert_eq!(l.query_timeout.0, Duration::from_secs(60));
+        assert_eq!(l.max_query_length.0, Duration::from_secs(721 * 3600));
+        assert_eq!(l.max_query_lookback.0, Duration::ZERO);
     }
 }

@@ -167,7 +167,13 @@ pub enum LokiError {
     Internal(String),
     /// Shutting down: 503.
     Unavailable(String),
+    /// The query ran past `query_timeout`: 504 with Loki's fixed text.
+    Timeout,
 }
+
+/// Loki 3.4's `server.ErrDeadlineExceeded` (`pkg/util/server/error.go`), answered with 504. Later
+/// Loki versions lower-case it and drop the period.
+pub const LOKI_DEADLINE_EXCEEDED: &str = "Request timed out, decrease the duration of the request or add more label matchers (prefer exact match over regex match) to reduce the amount of data processed.";
 
 impl LokiError {
     pub fn status(&self) -> StatusCode {
@@ -177,6 +183,7 @@ impl LokiError {
             LokiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             LokiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             LokiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LokiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
@@ -184,20 +191,26 @@ impl LokiError {
 impl IntoResponse for LokiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let msg = match self {
+        match self {
             LokiError::BadRequest(m)
             | LokiError::TooLarge(m)
             | LokiError::RateLimited(m)
             | LokiError::Internal(m)
-            | LokiError::Unavailable(m) => m,
-        };
-        plain_text(status, &msg)
+            | LokiError::Unavailable(m) => plain_text(status, &m),
+            // Loki 3.4's `WriteError` prints the text as it is (`fmt.Fprint`, no newline).
+            LokiError::Timeout => plain_text_exact(status, LOKI_DEADLINE_EXCEEDED.to_string()),
+        }
     }
 }
 
 /// Go's `http.Error`: text/plain body with a trailing newline and `nosniff`.
 pub fn plain_text(status: StatusCode, msg: &str) -> Response {
-    let mut r = (status, format!("{msg}\n")).into_response();
+    plain_text_exact(status, format!("{msg}\n"))
+}
+
+/// `body` as text/plain with `nosniff`, unchanged.
+fn plain_text_exact(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -4,13 +4,19 @@
 //!
 //! Owns: these summaries, computed by scanning the selected entries through `LogReader` (there is
 //! no separate volume index or pattern ingester). Never touches: storage internals or LogQL
-//! evaluation (a `query` here is a stream selector; a pipeline after it is ignored).
+//! semantics: `detected_fields` and `patterns` run the query's pipeline through the engine's own
+//! log-query evaluation first (as Loki runs the query before detecting fields); volumes and
+//! detected labels take only the stream selector, as Loki's index-based answers do.
 
 use super::ApiState;
 use super::error::LokiError;
-use super::loki::{Req, blocking, json_response, req, selector, store_err};
+use super::loki::{Req, json_response, req, selector, store_err};
 use super::loki_misc::{Measured, stats_value};
+use super::loki_query::{Stop, StopReader, run_stoppable};
 use crate::model::Labels;
+use crate::query::logql::eval::{self, LogParams};
+use crate::query::logql::pipeline::Pairs;
+use crate::query::logql::{self, StoreSource, ast};
 use crate::storage::logs::{Direction, LogReader, SelectRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -86,7 +92,7 @@ fn stream_selector(q: &str) -> &str {
 
 /// Every selected entry as (labels, ts, line, structured metadata), oldest first, at most `max`
 /// (0 = all); newest first when `newest` (so a line limit keeps the recent ones).
-fn scan(r: &Req, max: usize, newest: bool) -> Result<Vec<Scanned>, LokiError> {
+fn scan(r: &Req, stop: &Stop, max: usize, newest: bool) -> Result<Vec<Scanned>, LokiError> {
     let matchers = selector(stream_selector(r.form.value("query")))?;
     let it = r
         .store
@@ -105,11 +111,85 @@ fn scan(r: &Req, max: usize, newest: bool) -> Result<Vec<Scanned>, LokiError> {
         })
         .map_err(store_err)?;
     let mut out = Vec::new();
-    for e in it {
+    for (i, e) in it.enumerate() {
+        // The deadline check every 1024 entries: a few µs of work between two checks.
+        if i % 1024 == 0 && stop.should_stop() {
+            break;
+        }
         let e = e.map_err(store_err)?;
         out.push((e.labels, e.entry.ts, e.entry.line, e.entry.metadata));
     }
     Ok(out)
+}
+
+/// One entry that passed the query's pipeline: stream labels, ts, line as the pipeline left it,
+/// structured metadata and the labels its parsers extracted.
+struct Piped {
+    stream: Arc<Pairs>,
+    ts: i64,
+    line: String,
+    sm: Pairs,
+    parsed: Pairs,
+}
+
+/// The newest `max` entries of `query` (a log query, pipeline included) in the request's range.
+fn scan_pipeline(r: &Req, stop: &Stop, max: usize) -> Result<Vec<Piped>, LokiError> {
+    let q = r.form.value("query");
+    let le = match logql::parser::parse(q) {
+        Ok(ast::Expr::Log(le)) => le,
+        Ok(ast::Expr::Metric(_)) => {
+            return Err(LokiError::BadRequest(
+                "only log queries are supported here, not metric queries".into(),
+            ));
+        }
+        Err(e) => return Err(LokiError::BadRequest(e.to_string())),
+    };
+    let reader = StopReader {
+        inner: r.store.as_ref(),
+        stop,
+    };
+    let src = StoreSource {
+        reader: &reader,
+        tenant: &r.tenant,
+    };
+    let params = LogParams {
+        start: r.start,
+        end: r.end.saturating_add(1),
+        limit: max,
+        forward: false,
+        categorize: true,
+        interval: 0,
+    };
+    let streams = eval::eval_log(&src, &le, params).map_err(|e| match e.status() {
+        400 => LokiError::BadRequest(e.to_string()),
+        _ => LokiError::Internal(e.to_string()),
+    })?;
+    let mut out = Vec::new();
+    for s in streams {
+        let stream = Arc::new(s.labels);
+        out.extend(s.entries.into_iter().map(|e| Piped {
+            stream: Arc::clone(&stream),
+            ts: e.ts,
+            line: e.line,
+            sm: e.sm,
+            parsed: e.parsed,
+        }));
+    }
+    Ok(out)
+}
+
+/// The parser name Loki reports for labels a query's own parser stage extracted.
+fn query_parser(q: &str) -> Option<&'static str> {
+    let Ok(ast::Expr::Log(le)) = logql::parser::parse(q) else {
+        return None;
+    };
+    le.stages.iter().find_map(|s| match s {
+        ast::Stage::Json(_) | ast::Stage::Unpack => Some("json"),
+        ast::Stage::Logfmt { .. } => Some("logfmt"),
+        ast::Stage::Regexp(_) => Some("regexp"),
+        ast::Stage::Pattern(_) => Some("pattern"),
+        _ => None,
+    })
 }
 
 /// One scanned entry: stream labels, ts, line, structured metadata.
@@ -204,7 +284,7 @@ fn secs(ns: i64) -> Value {
 
 /// Byte volume per group for `/index/volume` (one vector at `end`) or `/index/volume_range`
 /// (`step` buckets). Groups are ranked by total bytes, largest first, and cut to `limit`.
-fn volume(r: &Req, range: bool) -> Result<Value, LokiError> {
+fn volume(r: &Req, stop: &Stop, range: bool) -> Result<Value, LokiError> {
     let started = std::time::Instant::now();
     let p = volume_params(r)?;
     let step = if range {
@@ -221,7 +301,7 @@ fn volume(r: &Req, range: bool) -> Result<Value, LokiError> {
         0
     };
     let mut totals: Groups = HashMap::new();
-    for (labels, ts, line, _) in scan(r, 0, false)? {
+    for (labels, ts, line, _) in scan(r, stop, 0, false)? {
         let b = entry_bytes(&line);
         for k in volume_keys(&p, &labels) {
             let e = totals.entry(k).or_default();
@@ -256,7 +336,7 @@ fn volume(r: &Req, range: bool) -> Result<Value, LokiError> {
 }
 
 pub async fn index_volume(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    run(&st, &uri, &headers, &body, |r| volume(&r, false)).await
+    run(&st, &uri, &headers, &body, |r, stop| volume(&r, stop, false)).await
 }
 
 pub async fn index_volume_range(
@@ -265,7 +345,7 @@ pub async fn index_volume_range(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, |r| volume(&r, true)).await
+    run(&st, &uri, &headers, &body, |r, stop| volume(&r, stop, true)).await
 }
 
 async fn run(
@@ -273,14 +353,15 @@ async fn run(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-    f: impl FnOnce(Req) -> Result<Value, LokiError> + Send + 'static,
+    f: impl FnOnce(Req, &Stop) -> Result<Value, LokiError> + Send + 'static,
 ) -> Response {
     let r = match req(st, uri, headers, body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    // Scans read chunk files and decode entries: keep them off the reactor.
-    respond(blocking(move || f(r)).await)
+    // Scans read chunk files and decode entries: off the reactor, on a query thread that stops
+    // at `query_timeout` or when the client leaves, like `/query_range`.
+    respond(run_stoppable(st, move |stop| f(r, stop)).await.and_then(|r| r))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,7 +395,7 @@ pub async fn detected_labels_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, |r| detected_labels(&r)).await
+    run(&st, &uri, &headers, &body, |r, _| detected_labels(&r)).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,13 +515,28 @@ struct Field {
     json_path: Vec<String>,
 }
 
-fn collect_fields(r: &Req) -> Result<BTreeMap<String, Field>, LokiError> {
+fn collect_fields(r: &Req, stop: &Stop) -> Result<BTreeMap<String, Field>, LokiError> {
     let line_limit = number(r, "line_limit", DEFAULT_LINE_LIMIT)?;
+    let own_parser = query_parser(r.form.value("query"));
     let mut fields: BTreeMap<String, Field> = BTreeMap::new();
-    for (labels, _, line, sm) in scan(r, line_limit, true)? {
-        for (k, v, parser, path) in line_fields(&line) {
+    for e in scan_pipeline(r, stop, line_limit)? {
+        let is_stream_label = |k: &str| e.stream.iter().any(|(n, _)| n == k);
+        // Labels the query's own parser extracted, then what the (possibly rewritten) line
+        // parses to: a key seen in both counts once, as the query's.
+        for (k, v) in &e.parsed {
+            if is_stream_label(k) || k.starts_with("__") {
+                continue;
+            }
+            let f = fields.entry(k.clone()).or_default();
+            f.types.insert(field_type(v));
+            if let Some(p) = own_parser {
+                f.parsers.insert(p);
+            }
+            f.values.insert(v.clone());
+        }
+        for (k, v, parser, path) in line_fields(&e.line) {
             // A parsed key that is also a stream label is not a new field.
-            if labels.iter().any(|l| l.name == k) {
+            if is_stream_label(&k) || e.parsed.iter().any(|(n, _)| *n == k) {
                 continue;
             }
             let f = fields.entry(k).or_default();
@@ -451,7 +547,7 @@ fn collect_fields(r: &Req) -> Result<BTreeMap<String, Field>, LokiError> {
             }
             f.values.insert(v);
         }
-        for (k, v) in sm {
+        for (k, v) in e.sm {
             let f = fields.entry(k).or_default();
             f.types.insert(field_type(&v));
             f.values.insert(v);
@@ -460,9 +556,9 @@ fn collect_fields(r: &Req) -> Result<BTreeMap<String, Field>, LokiError> {
     Ok(fields)
 }
 
-fn detected_fields(r: &Req) -> Result<Value, LokiError> {
+fn detected_fields(r: &Req, stop: &Stop) -> Result<Value, LokiError> {
     let limit = number(r, "limit", DEFAULT_FIELDS_LIMIT)?;
-    let fields = collect_fields(r)?;
+    let fields = collect_fields(r, stop)?;
     let out: Vec<Value> = fields
         .into_iter()
         .take(limit)
@@ -490,9 +586,9 @@ fn detected_fields(r: &Req) -> Result<Value, LokiError> {
     Ok(json!({"fields": out, "limit": limit}))
 }
 
-fn detected_field_values(r: &Req, name: &str) -> Result<Value, LokiError> {
+fn detected_field_values(r: &Req, stop: &Stop, name: &str) -> Result<Value, LokiError> {
     let limit = number(r, "limit", DEFAULT_FIELDS_LIMIT)?;
-    let fields = collect_fields(r)?;
+    let fields = collect_fields(r, stop)?;
     let values: Vec<String> = fields
         .get(name)
         .map(|f| f.values.iter().take(limit).cloned().collect())
@@ -506,7 +602,7 @@ pub async fn detected_fields_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, |r| detected_fields(&r)).await
+    run(&st, &uri, &headers, &body, |r, stop| detected_fields(&r, stop)).await
 }
 
 pub async fn detected_field_values_handler(
@@ -516,7 +612,10 @@ pub async fn detected_field_values_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(&st, &uri, &headers, &body, move |r| detected_field_values(&r, &name)).await
+    run(&st, &uri, &headers, &body, move |r, stop| {
+        detected_field_values(&r, stop, &name)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,12 +640,15 @@ pub fn template(line: &str) -> String {
     out.join(" ")
 }
 
-fn level_of(labels: &Labels, line: &str) -> String {
+fn level_of(e: &Piped) -> String {
     for n in ["detected_level", "level"] {
-        if let Some(l) = labels.iter().find(|l| l.name == n) {
-            return l.value.clone();
+        for set in [&e.sm, &*e.stream, &e.parsed] {
+            if let Some((_, v)) = set.iter().find(|(k, _)| k == n) {
+                return v.clone();
+            }
         }
     }
+    let line = &e.line;
     for (k, v) in logfmt_pairs(line) {
         if k == "level" || k == "lvl" || k == "severity" {
             return v.to_ascii_lowercase();
@@ -555,7 +657,7 @@ fn level_of(labels: &Labels, line: &str) -> String {
     "unknown".to_string()
 }
 
-fn patterns(r: &Req) -> Result<Value, LokiError> {
+fn patterns(r: &Req, stop: &Stop) -> Result<Value, LokiError> {
     let step = match r.form.value("step") {
         "" => 10_000_000_000,
         s => match s.parse::<f64>() {
@@ -566,12 +668,12 @@ fn patterns(r: &Req) -> Result<Value, LokiError> {
         },
     };
     let mut groups: HashMap<(String, String), BTreeMap<i64, u64>> = HashMap::new();
-    for (labels, ts, line, _) in scan(r, PATTERN_LINES, true)? {
-        let key = (template(&line), level_of(&labels, &line));
+    for e in scan_pipeline(r, stop, PATTERN_LINES)? {
+        let key = (template(&e.line), level_of(&e));
         *groups
             .entry(key)
             .or_default()
-            .entry(ts.div_euclid(step) * step)
+            .entry(e.ts.div_euclid(step) * step)
             .or_default() += 1;
     }
     let mut list: Vec<_> = groups.into_iter().collect();
@@ -593,7 +695,7 @@ fn patterns(r: &Req) -> Result<Value, LokiError> {
 }
 
 pub async fn patterns_handler(State(st): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    run(&st, &uri, &headers, &body, |r| patterns(&r)).await
+    run(&st, &uri, &headers, &body, |r, stop| patterns(&r, stop)).await
 }
 
 #[cfg(test)]

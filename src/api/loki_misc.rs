@@ -6,11 +6,14 @@
 //! query is valid) or storage.
 
 use super::params::Form;
+use super::{ApiState, LokiQueryLimits};
 use crate::query::logql;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// The Loki version we answer as: what Grafana and Logs Drilldown gate features on.
 pub const LOKI_VERSION: &str = "3.5.0";
@@ -114,28 +117,29 @@ fn normalize(q: &str) -> String {
 
 /// Logs Drilldown's configuration probe: the tenant limits that matter to it, snake_case as in
 /// Loki's `limits_config`, durations as Prometheus duration strings.
-pub async fn drilldown_limits() -> Response {
-    json_with(StatusCode::OK, &drilldown_value())
+pub async fn drilldown_limits(State(st): State<Arc<ApiState>>) -> Response {
+    json_with(StatusCode::OK, &drilldown_value(&st.loki_limits))
 }
 
-fn drilldown_value() -> Value {
+fn drilldown_value(l: &LokiQueryLimits) -> Value {
+    let dur = |d: std::time::Duration| logql::model_duration_string(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     json!({
         "limits": {
             "discover_log_levels": true,
             "discover_service_name": ["service", "app", "application", "name", "app_kubernetes_io_name",
                 "container", "container_name", "component", "workload", "job"],
             "log_level_fields": ["level", "LEVEL", "Level", "severity", "SEVERITY", "Severity", "lvl", "LVL", "Lvl"],
-            "max_entries_limit_per_query": 5000,
+            "max_entries_limit_per_query": l.max_entries,
             "max_line_size_truncate": false,
             "max_query_bytes_read": "0B",
-            "max_query_length": "30d1h",
-            "max_query_lookback": "0s",
+            "max_query_length": dur(l.max_query_length),
+            "max_query_lookback": dur(l.max_query_lookback),
             "max_query_range": "0s",
-            "max_query_series": 500,
+            "max_query_series": l.max_series,
             "metric_aggregation_enabled": false,
             "otlp_config": {},
             "pattern_persistence_enabled": false,
-            "query_timeout": "1m",
+            "query_timeout": dur(l.timeout),
             "retention_period": "0s",
             "retention_stream": [],
             "volume_enabled": true,

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 pub use loki::{DEFAULT_TENANT, PushStats};
+pub use loki_query::{LokiQueryLimits, LokiQueryStats};
 pub use prom::{TargetView, TargetsSource};
 pub use remote_write::WriteStats;
 
@@ -52,6 +53,10 @@ pub struct ApiState {
     pub engine: crate::query::promql::Engine,
     /// Queries evaluated at once (`query.max_concurrency`); the rest wait for a permit.
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// Loki read limits (`limits.logs`): entries, series, timeout, query length and lookback.
+    pub loki_limits: LokiQueryLimits,
+    /// Loki reads stopped by `query_timeout` or a disconnected client.
+    pub loki_query_stats: Arc<LokiQueryStats>,
     /// Scrape targets for `/api/v1/targets`; `None` when nothing is scraped.
     pub targets: Option<Arc<dyn TargetsSource>>,
 }

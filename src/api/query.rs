@@ -228,8 +228,9 @@ async fn run_query(
     answer.map_err(|_| ApiError::internal("query thread ended without an answer"))?
 }
 
-/// Sets its flag when dropped: see `CancelOnDrop` in the query handler.
-struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+/// Sets its flag when dropped: see `CancelOnDrop` in the query handler (the Loki handlers in
+/// `loki_query.rs` use it the same way).
+pub(super) struct CancelOnDrop(pub(super) Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -242,7 +243,7 @@ const QUERY_NICE: libc::c_int = 10;
 
 /// Lowers the calling thread's priority (on Linux `setpriority` with a thread id applies to that
 /// thread only). Best effort: a failure leaves the default priority.
-fn lower_thread_priority() {
+pub(super) fn lower_thread_priority() {
     // SAFETY: plain syscalls on the calling thread; no memory is passed.
     unsafe {
         let tid = libc::gettid();

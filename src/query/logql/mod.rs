@@ -107,7 +107,101 @@ pub enum Body {
     Text(String),
 }
 
-const MAX_ENTRIES: i64 = 5000;
+/// A tenant's query limits, with Loki's names (`limits_config`) and 3.4 defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_entries_limit_per_query`: a log query's `limit` above this is refused.
+    pub max_entries: i64,
+    /// `max_query_length` in ns; 0 = unlimited.
+    pub max_query_length_ns: i64,
+    /// `max_query_lookback` in ns: the start is moved up to `now` minus this; 0 = unlimited.
+    pub max_query_lookback_ns: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: 5000,
+            max_query_length_ns: 721 * 3600 * 1_000_000_000,
+            max_query_lookback_ns: 0,
+        }
+    }
+}
+
+/// Go's `time.Duration.String()` (`722h0m0s`, `1m30.5s`, `0s`), as Loki prints a query's length.
+pub fn go_duration_string(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let neg = ns < 0;
+    let u = ns.unsigned_abs();
+    let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
+    if u < 1_000_000_000 {
+        // Sub-second: the largest unit that keeps an integer part.
+        let (div, unit) = if u < 1_000 {
+            (1, "ns")
+        } else if u < 1_000_000 {
+            (1_000, "µs")
+        } else {
+            (1_000_000, "ms")
+        };
+        out.push_str(&frac(u, div));
+        out.push_str(unit);
+        return out;
+    }
+    let (h, rest) = (u / 3_600_000_000_000, u % 3_600_000_000_000);
+    let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+    if h > 0 {
+        out.push_str(&format!("{h}h{m}m"));
+    } else if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    out.push_str(&frac(rest, 1_000_000_000));
+    out.push('s');
+    out
+}
+
+/// `v / div` with the fraction's trailing zeros dropped.
+fn frac(v: u64, div: u64) -> String {
+    let (i, f) = (v / div, v % div);
+    if f == 0 {
+        return i.to_string();
+    }
+    let width = div.to_string().len() - 1;
+    let fs = format!("{f:0width$}");
+    format!("{i}.{}", fs.trim_end_matches('0'))
+}
+
+/// Prometheus's `model.Duration.String()` (`30d1h`, `1m`, `0s`), as Loki prints a limit.
+pub fn model_duration_string(ns: i64) -> String {
+    let mut ms = ns.max(0) / 1_000_000;
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    // Years and weeks only when they divide exactly ("90d", not "12w6d"), as Prometheus prints.
+    for (unit, size, exact) in [
+        ("y", 365 * 86_400_000i64, true),
+        ("w", 7 * 86_400_000, true),
+        ("d", 86_400_000, false),
+        ("h", 3_600_000, false),
+        ("m", 60_000, false),
+        ("s", 1000, false),
+        ("ms", 1, false),
+    ] {
+        if exact && ms % size != 0 {
+            continue;
+        }
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
 const INSTANT_LOG: &str =
     "log queries are not supported as an instant query type, please change your query to a range query type";
 
@@ -120,7 +214,19 @@ pub fn handle(
     headers: &HashMap<String, String>,
     now_ns: i64,
 ) -> Response {
-    match execute(src, kind, params, headers, now_ns) {
+    handle_limited(src, kind, params, headers, now_ns, &Limits::default())
+}
+
+/// [`handle`] with a tenant's limits.
+pub fn handle_limited(
+    src: &dyn LogSource,
+    kind: Endpoint,
+    params: &HashMap<String, String>,
+    headers: &HashMap<String, String>,
+    now_ns: i64,
+    limits: &Limits,
+) -> Response {
+    match execute_limited(src, kind, params, headers, now_ns, limits) {
         Ok(v) => Response {
             status: 200,
             content_type: "application/json",
@@ -192,8 +298,20 @@ pub fn execute(
     headers: &HashMap<String, String>,
     now_ns: i64,
 ) -> Result<Value, Error> {
+    execute_limited(src, kind, params, headers, now_ns, &Limits::default())
+}
+
+/// [`execute`] with a tenant's limits.
+pub fn execute_limited(
+    src: &dyn LogSource,
+    kind: Endpoint,
+    params: &HashMap<String, String>,
+    headers: &HashMap<String, String>,
+    now_ns: i64,
+    limits: &Limits,
+) -> Result<Value, Error> {
     let p = |k: &str| params.get(k).map(String::as_str);
-    let (start, end) = match kind {
+    let (mut start, end) = match kind {
         Endpoint::Range => {
             let end = match p("end") {
                 Some(s) => parse_time(s, "end")?,
@@ -236,6 +354,21 @@ pub fn execute(
         return Err(Error::BadRequest(
             "end timestamp must not be before or equal to start time".into(),
         ));
+    }
+    // Loki's `ValidateQueryTimeRangeLimits`: the lookback clamps the start, then the length is
+    // checked. An instant query has no length.
+    if kind == Endpoint::Range {
+        if limits.max_query_lookback_ns > 0 {
+            // A range wholly before the lookback becomes empty (Loki answers an empty result).
+            start = start.max(now_ns.saturating_sub(limits.max_query_lookback_ns)).min(end);
+        }
+        if limits.max_query_length_ns > 0 && end.saturating_sub(start) > limits.max_query_length_ns {
+            return Err(Error::BadRequest(format!(
+                "the query time range exceeds the limit (query length: {}, limit: {})",
+                go_duration_string(end.saturating_sub(start)),
+                model_duration_string(limits.max_query_length_ns)
+            )));
+        }
     }
     let step = match (kind, p("step")) {
         (Endpoint::Range, Some(s)) => {
@@ -282,9 +415,10 @@ pub fn execute(
             if kind == Endpoint::Instant {
                 return Err(Error::BadRequest(INSTANT_LOG.into()));
             }
-            if limit > MAX_ENTRIES {
+            if limit > limits.max_entries {
                 return Err(Error::BadRequest(format!(
-                    "max entries limit per query exceeded, limit > max_entries_limit_per_query ({limit} > {MAX_ENTRIES})"
+                    "max entries limit per query exceeded, limit > max_entries_limit_per_query ({limit} > {})",
+                    limits.max_entries
                 )));
             }
             let streams = eval::eval_log(
@@ -457,3 +591,23 @@ fn encode_metric(kind: Endpoint, e: &ast::MetricExpr, steps: &[i64], res: eval::
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod limit_texts {
+    #[test]
+    fn durations_print_as_go_and_prometheus_do() {
+        fn check(ns: i64, go: &str, model: &str) {
+            assert_eq!(super::go_duration_string(ns), go, "{ns}");
+            assert_eq!(super::model_duration_string(ns), model, "{ns}");
+        }
+        const S: i64 = 1_000_000_000;
+        check(0, "0s", "0s");
+        check(1_500_000, "1.5ms", "1ms");
+        check(90 * S, "1m30s", "1m30s");
+        check(3600 * S, "1h0m0s", "1h");
+        check(721 * 3600 * S, "721h0m0s", "30d1h");
+        check(3661 * S + 500_000_000, "1h1m1.5s", "1h1m1s500ms");
+        check(8 * 86_400 * S, "192h0m0s", "8d");
+        check(14 * 86_400 * S, "336h0m0s", "2w");
+    }
+}
