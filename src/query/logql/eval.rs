@@ -373,6 +373,9 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
     }
     let lead = pipeline::leading_line_filters(&r.log.stages);
     let mut series = SeriesSet::default();
+    if counted(r) {
+        series.buckets = Some(Buckets::new(&ctx.steps, r.offset_ns, r.range_ns));
+    }
     if lead == r.log.stages.len() && r.unwrap.is_none() {
         collect_simple(ctx, r, grouping, qs, qe, &mut series)?;
     } else {
@@ -455,12 +458,15 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
                     }
                 };
                 let slot = series.slot_for(&lb, grouping, &by_names);
-                series.samples[slot].push(Sample { ts: en.ts_ns, v });
+                series.add(slot, en.ts_ns, v);
             }
         };
         ctx.src
             .visit_needles(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut visit)
             .map_err(|x| Error::Internal(x.to_string()))?;
+    }
+    if series.buckets.is_some() {
+        return Ok(counted_windows(ctx, r, series));
     }
     let SeriesSet { keys, samples, .. } = series;
     let mut samples = samples;
@@ -604,6 +610,58 @@ struct SeriesSet {
     index: HashMap<u64, Vec<usize>>,
     keys: Vec<Pairs>,
     samples: Vec<Vec<Sample>>,
+    /// Set for counting aggregations: samples are then counted into `runs`, not kept.
+    buckets: Option<Buckets>,
+    runs: Vec<Vec<Run>>,
+    /// The bucket of the last sample added: a block's entries come in time order.
+    hint: usize,
+}
+
+/// The window bounds of every step (`ws` and `we`), sorted and unique. Bucket `b` holds the
+/// timestamps `t` with `b` bounds below `t`, so the window `(bounds[a], bounds[b]]` is buckets
+/// `a+1 ..= b`: a count or byte sum over a window is a difference of two prefix sums over buckets.
+struct Buckets {
+    bounds: Vec<i64>,
+}
+
+/// Consecutive samples of one series in one bucket: how many and their summed values (lengths
+/// or ones, exact in integers).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    bucket: u32,
+    count: u64,
+    sum: u64,
+}
+
+impl Buckets {
+    fn new(steps: &[i64], offset: i64, range: i64) -> Self {
+        let mut bounds: Vec<i64> = steps.iter().flat_map(|&t| [t - offset - range, t - offset]).collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        Buckets { bounds }
+    }
+
+    fn of(&self, ts: i64, hint: usize) -> usize {
+        let b = &self.bounds;
+        if hint <= b.len() && (hint == 0 || b[hint - 1] < ts) && (hint == b.len() || ts <= b[hint]) {
+            return hint;
+        }
+        b.partition_point(|&x| x < ts)
+    }
+
+    /// The index of a bound (every step's bounds are in the list).
+    fn index(&self, t: i64) -> usize {
+        self.bounds.partition_point(|&x| x < t)
+    }
+}
+
+/// Range aggregations whose windows need only a count or an integer sum of their samples.
+fn counted(r: &RangeAgg) -> bool {
+    r.unwrap.is_none()
+        && matches!(
+            r.op,
+            RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate
+        )
 }
 
 impl SeriesSet {
@@ -629,7 +687,30 @@ impl SeriesSet {
         self.index.entry(h).or_default().push(i);
         self.keys.push(key);
         self.samples.push(Vec::new());
+        self.runs.push(Vec::new());
         i
+    }
+
+    /// Adds a sample to series `i`; counted, `v` is a non-negative integer (one, or a length).
+    fn add(&mut self, i: usize, ts: i64, v: f64) {
+        let Some(b) = &self.buckets else {
+            self.samples[i].push(Sample { ts, v });
+            return;
+        };
+        let bucket = b.of(ts, self.hint);
+        self.hint = bucket;
+        let runs = &mut self.runs[i];
+        match runs.last_mut() {
+            Some(r) if r.bucket as usize == bucket => {
+                r.count += 1;
+                r.sum += v as u64;
+            }
+            _ => runs.push(Run {
+                bucket: bucket as u32,
+                count: 1,
+                sum: v as u64,
+            }),
+        }
     }
 
     fn slot(&mut self, key: Pairs) -> usize {
@@ -705,6 +786,85 @@ fn exact_prefix_sums(s: &[Sample]) -> Option<Vec<f64>> {
     Some(p)
 }
 
+/// The steps of a counted range aggregation ([`counted`]) from its series' runs: per series, runs
+/// sorted by bucket and prefix-summed, so a window is two lookups. This replaced keeping every
+/// sample, a stable sort of them and a prefix sum in floats; the integer sums are the same values
+/// (the float prefix sums were exact: counts and lengths, below 2^53).
+fn counted_windows(ctx: &Ctx, r: &RangeAgg, series: SeriesSet) -> StepVal {
+    let SeriesSet {
+        keys, runs, buckets, ..
+    } = series;
+    let Some(buckets) = buckets else {
+        return StepVal::Vector(Vec::new());
+    };
+    // Per series: (bucket, prefix count, prefix sum) after each distinct bucket, from (0, 0, 0).
+    let prefix: Vec<Vec<(usize, u64, u64)>> = runs
+        .into_iter()
+        .map(|mut rs| {
+            // Integer sums: the order of equal buckets does not matter.
+            rs.sort_unstable_by_key(|x| x.bucket);
+            let mut p: Vec<(usize, u64, u64)> = Vec::with_capacity(rs.len() + 1);
+            p.push((0, 0, 0));
+            for x in rs {
+                let (b, c, s) = p[p.len() - 1];
+                if p.len() > 1 && b == x.bucket as usize {
+                    let last = p.len() - 1;
+                    p[last] = (b, c + x.count, s + x.sum);
+                } else {
+                    p.push((x.bucket as usize, c + x.count, s + x.sum));
+                }
+            }
+            p
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    let ascending = ctx.steps.windows(2).all(|w| w[0] <= w[1]);
+    // Window bounds per series as positions in its prefix list (entries 1.. are buckets).
+    let mut pos: Vec<(usize, usize)> = vec![(1, 1); keys.len()];
+    let secs = r.range_ns as f64 / 1e9;
+    let mut out = Vec::with_capacity(ctx.steps.len());
+    for &t in &ctx.steps {
+        let we = t - r.offset_ns;
+        let ws = we - r.range_ns;
+        // Buckets a+1 ..= b.
+        let (a, b) = (buckets.index(ws), buckets.index(we));
+        let mut vec: Vec<(Pairs, f64)> = Vec::new();
+        for &i in &order {
+            let p = &prefix[i];
+            // lo: first bucket > a; hi: first bucket > b (positions in `p`, >= 1).
+            let (lo, hi) = if ascending {
+                let (lo, hi) = &mut pos[i];
+                while *lo < p.len() && p[*lo].0 <= a {
+                    *lo += 1;
+                }
+                *hi = (*hi).max(*lo);
+                while *hi < p.len() && p[*hi].0 <= b {
+                    *hi += 1;
+                }
+                (*lo, *hi)
+            } else {
+                let q = &p[1..];
+                (1 + q.partition_point(|x| x.0 <= a), 1 + q.partition_point(|x| x.0 <= b))
+            };
+            if lo >= hi {
+                continue;
+            }
+            let count = p[hi - 1].1 - p[lo - 1].1;
+            let sum = p[hi - 1].2 - p[lo - 1].2;
+            let v = match r.op {
+                RangeOp::Rate => count as f64 / secs,
+                RangeOp::BytesOverTime => sum as f64,
+                RangeOp::BytesRate => sum as f64 / secs,
+                _ => count as f64,
+            };
+            vec.push((keys[i].clone(), v));
+        }
+        out.push(vec);
+    }
+    StepVal::Vector(out)
+}
+
 /// Range aggregations whose pipeline is only line filters and that unwrap nothing: a sample's
 /// labels then depend only on its stream and its structured metadata, so they are worked out once
 /// per (block, metadata) rather than per entry, and without any filter the lines are not read.
@@ -734,18 +894,24 @@ fn collect_simple(
     // Per batch (one stream): metadata seen → series. Bounded, so that metadata unique per entry
     // (a trace id) degrades to a key per entry instead of a quadratic search.
     const CACHE: usize = 8;
-    let mut cache: Vec<(Pairs, usize)> = Vec::with_capacity(CACHE);
-    let slot_of =
-        |cache: &mut Vec<(Pairs, usize)>, series: &mut SeriesSet, labels: &Labels, sm: &[(String, String)]| {
-            if let Some((_, i)) = cache.iter().find(|(c, _)| c.as_slice() == sm) {
-                return *i;
-            }
-            let i = series.slot(key_of(labels, sm));
-            if cache.len() < CACHE {
-                cache.push((sm.to_vec(), i));
-            }
-            i
-        };
+    // The lent slice's address first: a store lends entries with the same metadata one slice
+    // (column blocks do), which then costs no string comparison.
+    type Cached = (*const (String, String), usize, Pairs, usize);
+    let mut cache: Vec<Cached> = Vec::with_capacity(CACHE);
+    let slot_of = |cache: &mut Vec<Cached>, series: &mut SeriesSet, labels: &Labels, sm: &[(String, String)]| {
+        let at = (sm.as_ptr(), sm.len());
+        if let Some(c) = cache.iter().find(|c| (c.0, c.1) == at) {
+            return c.3;
+        }
+        if let Some(c) = cache.iter().find(|c| c.2.as_slice() == sm) {
+            return c.3;
+        }
+        let i = series.slot(key_of(labels, sm));
+        if cache.len() < CACHE {
+            cache.push((at.0, at.1, sm.to_vec(), i));
+        }
+        i
+    };
     if r.log.stages.is_empty() {
         ctx.src
             .visit_lens(&r.log.matchers, qs, qe, &mut |labels, entries| {
@@ -753,7 +919,7 @@ fn collect_simple(
                 for en in entries {
                     let i = slot_of(&mut cache, series, labels, en.structured_metadata);
                     let v = if bytes { en.len as f64 } else { 1.0 };
-                    series.samples[i].push(Sample { ts: en.ts_ns, v });
+                    series.add(i, en.ts_ns, v);
                 }
             })
             .map_err(|x| Error::Internal(x.to_string()))
@@ -772,7 +938,7 @@ fn collect_simple(
                         }
                         let i = slot_of(&mut cache, series, labels, en.structured_metadata);
                         let v = if bytes { en.line.len() as f64 } else { 1.0 };
-                        series.samples[i].push(Sample { ts: en.ts_ns, v });
+                        series.add(i, en.ts_ns, v);
                     }
                 },
             )

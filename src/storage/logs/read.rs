@@ -10,6 +10,7 @@ use super::LogsError;
 use super::block::{self, Entry};
 use super::store::{BlockRef, LogStore};
 use crate::model::{Labels, Matcher};
+use crate::storage::wal::RecordReader;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::path::PathBuf;
@@ -110,14 +111,27 @@ pub struct BlockBatch<'a> {
     /// Newest entry time when backward, oldest when forward (of the whole block).
     pub bound: i64,
     pub entries: &'a [BlockEntry<'a>],
-    /// (name, value) pairs of all entries, back to back.
+    /// (name, value) pairs of the entries: each entry's are one range, and entries may share a
+    /// range (those with the same metadata in a column block do: a cache may key on it).
     pub meta: &'a [(&'a [u8], &'a [u8])],
 }
 
+/// What [`load_block`] left in `raw`.
+#[derive(Debug, Clone, Copy)]
+enum Loaded {
+    /// The entries encoding, or with `lines` false possibly only its part before the lines.
+    Entries,
+    /// A column block's head section alone ([`block::decode_head_columns`]).
+    Head(block::BlockHeader),
+}
+
 /// Decodes what [`load_block`] left in `raw` into borrowed entries in `[start, end)`; with `lines`
-/// false `raw` holds no lines ([`block::decompress_head`]) and every `line` is empty.
+/// false every `line` is empty. From a column head, entries with the same metadata set share one
+/// `meta` range.
+#[allow(clippy::too_many_arguments)]
 fn decode_batch<'a>(
     raw: &'a [u8],
+    loaded: Loaded,
     first_seq: u64,
     lines: bool,
     start: i64,
@@ -125,6 +139,31 @@ fn decode_batch<'a>(
     entries: &mut Vec<BlockEntry<'a>>,
     meta: &mut Vec<(&'a [u8], &'a [u8])>,
 ) -> Result<(), LogsError> {
+    if let Loaded::Head(h) = loaded {
+        let (mut ts, mut lens, mut sets, mut idx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        block::decode_head_columns(&h, raw, &mut ts, &mut lens, &mut sets, &mut idx)?;
+        let mut ranges = Vec::with_capacity(sets.len());
+        for set in &sets {
+            let a = meta.len() as u32;
+            block::for_each_meta_pair(set, |n, v| meta.push((n, v)))?;
+            ranges.push((a, meta.len() as u32));
+        }
+        entries.reserve(ts.len());
+        for (i, ((&ts, &len), &k)) in ts.iter().zip(&lens).zip(&idx).enumerate() {
+            if ts < start || ts >= end {
+                continue;
+            }
+            entries.push(BlockEntry {
+                ts,
+                seq: first_seq + i as u64,
+                len,
+                line: &[],
+                // `decode_head_columns` checked every index against the sets.
+                meta: ranges.get(k as usize).copied().unwrap_or((0, 0)),
+            });
+        }
+        return Ok(());
+    }
     let mut seq = first_seq;
     let mut push = |ts: i64, len: u32, line: &'a [u8], m: &mut dyn Iterator<Item = (&'a [u8], &'a [u8])>| {
         seq += 1;
@@ -149,26 +188,29 @@ fn decode_batch<'a>(
 }
 
 /// Reads, checks and decompresses one block record into `raw` (`buf` is the record scratch): the
-/// whole entries encoding, or with `lines` false possibly only the part before the lines (a
-/// column block's head section alone).
+/// whole entries encoding, or with `lines` false a column block's head section alone.
 fn load_block(
-    dir: &std::path::Path,
+    rr: &mut RecordReader<'_>,
     b: &BlockSource,
     lines: bool,
     buf: &mut Vec<u8>,
     raw: &mut Vec<u8>,
-) -> Result<(), LogsError> {
-    crate::storage::wal::read_record_at(dir, b.block.pos, buf)?;
-    let (ty, mut r) = block::open_record(buf)?;
+) -> Result<Loaded, LogsError> {
+    let rec = rr.read(b.block.pos, buf)?;
+    let (ty, mut r) = block::open_record(rec)?;
     if ty != block::REC_BLOCK {
         return Err(LogsError::BadRecord("not a block"));
     }
     let (h, data) = block::decode_block_header(&mut r)?;
     if lines {
-        block::decompress(&h, data, raw)
+        block::decompress(&h, data, raw)?;
+    } else if h.codec == block::CODEC_COLUMNS {
+        block::decompress_head_section(&h, data, raw)?;
+        return Ok(Loaded::Head(h));
     } else {
-        block::decompress_head(&h, data, raw)
+        block::decompress_head(&h, data, raw)?;
     }
+    Ok(Loaded::Entries)
 }
 
 /// Below this many blocks a visit stays on the calling thread (a thread costs ~50 µs).
@@ -521,10 +563,19 @@ impl LogReader for LogStore {
         }
         let labels = &sel.labels;
         // Ok(false): `f` asked to stop.
-        let mut run = |b: &BlockSource, raw: &[u8]| -> Result<bool, LogsError> {
+        let mut run = |b: &BlockSource, raw: &[u8], loaded: Loaded| -> Result<bool, LogsError> {
             let mut entries = Vec::new();
             let mut meta = Vec::new();
-            decode_batch(raw, b.block.first_seq, lines, start, end, &mut entries, &mut meta)?;
+            decode_batch(
+                raw,
+                loaded,
+                b.block.first_seq,
+                lines,
+                start,
+                end,
+                &mut entries,
+                &mut meta,
+            )?;
             if entries.is_empty() {
                 return Ok(true);
             }
@@ -538,10 +589,11 @@ impl LogReader for LogStore {
         };
         let dir = sel.dir.as_path();
         let (mut buf, mut raw) = (Vec::new(), Vec::new());
+        let mut rr = RecordReader::new(dir);
         if sel.blocks.len() < PARALLEL_BLOCKS {
             for b in &sel.blocks {
-                load_block(dir, b, lines, &mut buf, &mut raw)?;
-                if !run(b, &raw)? {
+                let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw)?;
+                if !run(b, &raw, loaded)? {
                     break;
                 }
             }
@@ -550,17 +602,18 @@ impl LogReader for LogStore {
         std::thread::scope(|sc| -> Result<(), LogsError> {
             // Created inside the scope: an early return drops `rx`, which ends the worker before
             // the scope joins it.
-            type Loaded = Result<(usize, Vec<u8>), LogsError>;
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Loaded>(4);
+            type Sent = Result<(usize, Vec<u8>, Loaded), LogsError>;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Sent>(4);
             let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
             let blocks = &sel.blocks;
             // Ordered: the worker reads every block ahead of this thread; unordered: the odd ones.
             let (step, first) = if ordered { (1, 0) } else { (2, 1) };
             sc.spawn(move || {
                 let mut buf = Vec::new();
+                let mut rr = RecordReader::new(dir);
                 for (i, b) in blocks.iter().enumerate().skip(first).step_by(step) {
                     let mut raw = back_rx.try_recv().unwrap_or_default();
-                    let r = load_block(dir, b, lines, &mut buf, &mut raw).map(|()| (i, raw));
+                    let r = load_block(&mut rr, b, lines, &mut buf, &mut raw).map(|l| (i, raw, l));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
@@ -569,13 +622,13 @@ impl LogReader for LogStore {
             });
             if !ordered {
                 for b in blocks.iter().step_by(2) {
-                    load_block(dir, b, lines, &mut buf, &mut raw)?;
-                    if !run(b, &raw)? {
+                    let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw)?;
+                    if !run(b, &raw, loaded)? {
                         return Ok(());
                     }
                     while let Ok(m) = rx.try_recv() {
-                        let (i, r) = m?;
-                        if !run(&blocks[i], &r)? {
+                        let (i, r, l) = m?;
+                        if !run(&blocks[i], &r, l)? {
                             return Ok(());
                         }
                         let _ = back_tx.send(r);
@@ -583,8 +636,8 @@ impl LogReader for LogStore {
                 }
             }
             for m in rx.iter() {
-                let (i, r) = m?;
-                if !run(&blocks[i], &r)? {
+                let (i, r, l) = m?;
+                if !run(&blocks[i], &r, l)? {
                     return Ok(());
                 }
                 let _ = back_tx.send(r);
