@@ -8,7 +8,7 @@
 use super::Error;
 use super::ast::*;
 use super::pipeline::{self, ERROR, LabelsBuilder, Pairs};
-use super::source::{EntryRef, LogSource};
+use super::source::{EntryRef, LenRef, LogSource};
 use crate::model::Labels;
 use crate::model::MatchOp;
 use std::collections::HashMap;
@@ -379,11 +379,10 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
     if lead == r.log.stages.len() && r.unwrap.is_none() {
         collect_simple(ctx, r, grouping, qs, qe, &mut series)?;
     } else {
-        let mut lb = LabelsBuilder {
+        let lb0 = LabelsBuilder {
             only: only.clone(),
             ..LabelsBuilder::default()
         };
-        let mut line = String::new();
         // A `by` grouping's names, sorted and unique: the order of the series' labels.
         let mut by_names: Vec<&str> = grouping
             .filter(|g| !g.without)
@@ -391,79 +390,98 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
             .unwrap_or_default();
         by_names.sort_unstable();
         by_names.dedup();
-        let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
-            let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-            for en in entries {
-                if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
-                    continue;
-                }
-                // One builder and line buffer for the whole query: their strings are reused.
-                assign_pairs(&mut lb.stream, &base);
-                assign_pairs(&mut lb.sm, en.structured_metadata);
-                lb.parsed.clear();
-                line.clear();
-                line.push_str(en.line);
-                if !pipeline::run(
-                    &r.log.stages[lead..],
-                    &hints[lead..],
-                    en.ts_ns,
-                    &mut line,
-                    &mut lb,
-                    &first_wins,
-                ) {
-                    continue;
-                }
-                let v = match &r.unwrap {
-                    None => match r.op {
-                        RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
-                        _ => 1.0,
-                    },
-                    Some(u) => {
-                        // An absent or empty label yields no sample (not an error) in Loki.
-                        let raw = match lb.get(&u.label) {
-                            Some(v) if !v.is_empty() => v.to_string(),
-                            _ => continue,
-                        };
-                        let conv = match u.conv {
-                            UnwrapConv::None => pipeline::go_parse_float(&raw),
-                            UnwrapConv::Duration => super::parser::parse_duration(&raw)
-                                .map(super::parser::duration_seconds)
-                                .map_err(|e| format!("time: {e}")),
-                            UnwrapConv::Bytes => super::parser::parse_bytes(&raw)
-                                .ok_or_else(|| format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")),
-                        };
-                        let mut v = 0.0;
-                        match conv {
-                            Ok(x) => v = x,
-                            Err(e) => {
-                                if !lb.has_err() {
-                                    lb.set_err("SampleExtractionErr", Some(e));
+        let (by_names, hints, first_wins) = (&by_names, &hints, &first_wins);
+        // One builder, line buffer and series set per visitor, each on its own thread: the
+        // pipeline (JSON, logfmt) was most of these queries' CPU, on one thread while two
+        // decompressed. Merged below in the order of the visit's places.
+        let mut parts: Vec<SeriesSet> = (0..WORKERS).map(|_| series.empty_like()).collect();
+        {
+            let mut visitors: Vec<Box<BatchVisitor<'_>>> = parts
+                .iter_mut()
+                .map(|series| {
+                    let mut lb = lb0.clone();
+                    let mut line = String::new();
+                    Box::new(move |place: usize, labels: &Labels, entries: &[EntryRef<'_>]| {
+                        series.place = place;
+                        let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                        for en in entries {
+                            if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
+                                continue;
+                            }
+                            // One builder and line buffer for the whole query: their strings are reused.
+                            assign_pairs(&mut lb.stream, &base);
+                            assign_pairs(&mut lb.sm, en.structured_metadata);
+                            lb.parsed.clear();
+                            line.clear();
+                            line.push_str(en.line);
+                            if !pipeline::run(
+                                &r.log.stages[lead..],
+                                &hints[lead..],
+                                en.ts_ns,
+                                &mut line,
+                                &mut lb,
+                                &first_wins,
+                            ) {
+                                continue;
+                            }
+                            let v = match &r.unwrap {
+                                None => match r.op {
+                                    RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
+                                    _ => 1.0,
+                                },
+                                Some(u) => {
+                                    // An absent or empty label yields no sample (not an error) in Loki.
+                                    let raw = match lb.get(&u.label) {
+                                        Some(v) if !v.is_empty() => v.to_string(),
+                                        _ => continue,
+                                    };
+                                    let conv = match u.conv {
+                                        UnwrapConv::None => pipeline::go_parse_float(&raw),
+                                        UnwrapConv::Duration => super::parser::parse_duration(&raw)
+                                            .map(super::parser::duration_seconds)
+                                            .map_err(|e| format!("time: {e}")),
+                                        UnwrapConv::Bytes => super::parser::parse_bytes(&raw).ok_or_else(|| {
+                                            format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")
+                                        }),
+                                    };
+                                    let mut v = 0.0;
+                                    match conv {
+                                        Ok(x) => v = x,
+                                        Err(e) => {
+                                            if !lb.has_err() {
+                                                lb.set_err("SampleExtractionErr", Some(e));
+                                            }
+                                        }
+                                    }
+                                    let mut keep = true;
+                                    for f in &u.post {
+                                        if !pipeline::label_filter(f, &mut lb) {
+                                            keep = false;
+                                            break;
+                                        }
+                                    }
+                                    if !keep {
+                                        continue;
+                                    }
+                                    if !lb.has_err() {
+                                        lb.del(&u.label);
+                                    }
+                                    v
                                 }
-                            }
+                            };
+                            let slot = series.slot_for(&lb, grouping, &by_names);
+                            series.add(slot, en.ts_ns, v);
                         }
-                        let mut keep = true;
-                        for f in &u.post {
-                            if !pipeline::label_filter(f, &mut lb) {
-                                keep = false;
-                                break;
-                            }
-                        }
-                        if !keep {
-                            continue;
-                        }
-                        if !lb.has_err() {
-                            lb.del(&u.label);
-                        }
-                        v
-                    }
-                };
-                let slot = series.slot_for(&lb, grouping, &by_names);
-                series.add(slot, en.ts_ns, v);
-            }
-        };
-        ctx.src
-            .visit_needles(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut visit)
-            .map_err(|x| Error::Internal(x.to_string()))?;
+                    }) as Box<BatchVisitor<'_>>
+                })
+                .collect();
+            let mut refs: Vec<&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)> =
+                visitors.iter_mut().map(|v| &mut **v as _).collect();
+            ctx.src
+                .visit_needles_split(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut refs)
+                .map_err(|x| Error::Internal(x.to_string()))?;
+        }
+        series = SeriesSet::merge(parts);
     }
     if series.buckets.is_some() {
         return Ok(counted_windows(ctx, r, series));
@@ -615,11 +633,23 @@ struct SeriesSet {
     runs: Vec<Vec<Run>>,
     /// The bucket of the last sample added: a block's entries come in time order.
     hint: usize,
+    /// The place in the visit of the batch being read, and per series where each place's samples
+    /// start: (place, index in `samples`), so that [`SeriesSet::merge`] can order them.
+    place: usize,
+    segs: Vec<Vec<(usize, usize)>>,
 }
+
+/// Visitors a range aggregation's read is shared out among: the two cores of the machine this is
+/// measured on (the read used two threads before: one decompressing, one running the pipeline).
+const WORKERS: usize = 2;
+
+/// What a visitor of [`LogSource::visit_needles_split`] is.
+type BatchVisitor<'a> = dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send + 'a;
 
 /// The window bounds of every step (`ws` and `we`), sorted and unique. Bucket `b` holds the
 /// timestamps `t` with `b` bounds below `t`, so the window `(bounds[a], bounds[b]]` is buckets
 /// `a+1 ..= b`: a count or byte sum over a window is a difference of two prefix sums over buckets.
+#[derive(Clone)]
 struct Buckets {
     bounds: Vec<i64>,
 }
@@ -688,12 +718,81 @@ impl SeriesSet {
         self.keys.push(key);
         self.samples.push(Vec::new());
         self.runs.push(Vec::new());
+        self.segs.push(Vec::new());
         i
+    }
+
+    /// An empty set counting (or not) as this one does.
+    fn empty_like(&self) -> SeriesSet {
+        SeriesSet {
+            buckets: self.buckets.clone(),
+            ..SeriesSet::default()
+        }
+    }
+
+    /// One set of the series of `parts`: runs appended (their sums do not depend on order),
+    /// samples concatenated in the order of the places they were read at, which is the order one
+    /// visitor reading every batch would have added them in, whichever visitor read which.
+    fn merge(parts: Vec<SeriesSet>) -> SeriesSet {
+        let mut parts = parts.into_iter();
+        let Some(mut out) = parts.next() else {
+            return SeriesSet::default();
+        };
+        let rest: Vec<SeriesSet> = parts.collect();
+        if rest.is_empty() {
+            return out;
+        }
+        // Per series of `out`: (place, part, series in part, range in its samples).
+        type Piece = (usize, usize, usize, std::ops::Range<usize>);
+        let pieces_of = |p: &SeriesSet, part: usize, j: usize, v: &mut Vec<Piece>| {
+            let segs = &p.segs[j];
+            for (k, &(place, at)) in segs.iter().enumerate() {
+                let to = segs.get(k + 1).map_or(p.samples[j].len(), |s| s.1);
+                v.push((place, part, j, at..to));
+            }
+        };
+        let mut pieces: Vec<Vec<Piece>> = Vec::with_capacity(out.keys.len());
+        for j in 0..out.keys.len() {
+            let mut v = Vec::new();
+            pieces_of(&out, 0, j, &mut v);
+            pieces.push(v);
+        }
+        for (pi, p) in rest.iter().enumerate() {
+            for (j, key) in p.keys.iter().enumerate() {
+                let i = out.slot(key.clone());
+                if i == pieces.len() {
+                    pieces.push(Vec::new());
+                }
+                out.runs[i].extend_from_slice(&p.runs[j]);
+                pieces_of(p, pi + 1, j, &mut pieces[i]);
+            }
+        }
+        if out.buckets.is_some() {
+            return out;
+        }
+        for (i, mut ps) in pieces.into_iter().enumerate() {
+            // Every place was read by one visitor: the sort is total.
+            ps.sort_unstable_by_key(|p| p.0);
+            let mut merged = Vec::with_capacity(ps.iter().map(|p| p.3.len()).sum());
+            for (_, part, j, range) in ps {
+                let src = if part == 0 {
+                    &out.samples[j]
+                } else {
+                    &rest[part - 1].samples[j]
+                };
+                merged.extend(src[range].iter().map(|x| Sample { ts: x.ts, v: x.v }));
+            }
+            out.samples[i] = merged;
+        }
+        out
     }
 
     /// Adds a sample to series `i`; counted, `v` is a non-negative integer (one, or a length).
     fn add(&mut self, i: usize, ts: i64, v: f64) {
         let Some(b) = &self.buckets else {
+            if self.segs[i].last().is_none_or(|s| s.0 != self.place) {
+                self.segs[i].push((self.place, self.samples[i].len()));
+            }
             self.samples[i].push(Sample { ts, v });
             return;
         };
@@ -894,12 +993,11 @@ fn collect_simple(
     // Per batch (one stream): metadata seen → series. Bounded, so that metadata unique per entry
     // (a trace id) degrades to a key per entry instead of a quadratic search.
     const CACHE: usize = 8;
-    // The lent slice's address first: a store lends entries with the same metadata one slice
-    // (column blocks do), which then costs no string comparison.
-    type Cached = (*const (String, String), usize, Pairs, usize);
-    let mut cache: Vec<Cached> = Vec::with_capacity(CACHE);
+    // The lent slice's address first (valid within a batch, when the cache is cleared): a store
+    // lends entries with the same metadata one slice (column blocks do), then no string compares.
+    type Cached = (usize, usize, Pairs, usize);
     let slot_of = |cache: &mut Vec<Cached>, series: &mut SeriesSet, labels: &Labels, sm: &[(String, String)]| {
-        let at = (sm.as_ptr(), sm.len());
+        let at = (sm.as_ptr() as usize, sm.len());
         if let Some(c) = cache.iter().find(|c| (c.0, c.1) == at) {
             return c.3;
         }
@@ -912,38 +1010,55 @@ fn collect_simple(
         }
         i
     };
-    if r.log.stages.is_empty() {
-        ctx.src
-            .visit_lens(&r.log.matchers, qs, qe, &mut |labels, entries| {
-                cache.clear();
-                for en in entries {
-                    let i = slot_of(&mut cache, series, labels, en.structured_metadata);
-                    let v = if bytes { en.len as f64 } else { 1.0 };
-                    series.add(i, en.ts_ns, v);
-                }
+    let slot_of = &slot_of;
+    // One series set and cache per visitor (thread), merged after.
+    let mut parts: Vec<(SeriesSet, Vec<Cached>)> = (0..WORKERS)
+        .map(|_| (series.empty_like(), Vec::with_capacity(CACHE)))
+        .collect();
+    let res = if r.log.stages.is_empty() {
+        let mut visitors: Vec<Box<dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send + '_>> = parts
+            .iter_mut()
+            .map(|(series, cache)| {
+                Box::new(move |place: usize, labels: &Labels, entries: &[LenRef<'_>]| {
+                    series.place = place;
+                    cache.clear();
+                    for en in entries {
+                        let i = slot_of(cache, series, labels, en.structured_metadata);
+                        let v = if bytes { en.len as f64 } else { 1.0 };
+                        series.add(i, en.ts_ns, v);
+                    }
+                }) as Box<dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send + '_>
             })
-            .map_err(|x| Error::Internal(x.to_string()))
+            .collect();
+        let mut refs: Vec<&mut (dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send)> =
+            visitors.iter_mut().map(|v| &mut **v as _).collect();
+        ctx.src.visit_lens_split(&r.log.matchers, qs, qe, &mut refs)
     } else {
-        ctx.src
-            .visit_needles(
-                &r.log.matchers,
-                qs,
-                qe,
-                &r.log.required_substrings(),
-                &mut |labels, entries| {
+        let mut visitors: Vec<Box<BatchVisitor<'_>>> = parts
+            .iter_mut()
+            .map(|(series, cache)| {
+                Box::new(move |place: usize, labels: &Labels, entries: &[EntryRef<'_>]| {
+                    series.place = place;
                     cache.clear();
                     for en in entries {
                         if !pipeline::prefilter(&r.log.stages, en.line.as_bytes()) {
                             continue;
                         }
-                        let i = slot_of(&mut cache, series, labels, en.structured_metadata);
+                        let i = slot_of(cache, series, labels, en.structured_metadata);
                         let v = if bytes { en.line.len() as f64 } else { 1.0 };
                         series.add(i, en.ts_ns, v);
                     }
-                },
-            )
-            .map_err(|x| Error::Internal(x.to_string()))
-    }
+                }) as Box<BatchVisitor<'_>>
+            })
+            .collect();
+        let mut refs: Vec<&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)> =
+            visitors.iter_mut().map(|v| &mut **v as _).collect();
+        ctx.src
+            .visit_needles_split(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut refs)
+    };
+    res.map_err(|x| Error::Internal(x.to_string()))?;
+    *series = SeriesSet::merge(parts.into_iter().map(|(s, _)| s).collect());
+    Ok(())
 }
 
 /// Loki's `extrapolatedRate(..., isCounter=true, isRate=true)`, with its range start taken from

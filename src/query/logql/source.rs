@@ -97,6 +97,43 @@ pub trait LogSource {
         })
     }
 
+    /// [`LogSource::visit_needles`] with the batches shared out among the visitors `fs`, which a
+    /// store may call on threads of their own. Each batch comes with its place in the visit:
+    /// every place once, increasing within one visitor, so that what the visitors gathered can be
+    /// merged in place order, the same whichever thread took which batch. The default hands every
+    /// batch to `fs[0]`.
+    fn visit_needles_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        fs: &mut [&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)],
+    ) -> Result<(), SourceError> {
+        let Some(f) = fs.first_mut() else { return Ok(()) };
+        let mut place = 0;
+        self.visit_needles(matchers, start_ns, end_ns, needles, &mut |labels, entries| {
+            f(place, labels, entries);
+            place += 1;
+        })
+    }
+
+    /// [`LogSource::visit_lens`] shared out among visitors as [`LogSource::visit_needles_split`].
+    fn visit_lens_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        fs: &mut [&mut (dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send)],
+    ) -> Result<(), SourceError> {
+        let Some(f) = fs.first_mut() else { return Ok(()) };
+        let mut place = 0;
+        self.visit_lens(matchers, start_ns, end_ns, &mut |labels, entries| {
+            f(place, labels, entries);
+            place += 1;
+        })
+    }
+
     /// For log queries: runs `pass` over entries of the matching streams and returns what it
     /// answered (`Some`) for the first `limit` entries it accepted, in output order: oldest first
     /// when `forward`, else newest first; equal timestamps in stream order (reversed when
