@@ -97,61 +97,75 @@ pub fn eval_log(src: &dyn LogSource, e: &LogExpr, p: LogParams) -> Result<Vec<Ou
     } = p;
     let hints = parser_hints(&e.stages);
     let lead = pipeline::leading_line_filters(&e.stages);
-    let mut found: Vec<Option<(Pairs, OutEntry)>> = Vec::new();
+    let (hints, stages) = (&hints, &e.stages);
     // The store keeps the first `limit` accepted entries in output order and stops reading when
     // no other entry can be among them; it may run the pipeline on a few more.
-    // One builder and line buffer for the query, reused: most entries of a selective query fail.
-    let mut lb = LabelsBuilder::default();
-    let mut line = String::new();
-    let mut pass = |labels: &Labels, en: &EntryRef<'_>| -> Option<usize> {
-        if !pipeline::prefilter(&e.stages[..lead], en.line.as_bytes()) {
-            return None;
-        }
-        lb.stream.truncate(labels.len());
-        for (i, l) in labels.iter().enumerate() {
-            match lb.stream.get_mut(i) {
-                Some(p) => {
-                    p.0.clone_from(&l.name);
-                    p.1.clone_from(&l.value);
-                }
-                None => lb.stream.push((l.name.clone(), l.value.clone())),
-            }
-        }
-        assign_pairs(&mut lb.sm, en.structured_metadata);
-        lb.parsed.clear();
-        line.clear();
-        line.push_str(en.line);
-        if !pipeline::run(&e.stages[lead..], &hints[lead..], en.ts_ns, &mut line, &mut lb, &[]) {
-            return None;
-        }
-        let key = if categorize {
-            sort_pairs(lb.stream.clone())
-        } else {
-            lb.merged()
-        };
-        found.push(Some((
-            key,
-            OutEntry {
-                ts: en.ts_ns,
-                line: line.clone(),
-                sm: sort_pairs(lb.sm.clone()),
-                parsed: sort_pairs(std::mem::take(&mut lb.parsed)),
-            },
-        )));
-        Some(found.len() - 1)
-    };
-    let first = src
-        .select_first(
+    // Per pass (thread): the entries it accepted, and one builder and line buffer, reused: most
+    // entries of a selective query fail. The pipeline (JSON here) was most of the bench's log
+    // query CPU, on one thread.
+    let mut founds: Vec<Vec<Option<(Pairs, OutEntry)>>> = (0..WORKERS).map(|_| Vec::new()).collect();
+    let first = {
+        let mut passes: Vec<Box<PassFn<'_>>> = founds
+            .iter_mut()
+            .map(|found| {
+                let mut lb = LabelsBuilder::default();
+                let mut line = String::new();
+                Box::new(move |labels: &Labels, en: &EntryRef<'_>| -> Option<usize> {
+                    if !pipeline::prefilter(&stages[..lead], en.line.as_bytes()) {
+                        return None;
+                    }
+                    lb.stream.truncate(labels.len());
+                    for (i, l) in labels.iter().enumerate() {
+                        match lb.stream.get_mut(i) {
+                            Some(p) => {
+                                p.0.clone_from(&l.name);
+                                p.1.clone_from(&l.value);
+                            }
+                            None => lb.stream.push((l.name.clone(), l.value.clone())),
+                        }
+                    }
+                    assign_pairs(&mut lb.sm, en.structured_metadata);
+                    lb.parsed.clear();
+                    line.clear();
+                    line.push_str(en.line);
+                    if !pipeline::run(&stages[lead..], &hints[lead..], en.ts_ns, &mut line, &mut lb, &[]) {
+                        return None;
+                    }
+                    let key = if categorize {
+                        sort_pairs(lb.stream.clone())
+                    } else {
+                        lb.merged()
+                    };
+                    found.push(Some((
+                        key,
+                        OutEntry {
+                            ts: en.ts_ns,
+                            line: line.clone(),
+                            sm: sort_pairs(lb.sm.clone()),
+                            parsed: sort_pairs(std::mem::take(&mut lb.parsed)),
+                        },
+                    )));
+                    Some(found.len() - 1)
+                }) as Box<PassFn<'_>>
+            })
+            .collect();
+        let mut refs: Vec<&mut (dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send)> =
+            passes.iter_mut().map(|p| &mut **p as _).collect();
+        src.select_first_split(
             &e.matchers,
             start,
             end,
             &e.required_substrings(),
             forward,
             limit,
-            &mut pass,
+            &mut refs,
         )
-        .map_err(|x| Error::Internal(x.to_string()))?;
-    let mut all: Vec<(Pairs, OutEntry)> = first.into_iter().filter_map(|i| found.get_mut(i)?.take()).collect();
+        .map_err(|x| Error::Internal(x.to_string()))?
+    };
+    let mut all: Vec<(Pairs, OutEntry)> = first
+        .into_iter()
+        .filter_map(|(p, i)| founds.get_mut(p)?.get_mut(i)?.take())
+        .collect();
     // The store answers at most `limit` entries; Loki applies `interval` to those afterwards, so
     // an interval query returns far fewer than `limit` entries (recorded behaviour).
     all.truncate(limit);
@@ -642,6 +656,9 @@ struct SeriesSet {
 /// Visitors a range aggregation's read is shared out among: the two cores of the machine this is
 /// measured on (the read used two threads before: one decompressing, one running the pipeline).
 const WORKERS: usize = 2;
+
+/// What a pass of [`LogSource::select_first_split`] is.
+type PassFn<'a> = dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send + 'a;
 
 /// What a visitor of [`LogSource::visit_needles_split`] is.
 type BatchVisitor<'a> = dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send + 'a;

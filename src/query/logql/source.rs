@@ -134,6 +134,27 @@ pub trait LogSource {
         })
     }
 
+    /// [`LogSource::select_first`] with `pass` split among `passes`, which a store may call on
+    /// threads of their own (each pass on one thread); answers (which pass, what it answered).
+    /// The default runs `passes[0]` alone.
+    #[allow(clippy::too_many_arguments)]
+    fn select_first_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        forward: bool,
+        limit: usize,
+        passes: &mut [&mut (dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send)],
+    ) -> Result<Vec<(usize, usize)>, SourceError> {
+        let Some(pass) = passes.first_mut() else {
+            return Ok(Vec::new());
+        };
+        let first = self.select_first(matchers, start_ns, end_ns, needles, forward, limit, &mut **pass)?;
+        Ok(first.into_iter().map(|v| (0, v)).collect())
+    }
+
     /// For log queries: runs `pass` over entries of the matching streams and returns what it
     /// answered (`Some`) for the first `limit` entries it accepted, in output order: oldest first
     /// when `forward`, else newest first; equal timestamps in stream order (reversed when

@@ -146,6 +146,75 @@ impl Lender {
     }
 }
 
+/// The best `limit` entries `pass` accepted, by the merge order (time, stream, sequence), as
+/// blocks come in the visit's direction.
+struct FirstN {
+    forward: bool,
+    limit: usize,
+    /// (key, what `pass` answered); the worst kept on top.
+    kept: BinaryHeap<((i64, usize, u64), usize)>,
+    arena: MetaArena,
+    lossy: String,
+}
+
+impl FirstN {
+    fn new(forward: bool, limit: usize) -> Self {
+        FirstN {
+            forward,
+            limit,
+            kept: BinaryHeap::new(),
+            arena: MetaArena::default(),
+            lossy: String::new(),
+        }
+    }
+
+    /// Smaller is better; backward negates every component, as the merging iterator does.
+    fn key(&self, ts: i64, stream: usize, seq: u64) -> (i64, usize, u64) {
+        if self.forward {
+            (ts, stream, seq)
+        } else {
+            (ts.saturating_neg(), usize::MAX - stream, u64::MAX - seq)
+        }
+    }
+
+    /// Runs `pass` on the entries of `b` that could be kept; false when none of the block could.
+    fn block(&mut self, b: &BlockBatch<'_>, pass: &mut dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize>) -> bool {
+        let limit = self.limit;
+        if self.kept.len() >= limit
+            && let Some(((worst, _, _), _)) = self.kept.peek()
+            && self.key(b.bound, 0, 0).0 > *worst
+        {
+            return false;
+        }
+        self.arena.fill(b);
+        for e in b.entries {
+            let k = self.key(e.ts, b.stream, e.seq);
+            if self.kept.len() >= limit && self.kept.peek().is_some_and(|(w, _)| k >= *w) {
+                continue;
+            }
+            let line = match std::str::from_utf8(e.line) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.lossy = String::from_utf8_lossy(e.line).into_owned();
+                    self.lossy.as_str()
+                }
+            };
+            let en = EntryRef {
+                ts_ns: e.ts,
+                line,
+                structured_metadata: self.arena.get(e.meta),
+            };
+            if let Some(v) = pass(b.labels, &en) {
+                self.kept.push((k, v));
+                if self.kept.len() > limit {
+                    self.kept.pop();
+                }
+            }
+        }
+        true
+    }
+}
+
 impl LogSource for StoreSource<'_> {
     fn visit(
         &self,
@@ -206,19 +275,20 @@ impl LogSource for StoreSource<'_> {
         fs: &mut [&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)],
     ) -> Result<(), SourceError> {
         let req = self.request(matchers, start_ns, end_ns, needles, true);
-        let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) + Send + '_>> = fs
+        let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>> = fs
             .iter_mut()
             .map(|f| {
                 let mut lender = Lender::default();
                 Box::new(move |place: usize, b: &BlockBatch<'_>| {
                     lender.lend(b, &mut |labels, entries| f(place, labels, entries));
-                }) as Box<dyn FnMut(usize, &BlockBatch<'_>) + Send + '_>
+                    true
+                }) as Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>
             })
             .collect();
-        let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) + Send)> =
+        let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)> =
             wrapped.iter_mut().map(|w| &mut **w as _).collect();
         self.reader
-            .visit_blocks_split(&req, true, &mut refs)
+            .visit_blocks_split(&req, true, false, &mut refs)
             .map_err(|e| SourceError::Store(e.to_string()))
     }
 
@@ -230,19 +300,20 @@ impl LogSource for StoreSource<'_> {
         fs: &mut [&mut (dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send)],
     ) -> Result<(), SourceError> {
         let req = self.request(matchers, start_ns, end_ns, &[], true);
-        let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) + Send + '_>> = fs
+        let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>> = fs
             .iter_mut()
             .map(|f| {
                 let mut lender = Lender::default();
                 Box::new(move |place: usize, b: &BlockBatch<'_>| {
                     lender.lend_lens(b, &mut |labels, entries| f(place, labels, entries));
-                }) as Box<dyn FnMut(usize, &BlockBatch<'_>) + Send + '_>
+                    true
+                }) as Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>
             })
             .collect();
-        let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) + Send)> =
+        let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)> =
             wrapped.iter_mut().map(|w| &mut **w as _).collect();
         self.reader
-            .visit_blocks_split(&req, false, &mut refs)
+            .visit_blocks_split(&req, false, false, &mut refs)
             .map_err(|e| SourceError::Store(e.to_string()))
     }
 
@@ -264,54 +335,56 @@ impl LogSource for StoreSource<'_> {
             return Ok(Vec::new());
         }
         let req = self.request(matchers, start_ns, end_ns, needles, forward);
-        // Smaller is better; backward negates every component, as the merging iterator does.
-        let key = |ts: i64, stream: usize, seq: u64| {
-            if forward {
-                (ts, stream, seq)
-            } else {
-                (ts.saturating_neg(), usize::MAX - stream, u64::MAX - seq)
-            }
-        };
-        let mut kept: BinaryHeap<((i64, usize, u64), usize)> = BinaryHeap::new();
-        let mut arena = MetaArena::default();
-        let mut lossy = String::new();
+        let mut first = FirstN::new(forward, limit);
         self.reader
-            .visit_blocks(&req, true, true, &mut |b| {
-                if kept.len() >= limit
-                    && let Some(((worst, _, _), _)) = kept.peek()
-                    && key(b.bound, 0, 0).0 > *worst
-                {
-                    return false;
-                }
-                arena.fill(b);
-                for e in b.entries {
-                    let k = key(e.ts, b.stream, e.seq);
-                    if kept.len() >= limit && kept.peek().is_some_and(|(w, _)| k >= *w) {
-                        continue;
-                    }
-                    let line = match std::str::from_utf8(e.line) {
-                        Ok(s) => s,
-                        Err(_) => {
-                            lossy = String::from_utf8_lossy(e.line).into_owned();
-                            lossy.as_str()
-                        }
-                    };
-                    let en = EntryRef {
-                        ts_ns: e.ts,
-                        line,
-                        structured_metadata: arena.get(e.meta),
-                    };
-                    if let Some(v) = pass(b.labels, &en) {
-                        kept.push((k, v));
-                        if kept.len() > limit {
-                            kept.pop();
-                        }
-                    }
-                }
-                true
-            })
+            .visit_blocks(&req, true, true, &mut |b| first.block(b, &mut *pass))
             .map_err(|e| SourceError::Store(e.to_string()))?;
-        Ok(kept.into_sorted_vec().into_iter().map(|(_, v)| v).collect())
+        Ok(first.kept.into_sorted_vec().into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// As `select_first`, each visitor on its thread keeping its own best `limit` (a block or
+    /// entry that cannot beat a visitor's worst kept one cannot be among the best of all either),
+    /// merged by the merge order's key, which is unique: the answer does not depend on which
+    /// thread read which block.
+    #[allow(clippy::too_many_arguments)]
+    fn select_first_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        forward: bool,
+        limit: usize,
+        passes: &mut [&mut (dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send)],
+    ) -> Result<Vec<(usize, usize)>, SourceError> {
+        if limit == 0 || passes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = self.request(matchers, start_ns, end_ns, needles, forward);
+        let mut firsts: Vec<FirstN> = passes.iter().map(|_| FirstN::new(forward, limit)).collect();
+        {
+            let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>> = firsts
+                .iter_mut()
+                .zip(passes.iter_mut())
+                .map(|(first, pass)| {
+                    Box::new(move |_: usize, b: &BlockBatch<'_>| first.block(b, &mut **pass))
+                        as Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>
+                })
+                .collect();
+            let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)> =
+                wrapped.iter_mut().map(|w| &mut **w as _).collect();
+            self.reader
+                .visit_blocks_split(&req, true, true, &mut refs)
+                .map_err(|e| SourceError::Store(e.to_string()))?;
+        }
+        let mut all: Vec<((i64, usize, u64), (usize, usize))> = firsts
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.kept.into_iter().map(move |(k, v)| (k, (i, v))))
+            .collect();
+        all.sort_unstable_by_key(|x| x.0);
+        all.truncate(limit);
+        Ok(all.into_iter().map(|(_, v)| v).collect())
     }
 
     fn select(&self, matchers: &[Matcher], start_ns: i64, end_ns: i64) -> Result<Vec<SourceStream>, SourceError> {

@@ -86,16 +86,19 @@ pub trait LogReader: Send + Sync {
         ordered: bool,
         f: &mut dyn FnMut(&BlockBatch<'_>) -> bool,
     ) -> Result<(), LogsError>;
-    /// [`LogReader::visit_blocks`] unordered and to the end, with the blocks shared out among the
-    /// visitors `fs`, each called on a thread of its own (`fs[0]` on the calling one), so that
-    /// what the caller does with a block runs in parallel too. Each call is given the block's
-    /// place in the visit (heads first, then blocks; every place once), so results can be merged
-    /// in an order that does not depend on the threads' timing.
+    /// [`LogReader::visit_blocks`] with the blocks shared out among the visitors `fs`, each
+    /// called on a thread of its own (`fs[0]` on the calling one, which also gets the heads), so
+    /// that what the caller does with a block runs in parallel too. Each call is given the
+    /// block's place in the visit (heads first, then blocks in the order `ordered` asks; every
+    /// place once, increasing for each visitor), so results can be merged in an order that does
+    /// not depend on the threads' timing. A visitor returning false on a block takes no more
+    /// blocks (on a head: skips just that head); the others go on.
     fn visit_blocks_split(
         &self,
         req: &SelectRequest,
         lines: bool,
-        fs: &mut [&mut (dyn FnMut(usize, &BlockBatch<'_>) + Send)],
+        ordered: bool,
+        fs: &mut [&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)],
     ) -> Result<(), LogsError>;
 }
 
@@ -659,10 +662,11 @@ impl LogReader for LogStore {
         &self,
         req: &SelectRequest,
         lines: bool,
-        fs: &mut [&mut (dyn FnMut(usize, &BlockBatch<'_>) + Send)],
+        ordered: bool,
+        fs: &mut [&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)],
     ) -> Result<(), LogsError> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        let sel = self.snapshot(
+        let mut sel = self.snapshot(
             &req.tenant,
             &req.matchers,
             req.start,
@@ -692,8 +696,9 @@ impl LogReader for LogStore {
                 &mut entries,
                 &mut meta,
             )?;
+            // A refusal skips just that head.
             if !entries.is_empty() {
-                first(
+                let _ = first(
                     place,
                     &BlockBatch {
                         labels: &labels[*stream],
@@ -705,13 +710,20 @@ impl LogReader for LogStore {
                 );
             }
         }
+        if ordered {
+            if forward {
+                sel.blocks.sort_by_key(|b| b.block.min_t);
+            } else {
+                sel.blocks.sort_by_key(|b| std::cmp::Reverse(b.block.max_t));
+            }
+        }
         let heads = sel.heads.len();
         let dir = sel.dir.as_path();
         let blocks = &sel.blocks;
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         // Takes blocks until none is left (or another thread failed).
-        let work = |f: &mut (dyn FnMut(usize, &BlockBatch<'_>) + Send)| -> Result<(), LogsError> {
+        let work = |f: &mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)| -> Result<(), LogsError> {
             let (mut buf, mut raw) = (Vec::new(), Vec::new());
             let mut rr = RecordReader::new(dir);
             while !failed.load(Ordering::Relaxed) {
@@ -730,8 +742,8 @@ impl LogReader for LogStore {
                         &mut entries,
                         &mut meta,
                     )?;
-                    if !entries.is_empty() {
-                        f(
+                    Ok(entries.is_empty()
+                        || f(
                             heads + i,
                             &BlockBatch {
                                 labels: &labels[b.stream],
@@ -740,13 +752,15 @@ impl LogReader for LogStore {
                                 entries: &entries,
                                 meta: &meta,
                             },
-                        );
-                    }
-                    Ok(())
+                        ))
                 });
-                if r.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                    return r;
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 }
             }
             Ok(())
