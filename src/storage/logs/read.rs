@@ -137,14 +137,17 @@ enum Loaded {
     Entries,
     /// A column block's head section alone ([`block::decode_head_columns`]).
     Head(block::BlockHeader),
+    /// A column block's head section, and its lines in the second buffer.
+    Columns(block::BlockHeader),
 }
 
 /// Decodes what [`load_block`] left in `raw` into borrowed entries in `[start, end)`; with `lines`
 /// false every `line` is empty. From a column head, entries with the same metadata set share one
-/// `meta` range.
+/// `meta` range; `line_buf` holds the lines of [`Loaded::Columns`].
 #[allow(clippy::too_many_arguments)]
 fn decode_batch<'a>(
     raw: &'a [u8],
+    line_buf: &'a [u8],
     loaded: Loaded,
     first_seq: u64,
     lines: bool,
@@ -153,9 +156,14 @@ fn decode_batch<'a>(
     entries: &mut Vec<BlockEntry<'a>>,
     meta: &mut Vec<(&'a [u8], &'a [u8])>,
 ) -> Result<(), LogsError> {
-    if let Loaded::Head(h) = loaded {
+    if let Loaded::Head(h) | Loaded::Columns(h) = loaded {
         let (mut ts, mut lens, mut sets, mut idx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         block::decode_head_columns(&h, raw, &mut ts, &mut lens, &mut sets, &mut idx)?;
+        let with_lines = matches!(loaded, Loaded::Columns(_));
+        if with_lines && lens.iter().map(|&l| l as usize).sum::<usize>() != line_buf.len() {
+            return Err(LogsError::BadRecord("line lengths"));
+        }
+        let mut at = 0usize;
         let mut ranges = Vec::with_capacity(sets.len());
         for set in &sets {
             let a = meta.len() as u32;
@@ -164,6 +172,8 @@ fn decode_batch<'a>(
         }
         entries.reserve(ts.len());
         for (i, ((&ts, &len), &k)) in ts.iter().zip(&lens).zip(&idx).enumerate() {
+            let from = at;
+            at += len as usize;
             if ts < start || ts >= end {
                 continue;
             }
@@ -171,7 +181,12 @@ fn decode_batch<'a>(
                 ts,
                 seq: first_seq + i as u64,
                 len,
-                line: &[],
+                // Checked above: the lengths add up to the buffer.
+                line: if with_lines {
+                    line_buf.get(from..at).unwrap_or(&[])
+                } else {
+                    &[]
+                },
                 // `decode_head_columns` checked every index against the sets.
                 meta: ranges.get(k as usize).copied().unwrap_or((0, 0)),
             });
@@ -209,6 +224,7 @@ fn load_block(
     lines: bool,
     buf: &mut Vec<u8>,
     raw: &mut Vec<u8>,
+    line_buf: Option<&mut Vec<u8>>,
 ) -> Result<Loaded, LogsError> {
     let rec = rr.read(b.block.pos, buf)?;
     let (ty, mut r) = block::open_record(rec)?;
@@ -217,6 +233,12 @@ fn load_block(
     }
     let (h, data) = block::decode_block_header(&mut r)?;
     if lines {
+        if let Some(lb) = line_buf
+            && h.codec == block::CODEC_COLUMNS
+        {
+            block::decompress_columns_parts(&h, data, raw, lb)?;
+            return Ok(Loaded::Columns(h));
+        }
         block::decompress(&h, data, raw)?;
     } else if h.codec == block::CODEC_COLUMNS {
         block::decompress_head_section(&h, data, raw)?;
@@ -542,6 +564,7 @@ impl LogReader for LogStore {
             head.encode_from(0, &mut raw);
             decode_batch(
                 &raw,
+                &[],
                 Loaded::Entries,
                 *first_seq,
                 lines,
@@ -578,6 +601,7 @@ impl LogReader for LogStore {
             let mut meta = Vec::new();
             decode_batch(
                 raw,
+                &[],
                 loaded,
                 b.block.first_seq,
                 lines,
@@ -602,7 +626,7 @@ impl LogReader for LogStore {
         let mut rr = RecordReader::new(dir);
         if sel.blocks.len() < PARALLEL_BLOCKS {
             for b in &sel.blocks {
-                let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw)?;
+                let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw, None)?;
                 if !run(b, &raw, loaded)? {
                     break;
                 }
@@ -623,7 +647,7 @@ impl LogReader for LogStore {
                 let mut rr = RecordReader::new(dir);
                 for (i, b) in blocks.iter().enumerate().skip(first).step_by(step) {
                     let mut raw = back_rx.try_recv().unwrap_or_default();
-                    let r = load_block(&mut rr, b, lines, &mut buf, &mut raw).map(|l| (i, raw, l));
+                    let r = load_block(&mut rr, b, lines, &mut buf, &mut raw, None).map(|l| (i, raw, l));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
@@ -632,7 +656,7 @@ impl LogReader for LogStore {
             });
             if !ordered {
                 for b in blocks.iter().step_by(2) {
-                    let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw)?;
+                    let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw, None)?;
                     if !run(b, &raw, loaded)? {
                         return Ok(());
                     }
@@ -688,6 +712,7 @@ impl LogReader for LogStore {
             head.encode_from(0, &mut raw);
             decode_batch(
                 &raw,
+                &[],
                 Loaded::Entries,
                 *first_seq,
                 lines,
@@ -724,16 +749,17 @@ impl LogReader for LogStore {
         let failed = AtomicBool::new(false);
         // Takes blocks until none is left (or another thread failed).
         let work = |f: &mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)| -> Result<(), LogsError> {
-            let (mut buf, mut raw) = (Vec::new(), Vec::new());
+            let (mut buf, mut raw, mut line_buf) = (Vec::new(), Vec::new(), Vec::new());
             let mut rr = RecordReader::new(dir);
             while !failed.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(b) = blocks.get(i) else { break };
-                let r = load_block(&mut rr, b, lines, &mut buf, &mut raw).and_then(|loaded| {
+                let r = load_block(&mut rr, b, lines, &mut buf, &mut raw, Some(&mut line_buf)).and_then(|loaded| {
                     let mut entries = Vec::new();
                     let mut meta = Vec::new();
                     decode_batch(
                         &raw,
+                        &line_buf,
                         loaded,
                         b.block.first_seq,
                         lines,
