@@ -8,7 +8,7 @@
 use super::Error;
 use super::ast::*;
 use super::pipeline::{self, ERROR, LabelsBuilder, Pairs};
-use super::source::{EntryRef, LenRef, LogSource};
+use super::source::{EntriesVisitor, EntryRef, FirstPass, LenRef, LensVisitor, LogSource};
 use crate::model::Labels;
 use crate::model::MatchOp;
 use std::collections::HashMap;
@@ -105,7 +105,7 @@ pub fn eval_log(src: &dyn LogSource, e: &LogExpr, p: LogParams) -> Result<Vec<Ou
     // query CPU, on one thread.
     let mut founds: Vec<Vec<Option<(Pairs, OutEntry)>>> = (0..WORKERS).map(|_| Vec::new()).collect();
     let first = {
-        let mut passes: Vec<Box<PassFn<'_>>> = founds
+        let mut passes: Vec<Box<FirstPass<'_>>> = founds
             .iter_mut()
             .map(|found| {
                 let mut lb = LabelsBuilder::default();
@@ -146,11 +146,10 @@ pub fn eval_log(src: &dyn LogSource, e: &LogExpr, p: LogParams) -> Result<Vec<Ou
                         },
                     )));
                     Some(found.len() - 1)
-                }) as Box<PassFn<'_>>
+                }) as Box<FirstPass<'_>>
             })
             .collect();
-        let mut refs: Vec<&mut (dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send)> =
-            passes.iter_mut().map(|p| &mut **p as _).collect();
+        let mut refs: Vec<&mut FirstPass<'_>> = passes.iter_mut().map(|p| &mut **p as _).collect();
         src.select_first_split(
             &e.matchers,
             start,
@@ -410,7 +409,7 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
         // decompressed. Merged below in the order of the visit's places.
         let mut parts: Vec<SeriesSet> = (0..WORKERS).map(|_| series.empty_like()).collect();
         {
-            let mut visitors: Vec<Box<BatchVisitor<'_>>> = parts
+            let mut visitors: Vec<Box<EntriesVisitor<'_>>> = parts
                 .iter_mut()
                 .map(|series| {
                     let mut lb = lb0.clone();
@@ -434,7 +433,7 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
                                 en.ts_ns,
                                 &mut line,
                                 &mut lb,
-                                &first_wins,
+                                first_wins,
                             ) {
                                 continue;
                             }
@@ -483,14 +482,13 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
                                     v
                                 }
                             };
-                            let slot = series.slot_for(&lb, grouping, &by_names);
+                            let slot = series.slot_for(&lb, grouping, by_names);
                             series.add(slot, en.ts_ns, v);
                         }
-                    }) as Box<BatchVisitor<'_>>
+                    }) as Box<EntriesVisitor<'_>>
                 })
                 .collect();
-            let mut refs: Vec<&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)> =
-                visitors.iter_mut().map(|v| &mut **v as _).collect();
+            let mut refs: Vec<&mut EntriesVisitor<'_>> = visitors.iter_mut().map(|v| &mut **v as _).collect();
             ctx.src
                 .visit_needles_split(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut refs)
                 .map_err(|x| Error::Internal(x.to_string()))?;
@@ -656,12 +654,6 @@ struct SeriesSet {
 /// Visitors a range aggregation's read is shared out among: the two cores of the machine this is
 /// measured on (the read used two threads before: one decompressing, one running the pipeline).
 const WORKERS: usize = 2;
-
-/// What a pass of [`LogSource::select_first_split`] is.
-type PassFn<'a> = dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send + 'a;
-
-/// What a visitor of [`LogSource::visit_needles_split`] is.
-type BatchVisitor<'a> = dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send + 'a;
 
 /// The window bounds of every step (`ws` and `we`), sorted and unique. Bucket `b` holds the
 /// timestamps `t` with `b` bounds below `t`, so the window `(bounds[a], bounds[b]]` is buckets
@@ -1033,7 +1025,7 @@ fn collect_simple(
         .map(|_| (series.empty_like(), Vec::with_capacity(CACHE)))
         .collect();
     let res = if r.log.stages.is_empty() {
-        let mut visitors: Vec<Box<dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send + '_>> = parts
+        let mut visitors: Vec<Box<LensVisitor<'_>>> = parts
             .iter_mut()
             .map(|(series, cache)| {
                 Box::new(move |place: usize, labels: &Labels, entries: &[LenRef<'_>]| {
@@ -1044,14 +1036,13 @@ fn collect_simple(
                         let v = if bytes { en.len as f64 } else { 1.0 };
                         series.add(i, en.ts_ns, v);
                     }
-                }) as Box<dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send + '_>
+                }) as Box<LensVisitor<'_>>
             })
             .collect();
-        let mut refs: Vec<&mut (dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send)> =
-            visitors.iter_mut().map(|v| &mut **v as _).collect();
+        let mut refs: Vec<&mut LensVisitor<'_>> = visitors.iter_mut().map(|v| &mut **v as _).collect();
         ctx.src.visit_lens_split(&r.log.matchers, qs, qe, &mut refs)
     } else {
-        let mut visitors: Vec<Box<BatchVisitor<'_>>> = parts
+        let mut visitors: Vec<Box<EntriesVisitor<'_>>> = parts
             .iter_mut()
             .map(|(series, cache)| {
                 Box::new(move |place: usize, labels: &Labels, entries: &[EntryRef<'_>]| {
@@ -1065,11 +1056,10 @@ fn collect_simple(
                         let v = if bytes { en.line.len() as f64 } else { 1.0 };
                         series.add(i, en.ts_ns, v);
                     }
-                }) as Box<BatchVisitor<'_>>
+                }) as Box<EntriesVisitor<'_>>
             })
             .collect();
-        let mut refs: Vec<&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)> =
-            visitors.iter_mut().map(|v| &mut **v as _).collect();
+        let mut refs: Vec<&mut EntriesVisitor<'_>> = visitors.iter_mut().map(|v| &mut **v as _).collect();
         ctx.src
             .visit_needles_split(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut refs)
     };

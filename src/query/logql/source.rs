@@ -108,7 +108,7 @@ pub trait LogSource {
         start_ns: i64,
         end_ns: i64,
         needles: &[String],
-        fs: &mut [&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)],
+        fs: &mut [&mut EntriesVisitor<'_>],
     ) -> Result<(), SourceError> {
         let Some(f) = fs.first_mut() else { return Ok(()) };
         let mut place = 0;
@@ -124,7 +124,7 @@ pub trait LogSource {
         matchers: &[Matcher],
         start_ns: i64,
         end_ns: i64,
-        fs: &mut [&mut (dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send)],
+        fs: &mut [&mut LensVisitor<'_>],
     ) -> Result<(), SourceError> {
         let Some(f) = fs.first_mut() else { return Ok(()) };
         let mut place = 0;
@@ -146,7 +146,7 @@ pub trait LogSource {
         needles: &[String],
         forward: bool,
         limit: usize,
-        passes: &mut [&mut (dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send)],
+        passes: &mut [&mut FirstPass<'_>],
     ) -> Result<Vec<(usize, usize)>, SourceError> {
         let Some(pass) = passes.first_mut() else {
             return Ok(Vec::new());
@@ -209,6 +209,13 @@ pub trait LogSource {
         Ok(out)
     }
 }
+
+/// A visitor of [`LogSource::visit_needles_split`]: (place in the visit, labels, entries).
+pub type EntriesVisitor<'a> = dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send + 'a;
+/// A visitor of [`LogSource::visit_lens_split`].
+pub type LensVisitor<'a> = dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send + 'a;
+/// A pass of [`LogSource::select_first_split`].
+pub type FirstPass<'a> = dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send + 'a;
 
 /// What [`LogSource::visit_lens`] lends: an entry without its line.
 #[derive(Debug, Clone, Copy)]

@@ -3,9 +3,11 @@
 //! Owns: translating a source selection into one `LogReader::select` for a tenant and grouping the
 //! merged entries back into streams. Never touches: storage internals beyond the `LogReader` trait.
 
-use super::source::{EntryRef, LenRef, LogSource, SourceEntry, SourceError, SourceStream};
+use super::source::{
+    EntriesVisitor, EntryRef, FirstPass, LenRef, LensVisitor, LogSource, SourceEntry, SourceError, SourceStream,
+};
 use crate::model::{Labels, Matcher};
-use crate::storage::logs::{BlockBatch, Direction, EntryIter, LogReader, SelectRequest};
+use crate::storage::logs::{BlockBatch, BlockVisitor, Direction, EntryIter, LogReader, SelectRequest};
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
@@ -146,6 +148,9 @@ impl Lender {
     }
 }
 
+/// (time, stream, sequence), negated when backward: smaller is first.
+type MergeKey = (i64, usize, u64);
+
 /// The best `limit` entries `pass` accepted, by the merge order (time, stream, sequence), as
 /// blocks come in the visit's direction.
 struct FirstN {
@@ -272,21 +277,20 @@ impl LogSource for StoreSource<'_> {
         start_ns: i64,
         end_ns: i64,
         needles: &[String],
-        fs: &mut [&mut (dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send)],
+        fs: &mut [&mut EntriesVisitor<'_>],
     ) -> Result<(), SourceError> {
         let req = self.request(matchers, start_ns, end_ns, needles, true);
-        let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>> = fs
+        let mut wrapped: Vec<Box<BlockVisitor<'_>>> = fs
             .iter_mut()
             .map(|f| {
                 let mut lender = Lender::default();
                 Box::new(move |place: usize, b: &BlockBatch<'_>| {
                     lender.lend(b, &mut |labels, entries| f(place, labels, entries));
                     true
-                }) as Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>
+                }) as Box<BlockVisitor<'_>>
             })
             .collect();
-        let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)> =
-            wrapped.iter_mut().map(|w| &mut **w as _).collect();
+        let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|w| &mut **w as _).collect();
         self.reader
             .visit_blocks_split(&req, true, false, &mut refs)
             .map_err(|e| SourceError::Store(e.to_string()))
@@ -297,21 +301,20 @@ impl LogSource for StoreSource<'_> {
         matchers: &[Matcher],
         start_ns: i64,
         end_ns: i64,
-        fs: &mut [&mut (dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send)],
+        fs: &mut [&mut LensVisitor<'_>],
     ) -> Result<(), SourceError> {
         let req = self.request(matchers, start_ns, end_ns, &[], true);
-        let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>> = fs
+        let mut wrapped: Vec<Box<BlockVisitor<'_>>> = fs
             .iter_mut()
             .map(|f| {
                 let mut lender = Lender::default();
                 Box::new(move |place: usize, b: &BlockBatch<'_>| {
                     lender.lend_lens(b, &mut |labels, entries| f(place, labels, entries));
                     true
-                }) as Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>
+                }) as Box<BlockVisitor<'_>>
             })
             .collect();
-        let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)> =
-            wrapped.iter_mut().map(|w| &mut **w as _).collect();
+        let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|w| &mut **w as _).collect();
         self.reader
             .visit_blocks_split(&req, false, false, &mut refs)
             .map_err(|e| SourceError::Store(e.to_string()))
@@ -355,7 +358,7 @@ impl LogSource for StoreSource<'_> {
         needles: &[String],
         forward: bool,
         limit: usize,
-        passes: &mut [&mut (dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send)],
+        passes: &mut [&mut FirstPass<'_>],
     ) -> Result<Vec<(usize, usize)>, SourceError> {
         if limit == 0 || passes.is_empty() {
             return Ok(Vec::new());
@@ -363,21 +366,19 @@ impl LogSource for StoreSource<'_> {
         let req = self.request(matchers, start_ns, end_ns, needles, forward);
         let mut firsts: Vec<FirstN> = passes.iter().map(|_| FirstN::new(forward, limit)).collect();
         {
-            let mut wrapped: Vec<Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>> = firsts
+            let mut wrapped: Vec<Box<BlockVisitor<'_>>> = firsts
                 .iter_mut()
                 .zip(passes.iter_mut())
                 .map(|(first, pass)| {
-                    Box::new(move |_: usize, b: &BlockBatch<'_>| first.block(b, &mut **pass))
-                        as Box<dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + '_>
+                    Box::new(move |_: usize, b: &BlockBatch<'_>| first.block(b, &mut **pass)) as Box<BlockVisitor<'_>>
                 })
                 .collect();
-            let mut refs: Vec<&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)> =
-                wrapped.iter_mut().map(|w| &mut **w as _).collect();
+            let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|w| &mut **w as _).collect();
             self.reader
                 .visit_blocks_split(&req, true, true, &mut refs)
                 .map_err(|e| SourceError::Store(e.to_string()))?;
         }
-        let mut all: Vec<((i64, usize, u64), (usize, usize))> = firsts
+        let mut all: Vec<(MergeKey, (usize, usize))> = firsts
             .into_iter()
             .enumerate()
             .flat_map(|(i, f)| f.kept.into_iter().map(move |(k, v)| (k, (i, v))))

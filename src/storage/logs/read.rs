@@ -98,9 +98,12 @@ pub trait LogReader: Send + Sync {
         req: &SelectRequest,
         lines: bool,
         ordered: bool,
-        fs: &mut [&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)],
+        fs: &mut [&mut BlockVisitor<'_>],
     ) -> Result<(), LogsError>;
 }
+
+/// What [`LogReader::visit_blocks_split`] calls: (place in the visit, block) -> take more.
+pub type BlockVisitor<'a> = dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + 'a;
 
 /// One entry lent by [`LogReader::visit_blocks`].
 #[derive(Debug, Clone, Copy)]
@@ -687,7 +690,7 @@ impl LogReader for LogStore {
         req: &SelectRequest,
         lines: bool,
         ordered: bool,
-        fs: &mut [&mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)],
+        fs: &mut [&mut BlockVisitor<'_>],
     ) -> Result<(), LogsError> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let mut sel = self.snapshot(
@@ -748,7 +751,7 @@ impl LogReader for LogStore {
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         // Takes blocks until none is left (or another thread failed).
-        let work = |f: &mut (dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send)| -> Result<(), LogsError> {
+        let work = |f: &mut BlockVisitor<'_>| -> Result<(), LogsError> {
             let (mut buf, mut raw, mut line_buf) = (Vec::new(), Vec::new(), Vec::new());
             let mut rr = RecordReader::new(dir);
             while !failed.load(Ordering::Relaxed) {
