@@ -3,8 +3,10 @@
 //! and decompressed lazily, in the order the merge needs them, so `limit=100` over a day of data
 //! reads a few blocks; chunks whose n-gram filter rules out a required substring are not read.
 //! `visit_blocks` is the unmerged read: whole blocks lent to a callback (lines and metadata
-//! borrowed from the decompressed buffer), with a second thread decompressing ahead; metric
-//! queries and log queries that keep their first N entries use it.
+//! borrowed from the decompressed buffer), with a second thread decompressing ahead.
+//! `visit_blocks_split` shares the blocks out among one callback per thread, each thread reading,
+//! decompressing and decoding its own: metric queries and log queries that keep their first N
+//! entries use it, so their pipelines run on both threads.
 
 use super::LogsError;
 use super::block::{self, Entry};
