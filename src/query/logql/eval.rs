@@ -8,7 +8,7 @@
 use super::Error;
 use super::ast::*;
 use super::pipeline::{self, ERROR, LabelsBuilder, Pairs};
-use super::source::{EntryRef, LogSource};
+use super::source::{EntriesVisitor, EntryRef, FirstPass, LenRef, LensVisitor, LogSource};
 use crate::model::Labels;
 use crate::model::MatchOp;
 use std::collections::HashMap;
@@ -97,61 +97,74 @@ pub fn eval_log(src: &dyn LogSource, e: &LogExpr, p: LogParams) -> Result<Vec<Ou
     } = p;
     let hints = parser_hints(&e.stages);
     let lead = pipeline::leading_line_filters(&e.stages);
-    let mut found: Vec<Option<(Pairs, OutEntry)>> = Vec::new();
+    let (hints, stages) = (&hints, &e.stages);
     // The store keeps the first `limit` accepted entries in output order and stops reading when
     // no other entry can be among them; it may run the pipeline on a few more.
-    // One builder and line buffer for the query, reused: most entries of a selective query fail.
-    let mut lb = LabelsBuilder::default();
-    let mut line = String::new();
-    let mut pass = |labels: &Labels, en: &EntryRef<'_>| -> Option<usize> {
-        if !pipeline::prefilter(&e.stages[..lead], en.line.as_bytes()) {
-            return None;
-        }
-        lb.stream.truncate(labels.len());
-        for (i, l) in labels.iter().enumerate() {
-            match lb.stream.get_mut(i) {
-                Some(p) => {
-                    p.0.clone_from(&l.name);
-                    p.1.clone_from(&l.value);
-                }
-                None => lb.stream.push((l.name.clone(), l.value.clone())),
-            }
-        }
-        assign_pairs(&mut lb.sm, en.structured_metadata);
-        lb.parsed.clear();
-        line.clear();
-        line.push_str(en.line);
-        if !pipeline::run(&e.stages[lead..], &hints[lead..], en.ts_ns, &mut line, &mut lb, &[]) {
-            return None;
-        }
-        let key = if categorize {
-            sort_pairs(lb.stream.clone())
-        } else {
-            lb.merged()
-        };
-        found.push(Some((
-            key,
-            OutEntry {
-                ts: en.ts_ns,
-                line: line.clone(),
-                sm: sort_pairs(lb.sm.clone()),
-                parsed: sort_pairs(std::mem::take(&mut lb.parsed)),
-            },
-        )));
-        Some(found.len() - 1)
-    };
-    let first = src
-        .select_first(
+    // Per pass (thread): the entries it accepted, and one builder and line buffer, reused: most
+    // entries of a selective query fail. The pipeline (JSON here) was most of the bench's log
+    // query CPU, on one thread.
+    let mut founds: Vec<Vec<Option<(Pairs, OutEntry)>>> = (0..WORKERS).map(|_| Vec::new()).collect();
+    let first = {
+        let mut passes: Vec<Box<FirstPass<'_>>> = founds
+            .iter_mut()
+            .map(|found| {
+                let mut lb = LabelsBuilder::default();
+                let mut line = String::new();
+                Box::new(move |labels: &Labels, en: &EntryRef<'_>| -> Option<usize> {
+                    if !pipeline::prefilter(&stages[..lead], en.line.as_bytes()) {
+                        return None;
+                    }
+                    lb.stream.truncate(labels.len());
+                    for (i, l) in labels.iter().enumerate() {
+                        match lb.stream.get_mut(i) {
+                            Some(p) => {
+                                p.0.clone_from(&l.name);
+                                p.1.clone_from(&l.value);
+                            }
+                            None => lb.stream.push((l.name.clone(), l.value.clone())),
+                        }
+                    }
+                    assign_pairs(&mut lb.sm, en.structured_metadata);
+                    lb.parsed.clear();
+                    line.clear();
+                    line.push_str(en.line);
+                    if !pipeline::run(&stages[lead..], &hints[lead..], en.ts_ns, &mut line, &mut lb, &[]) {
+                        return None;
+                    }
+                    let key = if categorize {
+                        sort_pairs(lb.stream.clone())
+                    } else {
+                        lb.merged()
+                    };
+                    found.push(Some((
+                        key,
+                        OutEntry {
+                            ts: en.ts_ns,
+                            line: line.clone(),
+                            sm: sort_pairs(lb.sm.clone()),
+                            parsed: sort_pairs(std::mem::take(&mut lb.parsed)),
+                        },
+                    )));
+                    Some(found.len() - 1)
+                }) as Box<FirstPass<'_>>
+            })
+            .collect();
+        let mut refs: Vec<&mut FirstPass<'_>> = passes.iter_mut().map(|p| &mut **p as _).collect();
+        src.select_first_split(
             &e.matchers,
             start,
             end,
             &e.required_substrings(),
             forward,
             limit,
-            &mut pass,
+            &mut refs,
         )
-        .map_err(|x| Error::Internal(x.to_string()))?;
-    let mut all: Vec<(Pairs, OutEntry)> = first.into_iter().filter_map(|i| found.get_mut(i)?.take()).collect();
+        .map_err(|x| Error::Internal(x.to_string()))?
+    };
+    let mut all: Vec<(Pairs, OutEntry)> = first
+        .into_iter()
+        .filter_map(|(p, i)| founds.get_mut(p)?.get_mut(i)?.take())
+        .collect();
     // The store answers at most `limit` entries; Loki applies `interval` to those afterwards, so
     // an interval query returns far fewer than `limit` entries (recorded behaviour).
     all.truncate(limit);
@@ -373,14 +386,16 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
     }
     let lead = pipeline::leading_line_filters(&r.log.stages);
     let mut series = SeriesSet::default();
+    if counted(r) {
+        series.buckets = Some(Buckets::new(&ctx.steps, r.offset_ns, r.range_ns));
+    }
     if lead == r.log.stages.len() && r.unwrap.is_none() {
         collect_simple(ctx, r, grouping, qs, qe, &mut series)?;
     } else {
-        let mut lb = LabelsBuilder {
+        let lb0 = LabelsBuilder {
             only: only.clone(),
             ..LabelsBuilder::default()
         };
-        let mut line = String::new();
         // A `by` grouping's names, sorted and unique: the order of the series' labels.
         let mut by_names: Vec<&str> = grouping
             .filter(|g| !g.without)
@@ -388,79 +403,100 @@ fn eval_range(ctx: &Ctx, r: &RangeAgg, by_hint: &[String], inject: Option<&Group
             .unwrap_or_default();
         by_names.sort_unstable();
         by_names.dedup();
-        let mut visit = |labels: &Labels, entries: &[EntryRef<'_>]| {
-            let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-            for en in entries {
-                if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
-                    continue;
-                }
-                // One builder and line buffer for the whole query: their strings are reused.
-                assign_pairs(&mut lb.stream, &base);
-                assign_pairs(&mut lb.sm, en.structured_metadata);
-                lb.parsed.clear();
-                line.clear();
-                line.push_str(en.line);
-                if !pipeline::run(
-                    &r.log.stages[lead..],
-                    &hints[lead..],
-                    en.ts_ns,
-                    &mut line,
-                    &mut lb,
-                    &first_wins,
-                ) {
-                    continue;
-                }
-                let v = match &r.unwrap {
-                    None => match r.op {
-                        RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
-                        _ => 1.0,
-                    },
-                    Some(u) => {
-                        // An absent or empty label yields no sample (not an error) in Loki.
-                        let raw = match lb.get(&u.label) {
-                            Some(v) if !v.is_empty() => v.to_string(),
-                            _ => continue,
-                        };
-                        let conv = match u.conv {
-                            UnwrapConv::None => pipeline::go_parse_float(&raw),
-                            UnwrapConv::Duration => super::parser::parse_duration(&raw)
-                                .map(super::parser::duration_seconds)
-                                .map_err(|e| format!("time: {e}")),
-                            UnwrapConv::Bytes => super::parser::parse_bytes(&raw)
-                                .ok_or_else(|| format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")),
-                        };
-                        let mut v = 0.0;
-                        match conv {
-                            Ok(x) => v = x,
-                            Err(e) => {
-                                if !lb.has_err() {
-                                    lb.set_err("SampleExtractionErr", Some(e));
+        let (by_names, hints, first_wins) = (&by_names, &hints, &first_wins);
+        // One builder, line buffer and series set per visitor, each on its own thread: the
+        // pipeline (JSON, logfmt) was most of these queries' CPU, on one thread while two
+        // decompressed. Merged below in the order of the visit's places.
+        let mut parts: Vec<SeriesSet> = (0..WORKERS).map(|_| series.empty_like()).collect();
+        {
+            let mut visitors: Vec<Box<EntriesVisitor<'_>>> = parts
+                .iter_mut()
+                .map(|series| {
+                    let mut lb = lb0.clone();
+                    let mut line = String::new();
+                    Box::new(move |place: usize, labels: &Labels, entries: &[EntryRef<'_>]| {
+                        series.place = place;
+                        let base: Pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                        for en in entries {
+                            if !pipeline::prefilter(&r.log.stages[..lead], en.line.as_bytes()) {
+                                continue;
+                            }
+                            // One builder and line buffer for the whole query: their strings are reused.
+                            assign_pairs(&mut lb.stream, &base);
+                            assign_pairs(&mut lb.sm, en.structured_metadata);
+                            lb.parsed.clear();
+                            line.clear();
+                            line.push_str(en.line);
+                            if !pipeline::run(
+                                &r.log.stages[lead..],
+                                &hints[lead..],
+                                en.ts_ns,
+                                &mut line,
+                                &mut lb,
+                                first_wins,
+                            ) {
+                                continue;
+                            }
+                            let v = match &r.unwrap {
+                                None => match r.op {
+                                    RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
+                                    _ => 1.0,
+                                },
+                                Some(u) => {
+                                    // An absent or empty label yields no sample (not an error) in Loki.
+                                    let raw = match lb.get(&u.label) {
+                                        Some(v) if !v.is_empty() => v.to_string(),
+                                        _ => continue,
+                                    };
+                                    let conv = match u.conv {
+                                        UnwrapConv::None => pipeline::go_parse_float(&raw),
+                                        UnwrapConv::Duration => super::parser::parse_duration(&raw)
+                                            .map(super::parser::duration_seconds)
+                                            .map_err(|e| format!("time: {e}")),
+                                        UnwrapConv::Bytes => super::parser::parse_bytes(&raw).ok_or_else(|| {
+                                            format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")
+                                        }),
+                                    };
+                                    let mut v = 0.0;
+                                    match conv {
+                                        Ok(x) => v = x,
+                                        Err(e) => {
+                                            if !lb.has_err() {
+                                                lb.set_err("SampleExtractionErr", Some(e));
+                                            }
+                                        }
+                                    }
+                                    let mut keep = true;
+                                    for f in &u.post {
+                                        if !pipeline::label_filter(f, &mut lb) {
+                                            keep = false;
+                                            break;
+                                        }
+                                    }
+                                    if !keep {
+                                        continue;
+                                    }
+                                    if !lb.has_err() {
+                                        lb.del(&u.label);
+                                    }
+                                    v
                                 }
-                            }
+                            };
+                            let slot = series.slot_for(&lb, grouping, by_names);
+                            series.add(slot, en.ts_ns, v);
                         }
-                        let mut keep = true;
-                        for f in &u.post {
-                            if !pipeline::label_filter(f, &mut lb) {
-                                keep = false;
-                                break;
-                            }
-                        }
-                        if !keep {
-                            continue;
-                        }
-                        if !lb.has_err() {
-                            lb.del(&u.label);
-                        }
-                        v
-                    }
-                };
-                let slot = series.slot_for(&lb, grouping, &by_names);
-                series.samples[slot].push(Sample { ts: en.ts_ns, v });
-            }
-        };
-        ctx.src
-            .visit_needles(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut visit)
-            .map_err(|x| Error::Internal(x.to_string()))?;
+                    }) as Box<EntriesVisitor<'_>>
+                })
+                .collect();
+            let mut refs: Vec<&mut EntriesVisitor<'_>> = visitors.iter_mut().map(|v| &mut **v as _).collect();
+            ctx.src
+                .visit_needles_split(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut refs)
+                .map_err(|x| Error::Internal(x.to_string()))?;
+        }
+        series = SeriesSet::merge(parts);
+    }
+    if series.buckets.is_some() {
+        return Ok(counted_windows(ctx, r, series));
     }
     let SeriesSet { keys, samples, .. } = series;
     let mut samples = samples;
@@ -604,6 +640,67 @@ struct SeriesSet {
     index: HashMap<u64, Vec<usize>>,
     keys: Vec<Pairs>,
     samples: Vec<Vec<Sample>>,
+    /// Set for counting aggregations: samples are then counted into `runs`, not kept.
+    buckets: Option<Buckets>,
+    runs: Vec<Vec<Run>>,
+    /// The bucket of the last sample added: a block's entries come in time order.
+    hint: usize,
+    /// The place in the visit of the batch being read, and per series where each place's samples
+    /// start: (place, index in `samples`), so that [`SeriesSet::merge`] can order them.
+    place: usize,
+    segs: Vec<Vec<(usize, usize)>>,
+}
+
+/// Visitors a range aggregation's read is shared out among: the two cores of the machine this is
+/// measured on (the read used two threads before: one decompressing, one running the pipeline).
+const WORKERS: usize = 2;
+
+/// The window bounds of every step (`ws` and `we`), sorted and unique. Bucket `b` holds the
+/// timestamps `t` with `b` bounds below `t`, so the window `(bounds[a], bounds[b]]` is buckets
+/// `a+1 ..= b`: a count or byte sum over a window is a difference of two prefix sums over buckets.
+#[derive(Clone)]
+struct Buckets {
+    bounds: Vec<i64>,
+}
+
+/// Consecutive samples of one series in one bucket: how many and their summed values (lengths
+/// or ones, exact in integers).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    bucket: u32,
+    count: u64,
+    sum: u64,
+}
+
+impl Buckets {
+    fn new(steps: &[i64], offset: i64, range: i64) -> Self {
+        let mut bounds: Vec<i64> = steps.iter().flat_map(|&t| [t - offset - range, t - offset]).collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        Buckets { bounds }
+    }
+
+    fn of(&self, ts: i64, hint: usize) -> usize {
+        let b = &self.bounds;
+        if hint <= b.len() && (hint == 0 || b[hint - 1] < ts) && (hint == b.len() || ts <= b[hint]) {
+            return hint;
+        }
+        b.partition_point(|&x| x < ts)
+    }
+
+    /// The index of a bound (every step's bounds are in the list).
+    fn index(&self, t: i64) -> usize {
+        self.bounds.partition_point(|&x| x < t)
+    }
+}
+
+/// Range aggregations whose windows need only a count or an integer sum of their samples.
+fn counted(r: &RangeAgg) -> bool {
+    r.unwrap.is_none()
+        && matches!(
+            r.op,
+            RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate
+        )
 }
 
 impl SeriesSet {
@@ -629,7 +726,99 @@ impl SeriesSet {
         self.index.entry(h).or_default().push(i);
         self.keys.push(key);
         self.samples.push(Vec::new());
+        self.runs.push(Vec::new());
+        self.segs.push(Vec::new());
         i
+    }
+
+    /// An empty set counting (or not) as this one does.
+    fn empty_like(&self) -> SeriesSet {
+        SeriesSet {
+            buckets: self.buckets.clone(),
+            ..SeriesSet::default()
+        }
+    }
+
+    /// One set of the series of `parts`: runs appended (their sums do not depend on order),
+    /// samples concatenated in the order of the places they were read at, which is the order one
+    /// visitor reading every batch would have added them in, whichever visitor read which.
+    fn merge(parts: Vec<SeriesSet>) -> SeriesSet {
+        let mut parts = parts.into_iter();
+        let Some(mut out) = parts.next() else {
+            return SeriesSet::default();
+        };
+        let rest: Vec<SeriesSet> = parts.collect();
+        if rest.is_empty() {
+            return out;
+        }
+        // Per series of `out`: (place, part, series in part, range in its samples).
+        type Piece = (usize, usize, usize, std::ops::Range<usize>);
+        let pieces_of = |p: &SeriesSet, part: usize, j: usize, v: &mut Vec<Piece>| {
+            let segs = &p.segs[j];
+            for (k, &(place, at)) in segs.iter().enumerate() {
+                let to = segs.get(k + 1).map_or(p.samples[j].len(), |s| s.1);
+                v.push((place, part, j, at..to));
+            }
+        };
+        let mut pieces: Vec<Vec<Piece>> = Vec::with_capacity(out.keys.len());
+        for j in 0..out.keys.len() {
+            let mut v = Vec::new();
+            pieces_of(&out, 0, j, &mut v);
+            pieces.push(v);
+        }
+        for (pi, p) in rest.iter().enumerate() {
+            for (j, key) in p.keys.iter().enumerate() {
+                let i = out.slot(key.clone());
+                if i == pieces.len() {
+                    pieces.push(Vec::new());
+                }
+                out.runs[i].extend_from_slice(&p.runs[j]);
+                pieces_of(p, pi + 1, j, &mut pieces[i]);
+            }
+        }
+        if out.buckets.is_some() {
+            return out;
+        }
+        for (i, mut ps) in pieces.into_iter().enumerate() {
+            // Every place was read by one visitor: the sort is total.
+            ps.sort_unstable_by_key(|p| p.0);
+            let mut merged = Vec::with_capacity(ps.iter().map(|p| p.3.len()).sum());
+            for (_, part, j, range) in ps {
+                let src = if part == 0 {
+                    &out.samples[j]
+                } else {
+                    &rest[part - 1].samples[j]
+                };
+                merged.extend(src[range].iter().map(|x| Sample { ts: x.ts, v: x.v }));
+            }
+            out.samples[i] = merged;
+        }
+        out
+    }
+
+    /// Adds a sample to series `i`; counted, `v` is a non-negative integer (one, or a length).
+    fn add(&mut self, i: usize, ts: i64, v: f64) {
+        let Some(b) = &self.buckets else {
+            if self.segs[i].last().is_none_or(|s| s.0 != self.place) {
+                self.segs[i].push((self.place, self.samples[i].len()));
+            }
+            self.samples[i].push(Sample { ts, v });
+            return;
+        };
+        let bucket = b.of(ts, self.hint);
+        self.hint = bucket;
+        let runs = &mut self.runs[i];
+        match runs.last_mut() {
+            Some(r) if r.bucket as usize == bucket => {
+                r.count += 1;
+                r.sum += v as u64;
+            }
+            _ => runs.push(Run {
+                bucket: bucket as u32,
+                count: 1,
+                sum: v as u64,
+            }),
+        }
     }
 
     fn slot(&mut self, key: Pairs) -> usize {
@@ -705,6 +894,85 @@ fn exact_prefix_sums(s: &[Sample]) -> Option<Vec<f64>> {
     Some(p)
 }
 
+/// The steps of a counted range aggregation ([`counted`]) from its series' runs: per series, runs
+/// sorted by bucket and prefix-summed, so a window is two lookups. This replaced keeping every
+/// sample, a stable sort of them and a prefix sum in floats; the integer sums are the same values
+/// (the float prefix sums were exact: counts and lengths, below 2^53).
+fn counted_windows(ctx: &Ctx, r: &RangeAgg, series: SeriesSet) -> StepVal {
+    let SeriesSet {
+        keys, runs, buckets, ..
+    } = series;
+    let Some(buckets) = buckets else {
+        return StepVal::Vector(Vec::new());
+    };
+    // Per series: (bucket, prefix count, prefix sum) after each distinct bucket, from (0, 0, 0).
+    let prefix: Vec<Vec<(usize, u64, u64)>> = runs
+        .into_iter()
+        .map(|mut rs| {
+            // Integer sums: the order of equal buckets does not matter.
+            rs.sort_unstable_by_key(|x| x.bucket);
+            let mut p: Vec<(usize, u64, u64)> = Vec::with_capacity(rs.len() + 1);
+            p.push((0, 0, 0));
+            for x in rs {
+                let (b, c, s) = p[p.len() - 1];
+                if p.len() > 1 && b == x.bucket as usize {
+                    let last = p.len() - 1;
+                    p[last] = (b, c + x.count, s + x.sum);
+                } else {
+                    p.push((x.bucket as usize, c + x.count, s + x.sum));
+                }
+            }
+            p
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    let ascending = ctx.steps.windows(2).all(|w| w[0] <= w[1]);
+    // Window bounds per series as positions in its prefix list (entries 1.. are buckets).
+    let mut pos: Vec<(usize, usize)> = vec![(1, 1); keys.len()];
+    let secs = r.range_ns as f64 / 1e9;
+    let mut out = Vec::with_capacity(ctx.steps.len());
+    for &t in &ctx.steps {
+        let we = t - r.offset_ns;
+        let ws = we - r.range_ns;
+        // Buckets a+1 ..= b.
+        let (a, b) = (buckets.index(ws), buckets.index(we));
+        let mut vec: Vec<(Pairs, f64)> = Vec::new();
+        for &i in &order {
+            let p = &prefix[i];
+            // lo: first bucket > a; hi: first bucket > b (positions in `p`, >= 1).
+            let (lo, hi) = if ascending {
+                let (lo, hi) = &mut pos[i];
+                while *lo < p.len() && p[*lo].0 <= a {
+                    *lo += 1;
+                }
+                *hi = (*hi).max(*lo);
+                while *hi < p.len() && p[*hi].0 <= b {
+                    *hi += 1;
+                }
+                (*lo, *hi)
+            } else {
+                let q = &p[1..];
+                (1 + q.partition_point(|x| x.0 <= a), 1 + q.partition_point(|x| x.0 <= b))
+            };
+            if lo >= hi {
+                continue;
+            }
+            let count = p[hi - 1].1 - p[lo - 1].1;
+            let sum = p[hi - 1].2 - p[lo - 1].2;
+            let v = match r.op {
+                RangeOp::Rate => count as f64 / secs,
+                RangeOp::BytesOverTime => sum as f64,
+                RangeOp::BytesRate => sum as f64 / secs,
+                _ => count as f64,
+            };
+            vec.push((keys[i].clone(), v));
+        }
+        out.push(vec);
+    }
+    StepVal::Vector(out)
+}
+
 /// Range aggregations whose pipeline is only line filters and that unwrap nothing: a sample's
 /// labels then depend only on its stream and its structured metadata, so they are worked out once
 /// per (block, metadata) rather than per entry, and without any filter the lines are not read.
@@ -734,50 +1002,70 @@ fn collect_simple(
     // Per batch (one stream): metadata seen → series. Bounded, so that metadata unique per entry
     // (a trace id) degrades to a key per entry instead of a quadratic search.
     const CACHE: usize = 8;
-    let mut cache: Vec<(Pairs, usize)> = Vec::with_capacity(CACHE);
-    let slot_of =
-        |cache: &mut Vec<(Pairs, usize)>, series: &mut SeriesSet, labels: &Labels, sm: &[(String, String)]| {
-            if let Some((_, i)) = cache.iter().find(|(c, _)| c.as_slice() == sm) {
-                return *i;
-            }
-            let i = series.slot(key_of(labels, sm));
-            if cache.len() < CACHE {
-                cache.push((sm.to_vec(), i));
-            }
-            i
-        };
-    if r.log.stages.is_empty() {
-        ctx.src
-            .visit_lens(&r.log.matchers, qs, qe, &mut |labels, entries| {
-                cache.clear();
-                for en in entries {
-                    let i = slot_of(&mut cache, series, labels, en.structured_metadata);
-                    let v = if bytes { en.len as f64 } else { 1.0 };
-                    series.samples[i].push(Sample { ts: en.ts_ns, v });
-                }
+    // The lent slice's address first (valid within a batch, when the cache is cleared): a store
+    // lends entries with the same metadata one slice (column blocks do), then no string compares.
+    type Cached = (usize, usize, Pairs, usize);
+    let slot_of = |cache: &mut Vec<Cached>, series: &mut SeriesSet, labels: &Labels, sm: &[(String, String)]| {
+        let at = (sm.as_ptr() as usize, sm.len());
+        if let Some(c) = cache.iter().find(|c| (c.0, c.1) == at) {
+            return c.3;
+        }
+        if let Some(c) = cache.iter().find(|c| c.2.as_slice() == sm) {
+            return c.3;
+        }
+        let i = series.slot(key_of(labels, sm));
+        if cache.len() < CACHE {
+            cache.push((at.0, at.1, sm.to_vec(), i));
+        }
+        i
+    };
+    let slot_of = &slot_of;
+    // One series set and cache per visitor (thread), merged after.
+    let mut parts: Vec<(SeriesSet, Vec<Cached>)> = (0..WORKERS)
+        .map(|_| (series.empty_like(), Vec::with_capacity(CACHE)))
+        .collect();
+    let res = if r.log.stages.is_empty() {
+        let mut visitors: Vec<Box<LensVisitor<'_>>> = parts
+            .iter_mut()
+            .map(|(series, cache)| {
+                Box::new(move |place: usize, labels: &Labels, entries: &[LenRef<'_>]| {
+                    series.place = place;
+                    cache.clear();
+                    for en in entries {
+                        let i = slot_of(cache, series, labels, en.structured_metadata);
+                        let v = if bytes { en.len as f64 } else { 1.0 };
+                        series.add(i, en.ts_ns, v);
+                    }
+                }) as Box<LensVisitor<'_>>
             })
-            .map_err(|x| Error::Internal(x.to_string()))
+            .collect();
+        let mut refs: Vec<&mut LensVisitor<'_>> = visitors.iter_mut().map(|v| &mut **v as _).collect();
+        ctx.src.visit_lens_split(&r.log.matchers, qs, qe, &mut refs)
     } else {
-        ctx.src
-            .visit_needles(
-                &r.log.matchers,
-                qs,
-                qe,
-                &r.log.required_substrings(),
-                &mut |labels, entries| {
+        let mut visitors: Vec<Box<EntriesVisitor<'_>>> = parts
+            .iter_mut()
+            .map(|(series, cache)| {
+                Box::new(move |place: usize, labels: &Labels, entries: &[EntryRef<'_>]| {
+                    series.place = place;
                     cache.clear();
                     for en in entries {
                         if !pipeline::prefilter(&r.log.stages, en.line.as_bytes()) {
                             continue;
                         }
-                        let i = slot_of(&mut cache, series, labels, en.structured_metadata);
+                        let i = slot_of(cache, series, labels, en.structured_metadata);
                         let v = if bytes { en.line.len() as f64 } else { 1.0 };
-                        series.samples[i].push(Sample { ts: en.ts_ns, v });
+                        series.add(i, en.ts_ns, v);
                     }
-                },
-            )
-            .map_err(|x| Error::Internal(x.to_string()))
-    }
+                }) as Box<EntriesVisitor<'_>>
+            })
+            .collect();
+        let mut refs: Vec<&mut EntriesVisitor<'_>> = visitors.iter_mut().map(|v| &mut **v as _).collect();
+        ctx.src
+            .visit_needles_split(&r.log.matchers, qs, qe, &r.log.required_substrings(), &mut refs)
+    };
+    res.map_err(|x| Error::Internal(x.to_string()))?;
+    *series = SeriesSet::merge(parts.into_iter().map(|(s, _)| s).collect());
+    Ok(())
 }
 
 /// Loki's `extrapolatedRate(..., isCounter=true, isRate=true)`, with its range start taken from

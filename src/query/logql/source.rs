@@ -97,6 +97,64 @@ pub trait LogSource {
         })
     }
 
+    /// [`LogSource::visit_needles`] with the batches shared out among the visitors `fs`, which a
+    /// store may call on threads of their own. Each batch comes with its place in the visit:
+    /// every place once, increasing within one visitor, so that what the visitors gathered can be
+    /// merged in place order, the same whichever thread took which batch. The default hands every
+    /// batch to `fs[0]`.
+    fn visit_needles_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        fs: &mut [&mut EntriesVisitor<'_>],
+    ) -> Result<(), SourceError> {
+        let Some(f) = fs.first_mut() else { return Ok(()) };
+        let mut place = 0;
+        self.visit_needles(matchers, start_ns, end_ns, needles, &mut |labels, entries| {
+            f(place, labels, entries);
+            place += 1;
+        })
+    }
+
+    /// [`LogSource::visit_lens`] shared out among visitors as [`LogSource::visit_needles_split`].
+    fn visit_lens_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        fs: &mut [&mut LensVisitor<'_>],
+    ) -> Result<(), SourceError> {
+        let Some(f) = fs.first_mut() else { return Ok(()) };
+        let mut place = 0;
+        self.visit_lens(matchers, start_ns, end_ns, &mut |labels, entries| {
+            f(place, labels, entries);
+            place += 1;
+        })
+    }
+
+    /// [`LogSource::select_first`] with `pass` split among `passes`, which a store may call on
+    /// threads of their own (each pass on one thread); answers (which pass, what it answered).
+    /// The default runs `passes[0]` alone.
+    #[allow(clippy::too_many_arguments)]
+    fn select_first_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        forward: bool,
+        limit: usize,
+        passes: &mut [&mut FirstPass<'_>],
+    ) -> Result<Vec<(usize, usize)>, SourceError> {
+        let Some(pass) = passes.first_mut() else {
+            return Ok(Vec::new());
+        };
+        let first = self.select_first(matchers, start_ns, end_ns, needles, forward, limit, &mut **pass)?;
+        Ok(first.into_iter().map(|v| (0, v)).collect())
+    }
+
     /// For log queries: runs `pass` over entries of the matching streams and returns what it
     /// answered (`Some`) for the first `limit` entries it accepted, in output order: oldest first
     /// when `forward`, else newest first; equal timestamps in stream order (reversed when
@@ -151,6 +209,13 @@ pub trait LogSource {
         Ok(out)
     }
 }
+
+/// A visitor of [`LogSource::visit_needles_split`]: (place in the visit, labels, entries).
+pub type EntriesVisitor<'a> = dyn FnMut(usize, &Labels, &[EntryRef<'_>]) + Send + 'a;
+/// A visitor of [`LogSource::visit_lens_split`].
+pub type LensVisitor<'a> = dyn FnMut(usize, &Labels, &[LenRef<'_>]) + Send + 'a;
+/// A pass of [`LogSource::select_first_split`].
+pub type FirstPass<'a> = dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize> + Send + 'a;
 
 /// What [`LogSource::visit_lens`] lends: an entry without its line.
 #[derive(Debug, Clone, Copy)]

@@ -3,9 +3,11 @@
 //! Owns: translating a source selection into one `LogReader::select` for a tenant and grouping the
 //! merged entries back into streams. Never touches: storage internals beyond the `LogReader` trait.
 
-use super::source::{EntryRef, LenRef, LogSource, SourceEntry, SourceError, SourceStream};
+use super::source::{
+    EntriesVisitor, EntryRef, FirstPass, LenRef, LensVisitor, LogSource, SourceEntry, SourceError, SourceStream,
+};
 use crate::model::{Labels, Matcher};
-use crate::storage::logs::{BlockBatch, Direction, EntryIter, LogReader, SelectRequest};
+use crate::storage::logs::{BlockBatch, BlockVisitor, Direction, EntryIter, LogReader, SelectRequest};
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
@@ -86,6 +88,138 @@ impl MetaArena {
     }
 }
 
+/// One visitor's scratch for lending a block's entries as `EntryRef`s or `LenRef`s.
+#[derive(Default)]
+struct Lender {
+    arena: MetaArena,
+    fixed: Vec<String>,
+}
+
+impl Lender {
+    fn lend(&mut self, b: &BlockBatch<'_>, f: &mut dyn FnMut(&Labels, &[EntryRef<'_>])) {
+        let Lender { arena, fixed } = self;
+        arena.fill(b);
+        // Each line is validated once (twice was 4 % of the bench's server CPU): the invalid
+        // ones are copied first, then lent by index.
+        fixed.clear();
+        let valid: Vec<Option<&str>> = b.entries.iter().map(|e| std::str::from_utf8(e.line).ok()).collect();
+        fixed.extend(
+            b.entries
+                .iter()
+                .zip(&valid)
+                .filter(|(_, v)| v.is_none())
+                .map(|(e, _)| String::from_utf8_lossy(e.line).into_owned()),
+        );
+        let mut k = 0;
+        let refs: Vec<EntryRef<'_>> = b
+            .entries
+            .iter()
+            .zip(valid)
+            .map(|(e, v)| {
+                let line = match v {
+                    Some(s) => s,
+                    None => {
+                        k += 1;
+                        fixed.get(k - 1).map_or("", String::as_str)
+                    }
+                };
+                EntryRef {
+                    ts_ns: e.ts,
+                    line,
+                    structured_metadata: arena.get(e.meta),
+                }
+            })
+            .collect();
+        f(b.labels, &refs);
+    }
+
+    fn lend_lens(&mut self, b: &BlockBatch<'_>, f: &mut dyn FnMut(&Labels, &[LenRef<'_>])) {
+        self.arena.fill(b);
+        let refs: Vec<LenRef<'_>> = b
+            .entries
+            .iter()
+            .map(|e| LenRef {
+                ts_ns: e.ts,
+                len: e.len as usize,
+                structured_metadata: self.arena.get(e.meta),
+            })
+            .collect();
+        f(b.labels, &refs);
+    }
+}
+
+/// (time, stream, sequence), negated when backward: smaller is first.
+type MergeKey = (i64, usize, u64);
+
+/// The best `limit` entries `pass` accepted, by the merge order (time, stream, sequence), as
+/// blocks come in the visit's direction.
+struct FirstN {
+    forward: bool,
+    limit: usize,
+    /// (key, what `pass` answered); the worst kept on top.
+    kept: BinaryHeap<((i64, usize, u64), usize)>,
+    arena: MetaArena,
+    lossy: String,
+}
+
+impl FirstN {
+    fn new(forward: bool, limit: usize) -> Self {
+        FirstN {
+            forward,
+            limit,
+            kept: BinaryHeap::new(),
+            arena: MetaArena::default(),
+            lossy: String::new(),
+        }
+    }
+
+    /// Smaller is better; backward negates every component, as the merging iterator does.
+    fn key(&self, ts: i64, stream: usize, seq: u64) -> (i64, usize, u64) {
+        if self.forward {
+            (ts, stream, seq)
+        } else {
+            (ts.saturating_neg(), usize::MAX - stream, u64::MAX - seq)
+        }
+    }
+
+    /// Runs `pass` on the entries of `b` that could be kept; false when none of the block could.
+    fn block(&mut self, b: &BlockBatch<'_>, pass: &mut dyn FnMut(&Labels, &EntryRef<'_>) -> Option<usize>) -> bool {
+        let limit = self.limit;
+        if self.kept.len() >= limit
+            && let Some(((worst, _, _), _)) = self.kept.peek()
+            && self.key(b.bound, 0, 0).0 > *worst
+        {
+            return false;
+        }
+        self.arena.fill(b);
+        for e in b.entries {
+            let k = self.key(e.ts, b.stream, e.seq);
+            if self.kept.len() >= limit && self.kept.peek().is_some_and(|(w, _)| k >= *w) {
+                continue;
+            }
+            let line = match std::str::from_utf8(e.line) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.lossy = String::from_utf8_lossy(e.line).into_owned();
+                    self.lossy.as_str()
+                }
+            };
+            let en = EntryRef {
+                ts_ns: e.ts,
+                line,
+                structured_metadata: self.arena.get(e.meta),
+            };
+            if let Some(v) = pass(b.labels, &en) {
+                self.kept.push((k, v));
+                if self.kept.len() > limit {
+                    self.kept.pop();
+                }
+            }
+        }
+        true
+    }
+}
+
 impl LogSource for StoreSource<'_> {
     fn visit(
         &self,
@@ -111,43 +245,10 @@ impl LogSource for StoreSource<'_> {
         f: &mut dyn FnMut(&Labels, &[EntryRef<'_>]),
     ) -> Result<(), SourceError> {
         let req = self.request(matchers, start_ns, end_ns, needles, true);
-        let mut arena = MetaArena::default();
-        let mut fixed: Vec<String> = Vec::new();
+        let mut lender = Lender::default();
         self.reader
             .visit_blocks(&req, true, false, &mut |b| {
-                arena.fill(b);
-                // Each line is validated once (twice was 4 % of the bench's server CPU): the
-                // invalid ones are copied first, then lent by index.
-                fixed.clear();
-                let valid: Vec<Option<&str>> = b.entries.iter().map(|e| std::str::from_utf8(e.line).ok()).collect();
-                fixed.extend(
-                    b.entries
-                        .iter()
-                        .zip(&valid)
-                        .filter(|(_, v)| v.is_none())
-                        .map(|(e, _)| String::from_utf8_lossy(e.line).into_owned()),
-                );
-                let mut k = 0;
-                let refs: Vec<EntryRef<'_>> = b
-                    .entries
-                    .iter()
-                    .zip(valid)
-                    .map(|(e, v)| {
-                        let line = match v {
-                            Some(s) => s,
-                            None => {
-                                k += 1;
-                                fixed.get(k - 1).map_or("", String::as_str)
-                            }
-                        };
-                        EntryRef {
-                            ts_ns: e.ts,
-                            line,
-                            structured_metadata: arena.get(e.meta),
-                        }
-                    })
-                    .collect();
-                f(b.labels, &refs);
+                lender.lend(b, &mut *f);
                 true
             })
             .map_err(|e| SourceError::Store(e.to_string()))
@@ -161,22 +262,61 @@ impl LogSource for StoreSource<'_> {
         f: &mut dyn FnMut(&Labels, &[LenRef<'_>]),
     ) -> Result<(), SourceError> {
         let req = self.request(matchers, start_ns, end_ns, &[], true);
-        let mut arena = MetaArena::default();
+        let mut lender = Lender::default();
         self.reader
             .visit_blocks(&req, false, false, &mut |b| {
-                arena.fill(b);
-                let refs: Vec<LenRef<'_>> = b
-                    .entries
-                    .iter()
-                    .map(|e| LenRef {
-                        ts_ns: e.ts,
-                        len: e.len as usize,
-                        structured_metadata: arena.get(e.meta),
-                    })
-                    .collect();
-                f(b.labels, &refs);
+                lender.lend_lens(b, &mut *f);
                 true
             })
+            .map_err(|e| SourceError::Store(e.to_string()))
+    }
+
+    fn visit_needles_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        fs: &mut [&mut EntriesVisitor<'_>],
+    ) -> Result<(), SourceError> {
+        let req = self.request(matchers, start_ns, end_ns, needles, true);
+        let mut wrapped: Vec<Box<BlockVisitor<'_>>> = fs
+            .iter_mut()
+            .map(|f| {
+                let mut lender = Lender::default();
+                Box::new(move |place: usize, b: &BlockBatch<'_>| {
+                    lender.lend(b, &mut |labels, entries| f(place, labels, entries));
+                    true
+                }) as Box<BlockVisitor<'_>>
+            })
+            .collect();
+        let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|w| &mut **w as _).collect();
+        self.reader
+            .visit_blocks_split(&req, true, false, &mut refs)
+            .map_err(|e| SourceError::Store(e.to_string()))
+    }
+
+    fn visit_lens_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        fs: &mut [&mut LensVisitor<'_>],
+    ) -> Result<(), SourceError> {
+        let req = self.request(matchers, start_ns, end_ns, &[], true);
+        let mut wrapped: Vec<Box<BlockVisitor<'_>>> = fs
+            .iter_mut()
+            .map(|f| {
+                let mut lender = Lender::default();
+                Box::new(move |place: usize, b: &BlockBatch<'_>| {
+                    lender.lend_lens(b, &mut |labels, entries| f(place, labels, entries));
+                    true
+                }) as Box<BlockVisitor<'_>>
+            })
+            .collect();
+        let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|w| &mut **w as _).collect();
+        self.reader
+            .visit_blocks_split(&req, false, false, &mut refs)
             .map_err(|e| SourceError::Store(e.to_string()))
     }
 
@@ -198,54 +338,54 @@ impl LogSource for StoreSource<'_> {
             return Ok(Vec::new());
         }
         let req = self.request(matchers, start_ns, end_ns, needles, forward);
-        // Smaller is better; backward negates every component, as the merging iterator does.
-        let key = |ts: i64, stream: usize, seq: u64| {
-            if forward {
-                (ts, stream, seq)
-            } else {
-                (ts.saturating_neg(), usize::MAX - stream, u64::MAX - seq)
-            }
-        };
-        let mut kept: BinaryHeap<((i64, usize, u64), usize)> = BinaryHeap::new();
-        let mut arena = MetaArena::default();
-        let mut lossy = String::new();
+        let mut first = FirstN::new(forward, limit);
         self.reader
-            .visit_blocks(&req, true, true, &mut |b| {
-                if kept.len() >= limit
-                    && let Some(((worst, _, _), _)) = kept.peek()
-                    && key(b.bound, 0, 0).0 > *worst
-                {
-                    return false;
-                }
-                arena.fill(b);
-                for e in b.entries {
-                    let k = key(e.ts, b.stream, e.seq);
-                    if kept.len() >= limit && kept.peek().is_some_and(|(w, _)| k >= *w) {
-                        continue;
-                    }
-                    let line = match std::str::from_utf8(e.line) {
-                        Ok(s) => s,
-                        Err(_) => {
-                            lossy = String::from_utf8_lossy(e.line).into_owned();
-                            lossy.as_str()
-                        }
-                    };
-                    let en = EntryRef {
-                        ts_ns: e.ts,
-                        line,
-                        structured_metadata: arena.get(e.meta),
-                    };
-                    if let Some(v) = pass(b.labels, &en) {
-                        kept.push((k, v));
-                        if kept.len() > limit {
-                            kept.pop();
-                        }
-                    }
-                }
-                true
-            })
+            .visit_blocks(&req, true, true, &mut |b| first.block(b, &mut *pass))
             .map_err(|e| SourceError::Store(e.to_string()))?;
-        Ok(kept.into_sorted_vec().into_iter().map(|(_, v)| v).collect())
+        Ok(first.kept.into_sorted_vec().into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// As `select_first`, each visitor on its thread keeping its own best `limit` (a block or
+    /// entry that cannot beat a visitor's worst kept one cannot be among the best of all either),
+    /// merged by the merge order's key, which is unique: the answer does not depend on which
+    /// thread read which block.
+    #[allow(clippy::too_many_arguments)]
+    fn select_first_split(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        needles: &[String],
+        forward: bool,
+        limit: usize,
+        passes: &mut [&mut FirstPass<'_>],
+    ) -> Result<Vec<(usize, usize)>, SourceError> {
+        if limit == 0 || passes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = self.request(matchers, start_ns, end_ns, needles, forward);
+        let mut firsts: Vec<FirstN> = passes.iter().map(|_| FirstN::new(forward, limit)).collect();
+        {
+            let mut wrapped: Vec<Box<BlockVisitor<'_>>> = firsts
+                .iter_mut()
+                .zip(passes.iter_mut())
+                .map(|(first, pass)| {
+                    Box::new(move |_: usize, b: &BlockBatch<'_>| first.block(b, &mut **pass)) as Box<BlockVisitor<'_>>
+                })
+                .collect();
+            let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|w| &mut **w as _).collect();
+            self.reader
+                .visit_blocks_split(&req, true, true, &mut refs)
+                .map_err(|e| SourceError::Store(e.to_string()))?;
+        }
+        let mut all: Vec<(MergeKey, (usize, usize))> = firsts
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.kept.into_iter().map(move |(k, v)| (k, (i, v))))
+            .collect();
+        all.sort_unstable_by_key(|x| x.0);
+        all.truncate(limit);
+        Ok(all.into_iter().map(|(_, v)| v).collect())
     }
 
     fn select(&self, matchers: &[Matcher], start_ns: i64, end_ns: i64) -> Result<Vec<SourceStream>, SourceError> {

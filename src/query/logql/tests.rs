@@ -634,6 +634,9 @@ fn store_source_matches_the_merged_iterator() {
         r#"bytes_over_time({app=~".+"}[45s])"#,
         r#"count_over_time({app=~".+"} |= "error" [1m])"#,
         r#"sum by (level) (count_over_time({app=~".+"} | logfmt [1m]))"#,
+        r#"sum by (app) (rate({app=~".+"} | logfmt | n > 50 [2m]))"#,
+        r#"sum by (app) (sum_over_time({app=~".+"} | logfmt | unwrap n [1m]))"#,
+        r#"quantile_over_time(0.5, {app=~".+"} | logfmt | unwrap n [1m]) by (level)"#,
     ] {
         check_store_source(&src, q, start, end);
     }

@@ -17,7 +17,9 @@ mod read;
 mod store;
 
 pub use block::{Codec, Entry};
-pub use read::{BlockBatch, BlockEntry, Direction, EntryIter, IndexStats, LogReader, SelectRequest, StreamEntry};
+pub use read::{
+    BlockBatch, BlockEntry, BlockVisitor, Direction, EntryIter, IndexStats, LogReader, SelectRequest, StreamEntry,
+};
 pub use store::{AppendResult, LogStore, LogsOptions, LogsStats, PushEntry, PushStream, StreamKey};
 
 #[derive(Debug, thiserror::Error)]

@@ -3,13 +3,16 @@
 //! and decompressed lazily, in the order the merge needs them, so `limit=100` over a day of data
 //! reads a few blocks; chunks whose n-gram filter rules out a required substring are not read.
 //! `visit_blocks` is the unmerged read: whole blocks lent to a callback (lines and metadata
-//! borrowed from the decompressed buffer), with a second thread decompressing ahead; metric
-//! queries and log queries that keep their first N entries use it.
+//! borrowed from the decompressed buffer), with a second thread decompressing ahead.
+//! `visit_blocks_split` shares the blocks out among one callback per thread, each thread reading,
+//! decompressing and decoding its own: metric queries and log queries that keep their first N
+//! entries use it, so their pipelines run on both threads.
 
 use super::LogsError;
 use super::block::{self, Entry};
 use super::store::{BlockRef, LogStore};
 use crate::model::{Labels, Matcher};
+use crate::storage::wal::RecordReader;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::path::PathBuf;
@@ -85,7 +88,24 @@ pub trait LogReader: Send + Sync {
         ordered: bool,
         f: &mut dyn FnMut(&BlockBatch<'_>) -> bool,
     ) -> Result<(), LogsError>;
+    /// [`LogReader::visit_blocks`] with the blocks shared out among the visitors `fs`, each
+    /// called on a thread of its own (`fs[0]` on the calling one, which also gets the heads), so
+    /// that what the caller does with a block runs in parallel too. Each call is given the
+    /// block's place in the visit (heads first, then blocks in the order `ordered` asks; every
+    /// place once, increasing for each visitor), so results can be merged in an order that does
+    /// not depend on the threads' timing. A visitor returning false on a block takes no more
+    /// blocks (on a head: skips just that head); the others go on.
+    fn visit_blocks_split(
+        &self,
+        req: &SelectRequest,
+        lines: bool,
+        ordered: bool,
+        fs: &mut [&mut BlockVisitor<'_>],
+    ) -> Result<(), LogsError>;
 }
+
+/// What [`LogReader::visit_blocks_split`] calls: (place in the visit, block) -> take more.
+pub type BlockVisitor<'a> = dyn FnMut(usize, &BlockBatch<'_>) -> bool + Send + 'a;
 
 /// One entry lent by [`LogReader::visit_blocks`].
 #[derive(Debug, Clone, Copy)]
@@ -110,14 +130,30 @@ pub struct BlockBatch<'a> {
     /// Newest entry time when backward, oldest when forward (of the whole block).
     pub bound: i64,
     pub entries: &'a [BlockEntry<'a>],
-    /// (name, value) pairs of all entries, back to back.
+    /// (name, value) pairs of the entries: each entry's are one range, and entries may share a
+    /// range (those with the same metadata in a column block do: a cache may key on it).
     pub meta: &'a [(&'a [u8], &'a [u8])],
 }
 
+/// What [`load_block`] left in `raw`.
+#[derive(Debug, Clone, Copy)]
+enum Loaded {
+    /// The entries encoding, or with `lines` false possibly only its part before the lines.
+    Entries,
+    /// A column block's head section alone ([`block::decode_head_columns`]).
+    Head(block::BlockHeader),
+    /// A column block's head section, and its lines in the second buffer.
+    Columns(block::BlockHeader),
+}
+
 /// Decodes what [`load_block`] left in `raw` into borrowed entries in `[start, end)`; with `lines`
-/// false `raw` holds no lines ([`block::decompress_head`]) and every `line` is empty.
+/// false every `line` is empty. From a column head, entries with the same metadata set share one
+/// `meta` range; `line_buf` holds the lines of [`Loaded::Columns`].
+#[allow(clippy::too_many_arguments)]
 fn decode_batch<'a>(
     raw: &'a [u8],
+    line_buf: &'a [u8],
+    loaded: Loaded,
     first_seq: u64,
     lines: bool,
     start: i64,
@@ -125,6 +161,43 @@ fn decode_batch<'a>(
     entries: &mut Vec<BlockEntry<'a>>,
     meta: &mut Vec<(&'a [u8], &'a [u8])>,
 ) -> Result<(), LogsError> {
+    if let Loaded::Head(h) | Loaded::Columns(h) = loaded {
+        let (mut ts, mut lens, mut sets, mut idx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        block::decode_head_columns(&h, raw, &mut ts, &mut lens, &mut sets, &mut idx)?;
+        let with_lines = matches!(loaded, Loaded::Columns(_));
+        if with_lines && lens.iter().map(|&l| l as usize).sum::<usize>() != line_buf.len() {
+            return Err(LogsError::BadRecord("line lengths"));
+        }
+        let mut at = 0usize;
+        let mut ranges = Vec::with_capacity(sets.len());
+        for set in &sets {
+            let a = meta.len() as u32;
+            block::for_each_meta_pair(set, |n, v| meta.push((n, v)))?;
+            ranges.push((a, meta.len() as u32));
+        }
+        entries.reserve(ts.len());
+        for (i, ((&ts, &len), &k)) in ts.iter().zip(&lens).zip(&idx).enumerate() {
+            let from = at;
+            at += len as usize;
+            if ts < start || ts >= end {
+                continue;
+            }
+            entries.push(BlockEntry {
+                ts,
+                seq: first_seq + i as u64,
+                len,
+                // Checked above: the lengths add up to the buffer.
+                line: if with_lines {
+                    line_buf.get(from..at).unwrap_or(&[])
+                } else {
+                    &[]
+                },
+                // `decode_head_columns` checked every index against the sets.
+                meta: ranges.get(k as usize).copied().unwrap_or((0, 0)),
+            });
+        }
+        return Ok(());
+    }
     let mut seq = first_seq;
     let mut push = |ts: i64, len: u32, line: &'a [u8], m: &mut dyn Iterator<Item = (&'a [u8], &'a [u8])>| {
         seq += 1;
@@ -149,26 +222,36 @@ fn decode_batch<'a>(
 }
 
 /// Reads, checks and decompresses one block record into `raw` (`buf` is the record scratch): the
-/// whole entries encoding, or with `lines` false possibly only the part before the lines (a
-/// column block's head section alone).
+/// whole entries encoding, or with `lines` false a column block's head section alone.
 fn load_block(
-    dir: &std::path::Path,
+    rr: &mut RecordReader<'_>,
     b: &BlockSource,
     lines: bool,
     buf: &mut Vec<u8>,
     raw: &mut Vec<u8>,
-) -> Result<(), LogsError> {
-    crate::storage::wal::read_record_at(dir, b.block.pos, buf)?;
-    let (ty, mut r) = block::open_record(buf)?;
+    line_buf: Option<&mut Vec<u8>>,
+) -> Result<Loaded, LogsError> {
+    let rec = rr.read(b.block.pos, buf)?;
+    let (ty, mut r) = block::open_record(rec)?;
     if ty != block::REC_BLOCK {
         return Err(LogsError::BadRecord("not a block"));
     }
     let (h, data) = block::decode_block_header(&mut r)?;
     if lines {
-        block::decompress(&h, data, raw)
+        if let Some(lb) = line_buf
+            && h.codec == block::CODEC_COLUMNS
+        {
+            block::decompress_columns_parts(&h, data, raw, lb)?;
+            return Ok(Loaded::Columns(h));
+        }
+        block::decompress(&h, data, raw)?;
+    } else if h.codec == block::CODEC_COLUMNS {
+        block::decompress_head_section(&h, data, raw)?;
+        return Ok(Loaded::Head(h));
     } else {
-        block::decompress_head(&h, data, raw)
+        block::decompress_head(&h, data, raw)?;
     }
+    Ok(Loaded::Entries)
 }
 
 /// Below this many blocks a visit stays on the calling thread (a thread costs ~50 µs).
@@ -186,8 +269,10 @@ pub(crate) struct Selection {
     pub dir: PathBuf,
     pub labels: Vec<Arc<Labels>>,
     pub blocks: Vec<BlockSource>,
-    /// (stream index, first seq, entries) of head blocks.
-    pub heads: Vec<(usize, u64, Vec<Entry>)>,
+    /// (stream index, first seq, entries) of head blocks: a copy of the buffer, taken under
+    /// the store's lock, decoded after (decoding 500 heads into owned entries there was 15 % of
+    /// a `rate` query's CPU, perf).
+    pub heads: Vec<(usize, u64, block::EntriesBuf)>,
     pub blooms_checked: u64,
     pub chunks_skipped: u64,
 }
@@ -388,7 +473,9 @@ impl LogReader for LogStore {
             }
         };
         it.pending.sort_by_key(key);
-        for (stream, first_seq, entries) in sel.heads {
+        for (stream, first_seq, head) in sel.heads {
+            let mut entries = Vec::new();
+            head.decode_from(0, &mut entries)?;
             let v: Vec<(i64, u64, Entry)> = entries
                 .into_iter()
                 .enumerate()
@@ -474,34 +561,29 @@ impl LogReader for LogStore {
         let (start, end) = (req.start, req.end);
         let forward = req.direction == Direction::Forward;
         let bound_of = |min_t: i64, max_t: i64| if forward { min_t } else { max_t };
-        let mut entries: Vec<BlockEntry<'_>> = Vec::new();
-        let mut meta: Vec<(&[u8], &[u8])> = Vec::new();
-        for (stream, first_seq, es) in &sel.heads {
-            entries.clear();
-            meta.clear();
-            let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
-            for (i, e) in es.iter().enumerate() {
-                min_t = min_t.min(e.ts);
-                max_t = max_t.max(e.ts);
-                if e.ts < start || e.ts >= end {
-                    continue;
-                }
-                let a = meta.len() as u32;
-                meta.extend(e.metadata.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
-                entries.push(BlockEntry {
-                    ts: e.ts,
-                    seq: first_seq + i as u64,
-                    len: e.line.len() as u32,
-                    line: e.line.as_bytes(),
-                    meta: (a, meta.len() as u32),
-                });
-            }
+        let mut raw = Vec::new();
+        for (stream, first_seq, head) in &sel.heads {
+            let mut entries: Vec<BlockEntry<'_>> = Vec::new();
+            let mut meta: Vec<(&[u8], &[u8])> = Vec::new();
+            raw.clear();
+            head.encode_from(0, &mut raw);
+            decode_batch(
+                &raw,
+                &[],
+                Loaded::Entries,
+                *first_seq,
+                lines,
+                start,
+                end,
+                &mut entries,
+                &mut meta,
+            )?;
             // Heads come unsorted: when ordered, a refusal skips only that head.
             if !entries.is_empty()
                 && !f(&BlockBatch {
                     labels: &sel.labels[*stream],
                     stream: *stream,
-                    bound: bound_of(min_t, max_t),
+                    bound: bound_of(head.min_t, head.max_t),
                     entries: &entries,
                     meta: &meta,
                 })
@@ -510,8 +592,6 @@ impl LogReader for LogStore {
                 return Ok(());
             }
         }
-        drop(entries);
-        drop(meta);
         if ordered {
             if forward {
                 sel.blocks.sort_by_key(|b| b.block.min_t);
@@ -521,10 +601,20 @@ impl LogReader for LogStore {
         }
         let labels = &sel.labels;
         // Ok(false): `f` asked to stop.
-        let mut run = |b: &BlockSource, raw: &[u8]| -> Result<bool, LogsError> {
+        let mut run = |b: &BlockSource, raw: &[u8], loaded: Loaded| -> Result<bool, LogsError> {
             let mut entries = Vec::new();
             let mut meta = Vec::new();
-            decode_batch(raw, b.block.first_seq, lines, start, end, &mut entries, &mut meta)?;
+            decode_batch(
+                raw,
+                &[],
+                loaded,
+                b.block.first_seq,
+                lines,
+                start,
+                end,
+                &mut entries,
+                &mut meta,
+            )?;
             if entries.is_empty() {
                 return Ok(true);
             }
@@ -538,10 +628,11 @@ impl LogReader for LogStore {
         };
         let dir = sel.dir.as_path();
         let (mut buf, mut raw) = (Vec::new(), Vec::new());
+        let mut rr = RecordReader::new(dir);
         if sel.blocks.len() < PARALLEL_BLOCKS {
             for b in &sel.blocks {
-                load_block(dir, b, lines, &mut buf, &mut raw)?;
-                if !run(b, &raw)? {
+                let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw, None)?;
+                if !run(b, &raw, loaded)? {
                     break;
                 }
             }
@@ -550,17 +641,18 @@ impl LogReader for LogStore {
         std::thread::scope(|sc| -> Result<(), LogsError> {
             // Created inside the scope: an early return drops `rx`, which ends the worker before
             // the scope joins it.
-            type Loaded = Result<(usize, Vec<u8>), LogsError>;
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Loaded>(4);
+            type Sent = Result<(usize, Vec<u8>, Loaded), LogsError>;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Sent>(4);
             let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
             let blocks = &sel.blocks;
             // Ordered: the worker reads every block ahead of this thread; unordered: the odd ones.
             let (step, first) = if ordered { (1, 0) } else { (2, 1) };
             sc.spawn(move || {
                 let mut buf = Vec::new();
+                let mut rr = RecordReader::new(dir);
                 for (i, b) in blocks.iter().enumerate().skip(first).step_by(step) {
                     let mut raw = back_rx.try_recv().unwrap_or_default();
-                    let r = load_block(dir, b, lines, &mut buf, &mut raw).map(|()| (i, raw));
+                    let r = load_block(&mut rr, b, lines, &mut buf, &mut raw, None).map(|l| (i, raw, l));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
@@ -569,13 +661,13 @@ impl LogReader for LogStore {
             });
             if !ordered {
                 for b in blocks.iter().step_by(2) {
-                    load_block(dir, b, lines, &mut buf, &mut raw)?;
-                    if !run(b, &raw)? {
+                    let loaded = load_block(&mut rr, b, lines, &mut buf, &mut raw, None)?;
+                    if !run(b, &raw, loaded)? {
                         return Ok(());
                     }
                     while let Ok(m) = rx.try_recv() {
-                        let (i, r) = m?;
-                        if !run(&blocks[i], &r)? {
+                        let (i, r, l) = m?;
+                        if !run(&blocks[i], &r, l)? {
                             return Ok(());
                         }
                         let _ = back_tx.send(r);
@@ -583,13 +675,146 @@ impl LogReader for LogStore {
                 }
             }
             for m in rx.iter() {
-                let (i, r) = m?;
-                if !run(&blocks[i], &r)? {
+                let (i, r, l) = m?;
+                if !run(&blocks[i], &r, l)? {
                     return Ok(());
                 }
                 let _ = back_tx.send(r);
             }
             Ok(())
+        })
+    }
+
+    /// Each thread reads, decompresses and decodes the blocks it takes (the next unvisited one,
+    /// from a shared counter), then runs its visitor: no hand-over between threads.
+    fn visit_blocks_split(
+        &self,
+        req: &SelectRequest,
+        lines: bool,
+        ordered: bool,
+        fs: &mut [&mut BlockVisitor<'_>],
+    ) -> Result<(), LogsError> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let mut sel = self.snapshot(
+            &req.tenant,
+            &req.matchers,
+            req.start,
+            req.end.saturating_sub(1),
+            &req.line_contains,
+        )?;
+        let Some((first, rest)) = fs.split_first_mut() else {
+            return Ok(());
+        };
+        let (start, end) = (req.start, req.end);
+        let forward = req.direction == Direction::Forward;
+        let bound_of = |min_t: i64, max_t: i64| if forward { min_t } else { max_t };
+        let labels = &sel.labels;
+        let mut raw = Vec::new();
+        for (place, (stream, first_seq, head)) in sel.heads.iter().enumerate() {
+            let mut entries: Vec<BlockEntry<'_>> = Vec::new();
+            let mut meta: Vec<(&[u8], &[u8])> = Vec::new();
+            raw.clear();
+            head.encode_from(0, &mut raw);
+            decode_batch(
+                &raw,
+                &[],
+                Loaded::Entries,
+                *first_seq,
+                lines,
+                start,
+                end,
+                &mut entries,
+                &mut meta,
+            )?;
+            // A refusal skips just that head.
+            if !entries.is_empty() {
+                let _ = first(
+                    place,
+                    &BlockBatch {
+                        labels: &labels[*stream],
+                        stream: *stream,
+                        bound: bound_of(head.min_t, head.max_t),
+                        entries: &entries,
+                        meta: &meta,
+                    },
+                );
+            }
+        }
+        if ordered {
+            if forward {
+                sel.blocks.sort_by_key(|b| b.block.min_t);
+            } else {
+                sel.blocks.sort_by_key(|b| std::cmp::Reverse(b.block.max_t));
+            }
+        }
+        let heads = sel.heads.len();
+        let dir = sel.dir.as_path();
+        let blocks = &sel.blocks;
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        // Takes blocks until none is left (or another thread failed).
+        let work = |f: &mut BlockVisitor<'_>| -> Result<(), LogsError> {
+            let (mut buf, mut raw, mut line_buf) = (Vec::new(), Vec::new(), Vec::new());
+            let mut rr = RecordReader::new(dir);
+            while !failed.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(b) = blocks.get(i) else { break };
+                let r = load_block(&mut rr, b, lines, &mut buf, &mut raw, Some(&mut line_buf)).and_then(|loaded| {
+                    let mut entries = Vec::new();
+                    let mut meta = Vec::new();
+                    decode_batch(
+                        &raw,
+                        &line_buf,
+                        loaded,
+                        b.block.first_seq,
+                        lines,
+                        start,
+                        end,
+                        &mut entries,
+                        &mut meta,
+                    )?;
+                    Ok(entries.is_empty()
+                        || f(
+                            heads + i,
+                            &BlockBatch {
+                                labels: &labels[b.stream],
+                                stream: b.stream,
+                                bound: bound_of(b.block.min_t, b.block.max_t),
+                                entries: &entries,
+                                meta: &meta,
+                            },
+                        ))
+                });
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(())
+        };
+        if blocks.len() < PARALLEL_BLOCKS || rest.is_empty() {
+            return work(&mut **first);
+        }
+        std::thread::scope(|sc| {
+            let work = &work;
+            let handles: Vec<_> = rest.iter_mut().map(|f| sc.spawn(move || work(&mut **f))).collect();
+            let mine = work(&mut **first);
+            // The first error in visitor order; a panicked thread re-raises its panic.
+            let mut res = mine;
+            for h in handles {
+                let r = match h.join() {
+                    Ok(r) => r,
+                    Err(p) => std::panic::resume_unwind(p),
+                };
+                if res.is_ok() {
+                    res = r;
+                }
+            }
+            res
         })
     }
 }

@@ -1174,9 +1174,7 @@ impl LogStore {
                     }
                 }
                 if !s.head.is_empty() && overlaps(s.head.min_t, s.head.max_t) {
-                    let mut entries = Vec::new();
-                    s.head.decode_from(0, &mut entries)?;
-                    sel.heads.push((si, s.head_first_seq, entries));
+                    sel.heads.push((si, s.head_first_seq, s.head.clone()));
                 }
             } else {
                 sel.chunks_skipped += 1;

@@ -228,29 +228,72 @@ pub struct RecordPos {
 /// its length and CRC. Safe while a [`Wal`] appends to the same directory: closed bytes never change. A segment
 /// removed by a checkpoint in the meantime gives an `Io` error (not found).
 pub fn read_record_at(dir: &Path, pos: RecordPos, buf: &mut Vec<u8>) -> Result<(), WalError> {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join(segment_name(pos.segment));
-    let file = File::open(&path).map_err(io_err("open segment", &path))?;
-    let total = RECORD_HEADER_LEN as usize + pos.len as usize;
-    buf.clear();
-    buf.resize(total, 0);
-    file.read_exact_at(buf, pos.offset)
-        .map_err(io_err("read record", &path))?;
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let bad = |what: &str| WalError::Io {
-        op: "check record",
-        path: path.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidData, format!("{what} at offset {}", pos.offset)),
-    };
-    if len != pos.len {
-        return Err(bad("record length mismatch"));
-    }
-    if crc32fast::hash(&buf[RECORD_HEADER_LEN as usize..]) != stored {
-        return Err(bad("record CRC mismatch"));
-    }
+    RecordReader::new(dir).read(pos, buf)?;
     buf.drain(..RECORD_HEADER_LEN as usize);
     Ok(())
+}
+
+/// [`read_record_at`] for many records: keeps the last few segment files it opened (a log query
+/// reads thousands of blocks from a handful of segments; opening the segment for each was a
+/// measurable part of a scan) and lends the payload in place instead of moving it to the front.
+/// A segment removed by a checkpoint after it was opened here stays readable.
+#[derive(Debug)]
+pub struct RecordReader<'a> {
+    dir: &'a Path,
+    /// (segment number, file), most recently used last.
+    files: Vec<(u32, File)>,
+}
+
+impl<'a> RecordReader<'a> {
+    /// Open files kept: blocks of one query come from a few segments.
+    const FILES: usize = 4;
+
+    pub fn new(dir: &'a Path) -> Self {
+        RecordReader { dir, files: Vec::new() }
+    }
+
+    /// Reads and checks the record at `pos` into `buf` (header included) and returns its payload.
+    pub fn read<'b>(&mut self, pos: RecordPos, buf: &'b mut Vec<u8>) -> Result<&'b [u8], WalError> {
+        use std::os::unix::fs::FileExt;
+        let dir = self.dir;
+        let path = || dir.join(segment_name(pos.segment));
+        let file = match self.files.iter().position(|(n, _)| *n == pos.segment) {
+            Some(i) => {
+                let f = self.files.remove(i);
+                self.files.push(f);
+                &self.files[self.files.len() - 1].1
+            }
+            None => {
+                let p = path();
+                let f = File::open(&p).map_err(io_err("open segment", &p))?;
+                if self.files.len() >= Self::FILES {
+                    self.files.remove(0);
+                }
+                self.files.push((pos.segment, f));
+                &self.files[self.files.len() - 1].1
+            }
+        };
+        let total = RECORD_HEADER_LEN as usize + pos.len as usize;
+        buf.clear();
+        buf.resize(total, 0);
+        file.read_exact_at(buf, pos.offset)
+            .map_err(|e| io_err("read record", &path())(e))?;
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let bad = |what: &str| WalError::Io {
+            op: "check record",
+            path: path(),
+            source: io::Error::new(io::ErrorKind::InvalidData, format!("{what} at offset {}", pos.offset)),
+        };
+        if len != pos.len {
+            return Err(bad("record length mismatch"));
+        }
+        let payload = &buf[RECORD_HEADER_LEN as usize..];
+        if crc32fast::hash(payload) != stored {
+            return Err(bad("record CRC mismatch"));
+        }
+        Ok(payload)
+    }
 }
 
 /// A segment-format file being written: the current WAL segment, or one file of a checkpoint.
