@@ -14,7 +14,7 @@ use super::params::Form;
 use super::query::{CancelOnDrop, lower_thread_priority};
 use crate::model::{Labels, Matcher};
 use crate::query::logql::{self, Body, Endpoint, StoreSource};
-use crate::storage::logs::{BlockBatch, EntryIter, IndexStats, LogReader, LogsError, SelectRequest};
+use crate::storage::logs::{BlockBatch, BlockVisitor, EntryIter, IndexStats, LogReader, LogsError, SelectRequest};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -198,6 +198,22 @@ impl LogReader for StopReader<'_> {
         // `false` too, so the visit still ends within a block.
         self.inner
             .visit_blocks(req, lines, ordered, &mut |b| !self.stop.should_stop() && f(b))
+    }
+    fn visit_blocks_split(
+        &self,
+        req: &SelectRequest,
+        lines: bool,
+        ordered: bool,
+        fs: &mut [&mut BlockVisitor<'_>],
+    ) -> Result<(), LogsError> {
+        // Each visitor stops taking blocks once the deadline passes; the visit ends when all have.
+        let stop = self.stop;
+        let mut wrapped: Vec<Box<BlockVisitor<'_>>> = fs
+            .iter_mut()
+            .map(|f| Box::new(move |i: usize, b: &BlockBatch<'_>| !stop.should_stop() && f(i, b)) as Box<BlockVisitor<'_>>)
+            .collect();
+        let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|b| &mut **b).collect();
+        self.inner.visit_blocks_split(req, lines, ordered, &mut refs)
     }
 }
 
