@@ -455,7 +455,8 @@ fn start(tmp: &Path, api: &str, pods: &Path, grace: &str) -> Server {
     std::fs::write(
         &config,
         format!(
-            "collect:\n  logs:\n    pod_logs_dir: {}\n    node_name: node-a\n    pod_labels: [app, tier]\n  kube:\n    api_url: {api}\n    deleted_pod_grace: {grace}\n",
+            // Queries span from 2001 (events carry fixed dates): no `max_query_length` (Loki's 721h).
+            "limits:\n  logs:\n    max_query_length: 0\ncollect:\n  logs:\n    pod_logs_dir: {}\n    node_name: node-a\n    pod_labels: [app, tier]\n  kube:\n    api_url: {api}\n    deleted_pod_grace: {grace}\n",
             pods.display()
         ),
     )
