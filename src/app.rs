@@ -33,6 +33,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     rt.block_on(serve(cfg))
 }
 
+/// Every 30 s, hands memory that glibc keeps free inside its heaps back to the kernel
+/// (malloc_trim(3)): after a burst (catching up on logs, a large query) RSS returns to the working
+/// set instead of staying at the burst's peak. `cargo bench --bench tailer`, idle figure: RSS 47.0
+/// vs 49.8 MiB without it. (Capping glibc at 2 arenas instead cost the LogQL set 0.76 -> 1.28 s:
+/// its two decode threads then contend in malloc.)
+async fn trim_malloc_arenas() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim(3) takes the allocator's own locks; no memory of ours is touched.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
+}
+
 pub fn metrics_options(cfg: &Config) -> MetricsOptions {
     let m = &cfg.storage.metrics;
     MetricsOptions {
@@ -102,6 +118,7 @@ pub fn loki_query_limits(cfg: &Config) -> api::LokiQueryLimits {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let trimmer = tokio::spawn(trim_malloc_arenas());
     let opts = metrics_options(&cfg);
     let dir = opts.dir.clone();
     let db = tokio::task::spawn_blocking(move || MetricsDb::open(opts))
@@ -226,6 +243,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("closing the log store")??;
     tracing::info!("Log store flushed and closed cleanly.");
+    trimmer.abort();
     Ok(())
 }
 
