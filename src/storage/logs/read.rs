@@ -150,6 +150,23 @@ enum Loaded {
 /// false every `line` is empty. From a column head, entries with the same metadata set share one
 /// `meta` range; `line_buf` holds the lines of [`Loaded::Columns`].
 #[allow(clippy::too_many_arguments)]
+/// A head (a stream's unflushed entries, copied under the store's lock) as block entries: encoded
+/// into `raw` in the entries layout, then decoded like a stored block.
+fn decode_head<'a>(
+    head: &block::EntriesBuf,
+    first_seq: u64,
+    lines: bool,
+    (start, end): (i64, i64),
+    raw: &'a mut Vec<u8>,
+    entries: &mut Vec<BlockEntry<'a>>,
+    meta: &mut Vec<(&'a [u8], &'a [u8])>,
+) -> Result<(), LogsError> {
+    raw.clear();
+    head.encode_from(0, raw);
+    let raw: &'a Vec<u8> = raw;
+    decode_batch(raw, &[], Loaded::Entries, first_seq, lines, start, end, entries, meta)
+}
+
 fn decode_batch<'a>(
     raw: &'a [u8],
     line_buf: &'a [u8],
@@ -565,19 +582,7 @@ impl LogReader for LogStore {
         for (stream, first_seq, head) in &sel.heads {
             let mut entries: Vec<BlockEntry<'_>> = Vec::new();
             let mut meta: Vec<(&[u8], &[u8])> = Vec::new();
-            raw.clear();
-            head.encode_from(0, &mut raw);
-            decode_batch(
-                &raw,
-                &[],
-                Loaded::Entries,
-                *first_seq,
-                lines,
-                start,
-                end,
-                &mut entries,
-                &mut meta,
-            )?;
+            decode_head(head, *first_seq, lines, (start, end), &mut raw, &mut entries, &mut meta)?;
             // Heads come unsorted: when ordered, a refusal skips only that head.
             if !entries.is_empty()
                 && !f(&BlockBatch {
@@ -713,19 +718,7 @@ impl LogReader for LogStore {
         for (place, (stream, first_seq, head)) in sel.heads.iter().enumerate() {
             let mut entries: Vec<BlockEntry<'_>> = Vec::new();
             let mut meta: Vec<(&[u8], &[u8])> = Vec::new();
-            raw.clear();
-            head.encode_from(0, &mut raw);
-            decode_batch(
-                &raw,
-                &[],
-                Loaded::Entries,
-                *first_seq,
-                lines,
-                start,
-                end,
-                &mut entries,
-                &mut meta,
-            )?;
+            decode_head(head, *first_seq, lines, (start, end), &mut raw, &mut entries, &mut meta)?;
             // A refusal skips just that head.
             if !entries.is_empty() {
                 let _ = first(
