@@ -94,7 +94,7 @@ impl Printer {
 
     fn metric(&self, m: &MetricExpr, level: usize) -> String {
         let one = metric_string(m);
-        if !self.split(&one) {
+        if !self.split(&one) || fold(m).is_some() {
             return indent(level) + &one;
         }
         let mut s = indent(level);
@@ -391,7 +391,7 @@ fn label_filter_string(f: &LabelFilter) -> String {
         LabelFilter::Matcher(m) => match m.op {
             // A regex Loki keeps as a regex prints in backquotes (LineFilterLabelFilter.String);
             // `.*` matches everything and prints as the plain matcher.
-            MatchOp::Regex | MatchOp::NotRegex if m.value != ".*" => {
+            MatchOp::Regex | MatchOp::NotRegex if !loki_simplifies(&m.value) => {
                 let v = if m.value.contains('`') {
                     go_quote(&m.value)
                 } else {
@@ -416,6 +416,47 @@ fn label_filter_string(f: &LabelFilter) -> String {
                 go_quote(&ip_string(ip))
             )
         }
+    }
+}
+
+/// Whether Loki turns a label-filter regex into plain substring tests (then it prints the
+/// matcher with double quotes, otherwise the regex in backquotes): `.*`, literals, literals
+/// wrapped in `.*`, `(?i)` literals and top-level alternations of those.
+fn loki_simplifies(re: &str) -> bool {
+    let re = re.strip_prefix("(?i)").unwrap_or(re);
+    re.split('|').all(|alt| {
+        let a = alt.strip_prefix(".*").unwrap_or(alt);
+        let a = a.strip_suffix(".*").unwrap_or(a);
+        !a.chars().any(|c| "\\.+*?()[]{}^$".contains(c))
+    })
+}
+
+/// Loki's parser folds a binary operation on two literals into one literal (`reduceBinOp`).
+fn fold(m: &MetricExpr) -> Option<f64> {
+    match m {
+        MetricExpr::Literal(v) => Some(*v),
+        MetricExpr::Binary { op, lhs, rhs, .. } => {
+            let (l, r) = (fold(lhs)?, fold(rhs)?);
+            let b = |c: bool| if c { 1.0 } else { 0.0 };
+            Some(match op {
+                BinOp::Add => l + r,
+                BinOp::Sub => l - r,
+                BinOp::Mul => l * r,
+                BinOp::Div if r == 0.0 => f64::NAN,
+                BinOp::Div => l / r,
+                BinOp::Mod if r == 0.0 => f64::NAN,
+                BinOp::Mod => l % r,
+                BinOp::Pow => l.powf(r),
+                BinOp::Eq => b(l == r),
+                BinOp::Ne => b(l != r),
+                BinOp::Gt => b(l > r),
+                BinOp::Ge => b(l >= r),
+                BinOp::Lt => b(l < r),
+                BinOp::Le => b(l <= r),
+                BinOp::And | BinOp::Or | BinOp::Unless => return None,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -609,6 +650,9 @@ fn label_replace_regex(re: &regex::Regex) -> &str {
 }
 
 fn metric_string(m: &MetricExpr) -> String {
+    if let Some(v) = fold(m) {
+        return go_float_g(v);
+    }
     match m {
         MetricExpr::Range(r) => {
             let mut s = format!("{}(", range_op_name(r.op));
@@ -821,6 +865,12 @@ mod tests {
             r#"{app="x"} | pattern "<ip> <_>" | drop a,b="c""#,
         ),
         (r#"vector(1)"#, r#"vector(1.000000)"#),
+        (r#"2 * 3 + 1"#, r#"7"#),
+        (r#"rate({app="x"}[5m]) * (2 + 1)"#, r#"(rate({app="x"}[5m]) * 3)"#),
+        (
+            r#"{app="x"} | a=~"foo.*" | b=~"a|b" | c!~"x+" | d=ip("10.0.0.0/8")"#,
+            r#"{app="x"} | a=~"foo.*" | b=~"a|b" | c!~`x+` | d=ip("10.0.0.0/8")"#,
+        ),
         (
             r#"sum without (a) (rate({app="x"}[5m]))"#,
             r#"sum without (a)(rate({app="x"}[5m]))"#,
@@ -830,6 +880,19 @@ mod tests {
             r#"max_over_time({app="x"} | unwrap bytes(size)[5m]) by (a)"#,
         ),
     ];
+
+    /// Splitting at Loki's default width: the pipeline splits, `| decolorize` keeps no indent.
+    const SPLIT_100: &[(&str, &str)] = &[(
+        r#"{namespace="prod", app="checkout"} |= "error" | logfmt | status >= 500 | line_format "{{.method}} {{.path}}" | decolorize"#,
+        "{namespace=\"prod\", app=\"checkout\"}\n  |= \"error\"\n  | logfmt\n  | status>=500\n  | line_format \"{{.method}} {{.path}}\"\n| decolorize",
+    )];
+
+    #[test]
+    fn split_at_default_width() {
+        for (input, want) in SPLIT_100 {
+            check(MAX_CHARS_PER_LINE, input, want);
+        }
+    }
 
     #[test]
     fn one_line_forms() {
