@@ -210,9 +210,7 @@ impl LogReader for StopReader<'_> {
         let stop = self.stop;
         let mut wrapped: Vec<Box<BlockVisitor<'_>>> = fs
             .iter_mut()
-            .map(|f| {
-                Box::new(move |i: usize, b: &BlockBatch<'_>| !stop.should_stop() && f(i, b)) as Box<BlockVisitor<'_>>
-            })
+            .map(|f| Box::new(move |i: usize, b: &BlockBatch<'_>| !stop.should_stop() && f(i, b)) as Box<BlockVisitor<'_>>)
             .collect();
         let mut refs: Vec<&mut BlockVisitor<'_>> = wrapped.iter_mut().map(|b| &mut **b).collect();
         self.inner.visit_blocks_split(req, lines, ordered, &mut refs)

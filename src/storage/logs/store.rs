@@ -1312,10 +1312,7 @@ mod tests {
             .collect();
         let labels = Labels::from_pairs([("job", "a")]).unwrap();
         let streams = [PushStream {
-            key: StreamKey::New {
-                alias: b"{job=\"a\"}",
-                labels,
-            },
+            key: StreamKey::New { alias: b"{job=\"a\"}", labels },
             entries: &entries,
         }];
         store.append("t", &streams).unwrap();
@@ -1324,11 +1321,7 @@ mod tests {
         let s = inner.streams.iter().flatten().next().unwrap();
         assert_eq!(s.head.is_empty(), want_released, "head flushed only when idle");
         let held = s.head.lines.capacity() + s.head.ts.capacity() * 8 + s.head.line_lens.capacity() * 4;
-        assert_eq!(
-            held == 0,
-            want_released,
-            "head capacity {held} bytes, idle period {idle_period:?}"
-        );
+        assert_eq!(held == 0, want_released, "head capacity {held} bytes, idle period {idle_period:?}");
     }
 
     #[test]
