@@ -99,7 +99,10 @@ fn fixed_shape_endpoints() {
         &s,
         &format!("/loki/api/v1/format_query?query={}", enc("{app=\"x\"}   |=  `err`")),
         200,
-        &[("/status", json!("success")), ("/data", json!("{app=\"x\"} |= `err`"))],
+        &[
+            ("/status", json!("success")),
+            ("/data", json!("{app=\"x\"} |= \"err\"")),
+        ],
     );
     check(
         &s,

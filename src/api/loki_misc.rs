@@ -72,47 +72,15 @@ pub async fn format_query(uri: Uri, headers: HeaderMap, body: Bytes) -> Response
 
 fn format_value(q: &str) -> (StatusCode, Value) {
     match logql::parser::parse(q) {
-        Ok(_) => (StatusCode::OK, json!({"status": "success", "data": normalize(q)})),
+        Ok(e) => (
+            StatusCode::OK,
+            json!({"status": "success", "data": logql::format::format_query(&e)}),
+        ),
         Err(e) => (
             StatusCode::BAD_REQUEST,
             json!({"status": "invalid-query", "error": e.to_string()}),
         ),
     }
-}
-
-/// Collapses runs of whitespace outside quoted strings: the engine keeps no printable AST, so this
-/// is the canonical form we can give without changing what the query means.
-fn normalize(q: &str) -> String {
-    let mut out = String::with_capacity(q.len());
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    let mut space = false;
-    for c in q.trim().chars() {
-        if let Some(qc) = quote {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && qc == '"' {
-                escaped = true;
-            } else if c == qc {
-                quote = None;
-            }
-            continue;
-        }
-        if c.is_whitespace() {
-            space = true;
-            continue;
-        }
-        if space && !out.is_empty() {
-            out.push(' ');
-        }
-        space = false;
-        if c == '"' || c == '`' {
-            quote = Some(c);
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Logs Drilldown's configuration probe: the tenant limits that matter to it, snake_case as in
@@ -230,7 +198,7 @@ mod tests {
             };
             assert_eq!(got, Some(want), "{q}");
         }
-        check("{app=\"x\"}   |=  `a  b`", 200, "{app=\"x\"} |= `a  b`");
+        check("{app=\"x\"}   |=  `a  b`", 200, "{app=\"x\"} |= \"a  b\"");
         check("  sum(rate({a=\"b\"}[1m]))\n", 200, "sum(rate({a=\"b\"}[1m]))");
         check("{app=\"x  \\\" y\"}", 200, "{app=\"x  \\\" y\"}");
         check("{app=", 400, "invalid-query");

@@ -130,6 +130,8 @@ pub enum LabelFilter {
         name: String,
         needle: String,
         negative: bool,
+        /// The regex as written, for printing the query back (`format_query`).
+        regex: String,
     },
     Number {
         name: String,

@@ -7,6 +7,7 @@
 
 pub mod ast;
 pub mod eval;
+pub mod format;
 mod jsonwalk;
 mod lexer;
 pub mod parser;

@@ -1120,6 +1120,7 @@ impl<'a> Parser<'a> {
                         name,
                         needle,
                         negative: optok == Tok::Nre,
+                        regex: v,
                     });
                 }
                 let m = Matcher::new(mop, name, v.clone())

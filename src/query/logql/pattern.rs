@@ -11,6 +11,8 @@ enum Node {
 #[derive(Debug, Clone)]
 pub struct Pattern {
     nodes: Vec<Node>,
+    /// The pattern as written, for printing the query back (`format_query`).
+    src: String,
 }
 
 impl Pattern {
@@ -59,7 +61,15 @@ impl Pattern {
         if !filter && !nodes.iter().any(|n| matches!(n, Node::Cap(Some(_)))) {
             return Err("at least one capture is required".into());
         }
-        Ok(Pattern { nodes })
+        Ok(Pattern {
+            nodes,
+            src: src.to_string(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn source(&self) -> &str {
+        &self.src
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -338,9 +338,9 @@ pub fn label_filter(f: &LabelFilter, lb: &mut LabelsBuilder) -> bool {
         LabelFilter::And(a, b) => label_filter(a, lb) && label_filter(b, lb),
         LabelFilter::Or(a, b) => label_filter(a, lb) || label_filter(b, lb),
         LabelFilter::Matcher(m) => m.matches(lb.get(&m.name).unwrap_or("")),
-        LabelFilter::Contains { name, needle, negative } => {
-            lb.get(name).unwrap_or("").contains(needle.as_str()) != *negative
-        }
+        LabelFilter::Contains {
+            name, needle, negative, ..
+        } => lb.get(name).unwrap_or("").contains(needle.as_str()) != *negative,
         LabelFilter::Number { name, op, value } => {
             let Some(v) = lb.get(name) else { return false };
             if lb.has_err() {

@@ -9,6 +9,8 @@ pub struct Template {
     nodes: Vec<Node>,
     /// Go template name used in execution errors (`line` for line_format, `label` otherwise).
     name: &'static str,
+    /// The template as written, for printing the query back (`format_query`).
+    src: String,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +149,11 @@ pub trait Scope {
 }
 
 impl Template {
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
     pub fn parse(src: &str, name: &'static str) -> Result<Template, String> {
         let mut nodes = Vec::new();
         let mut rest = src;
@@ -200,7 +207,11 @@ impl Template {
         if !text.is_empty() {
             nodes.push(Node::Text(text.to_string()));
         }
-        Ok(Template { nodes, name })
+        Ok(Template {
+            nodes,
+            name,
+            src: src.to_string(),
+        })
     }
 
     /// Renders into `out`; on a function failure returns Go's error text.
