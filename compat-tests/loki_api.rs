@@ -673,8 +673,7 @@ fn query_timeout_and_disconnect() {
         Some("query:\n  max_concurrency: 1\nlimits:\n  logs:\n    query_timeout: 60s\n"),
     );
     let (t0, t1) = push_big(&s, 600_000);
-    // A pipeline heavy enough to take more than a second over 600k lines (1.7 s on the 2-core
-    // dev machine).
+    // A pipeline heavy enough to take a good fraction of a second over 600k lines.
     let slow_q = enc(concat!(
         "sum by (k) (count_over_time({job=\"big\"} | logfmt | line_format \"{{.msg}} {{.k}} {{.path}}\"",
         " | label_format x=\"{{.msg | upper}}{{.path | lower}}\" | regexp \"(?P<w>\\\\w+) (?P<n>\\\\d+)\"",
@@ -690,8 +689,10 @@ fn query_timeout_and_disconnect() {
     let r = s.get(&slow);
     let full = began.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
-    let timeout = Duration::from_millis(400);
-    assert!(full >= 3 * timeout, "the slow query took only {full:?}");
+    // The timeout is a quarter of what the query takes here, so the test holds on a faster
+    // machine too (0.87-2.8 s measured on the 2-core dev machine, loaded or not).
+    assert!(full >= Duration::from_millis(200), "the slow query took only {full:?}");
+    let timeout = Duration::from_millis((full.as_millis() / 4) as u64);
 
     // A client that leaves: its query stops and frees the slot.
     {

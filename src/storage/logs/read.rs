@@ -146,10 +146,6 @@ enum Loaded {
     Columns(block::BlockHeader),
 }
 
-/// Decodes what [`load_block`] left in `raw` into borrowed entries in `[start, end)`; with `lines`
-/// false every `line` is empty. From a column head, entries with the same metadata set share one
-/// `meta` range; `line_buf` holds the lines of [`Loaded::Columns`].
-#[allow(clippy::too_many_arguments)]
 /// A head (a stream's unflushed entries, copied under the store's lock) as block entries: encoded
 /// into `raw` in the entries layout, then decoded like a stored block.
 fn decode_head<'a>(
@@ -167,6 +163,10 @@ fn decode_head<'a>(
     decode_batch(raw, &[], Loaded::Entries, first_seq, lines, start, end, entries, meta)
 }
 
+/// Decodes what [`load_block`] left in `raw` into borrowed entries in `[start, end)`; with `lines`
+/// false every `line` is empty. From a column head, entries with the same metadata set share one
+/// `meta` range; `line_buf` holds the lines of [`Loaded::Columns`].
+#[allow(clippy::too_many_arguments)]
 fn decode_batch<'a>(
     raw: &'a [u8],
     line_buf: &'a [u8],
