@@ -347,6 +347,11 @@ fn hex64(seed: &str) -> String {
     format!("{h:016x}").repeat(4)
 }
 
+/// A pod IP of its own per UID: discovery keeps one target per distinct label set, as Prometheus does.
+fn pod_ip(uid: &str) -> String {
+    format!("10.244.0.{}", uid.bytes().map(u32::from).sum::<u32>() % 250 + 2)
+}
+
 fn pod(ns: &str, name: &str, uid: &str, node: &str, labels: Value) -> Value {
     json!({
         "kind": "Pod", "apiVersion": "v1",
@@ -368,7 +373,7 @@ fn pod(ns: &str, name: &str, uid: &str, node: &str, labels: Value) -> Value {
             "initContainers": [{"name": "init", "image": "busybox:1.36"}]
         },
         "status": {
-            "phase": "Running", "podIP": "10.244.0.17", "hostIP": "192.168.1.10",
+            "phase": "Running", "podIP": pod_ip(uid), "hostIP": "192.168.1.10",
             "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [{"name": "app", "containerID": format!("containerd://{}", hex64(uid)),
                                    "restartCount": 1, "ready": true, "image": "docker.io/library/nginx:1.27",
@@ -456,7 +461,7 @@ fn start(tmp: &Path, api: &str, pods: &Path, grace: &str) -> Server {
         &config,
         format!(
             // Queries span from 2001 (events carry fixed dates): no `max_query_length` (Loki's 721h).
-            "limits:\n  logs:\n    max_query_length: 0\ncollect:\n  logs:\n    pod_logs_dir: {}\n    node_name: node-a\n    pod_labels: [app, tier]\n  kube:\n    api_url: {api}\n    deleted_pod_grace: {grace}\n",
+            "limits:\n  logs:\n    max_query_length: 0\nscrape_configs:\n  - job_name: pods\n    scrape_interval: 1h\n    scrape_timeout: 1s\n    kubernetes_sd_configs: [{{role: pod}}]\ncollect:\n  logs:\n    pod_logs_dir: {}\n    node_name: node-a\n    pod_labels: [app, tier]\n  kube:\n    api_url: {api}\n    deleted_pod_grace: {grace}\n",
             pods.display()
         ),
     )
@@ -490,6 +495,35 @@ fn wait_metric(s: &Server, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
 
 /// Writes one CRI line into `<pods>/<dir>/<container>/0.log` (a new directory per check, so the
 /// tailer asks the cache for labels at that moment).
+/// The scraper's `kubernetes_sd_configs` (role `pod`) reads the same cache: `/api/v1/targets` lists
+/// exactly the wanted pods of this node (one target per declared container port, one per
+/// container without ports), within 10 s of a change.
+fn check_targets(s: &Server, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = s.get("/api/v1/targets").json();
+        let mut got: Vec<String> = v["data"]["activeTargets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["labels"]["job"] == "pods")
+            .map(|t| {
+                t["discoveredLabels"]["__meta_kubernetes_pod_name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        got.sort();
+        got.dedup();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "discovered pods {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn write_line(pods: &Path, dir: &str, container: &str, msg: &str) {
     let p: PathBuf = pods.join(dir).join(container);
     std::fs::create_dir_all(&p).unwrap();
@@ -749,6 +783,8 @@ fn kube_metadata_and_events_end_to_end() {
             .iter()
             .any(|r| r.starts_with("/api/v1/events?") && !r.contains("fieldSelector"))
     );
+    // This node's pods only (other-0 runs on node-b).
+    check_targets(&s, &["cache-0", "db-0", "kube-apiserver-node-a", "web-0"]);
     api.wait_request("pods watch with bookmarks", |r| {
         r.starts_with("/api/v1/pods?") && r.contains("watch=true") && r.contains("allowWatchBookmarks=true")
     });
@@ -868,6 +904,9 @@ fn kube_metadata_and_events_end_to_end() {
     wait_metric(&s, "monitoring_rs_kube_lists_total{resource=\"pods\"}", |v| {
         v > lists_before
     });
+    // The server's grace starts when its re-list shows db-0 gone, at most this late (the watcher's
+    // backoff before the re-list varies with load).
+    let noticed_by = Instant::now();
     assert!(
         s.metric("monitoring_rs_kube_watch_errors_total{resource=\"pods\"}") > errors_before,
         "410 counted"
@@ -891,6 +930,8 @@ fn kube_metadata_and_events_end_to_end() {
         "db late line",
         &[("job", "default/db"), ("app", "db")],
     );
+    // Discovery drops the deleted pod at once (the grace is for late log lines only).
+    check_targets(&s, &["cache-0", "kube-apiserver-node-a", "web-0", "web-1"]);
 
     // Name reuse: web-0 deleted and created again with a new UID and other labels. Files of the new
     // pod get the new labels, files of the old one (within the grace) the old ones.
@@ -934,7 +975,8 @@ fn kube_metadata_and_events_end_to_end() {
     );
 
     // After the grace, the deleted pod is gone: path labels only.
-    std::thread::sleep(Duration::from_secs(8).saturating_sub(deleted_at.elapsed()) + Duration::from_millis(1500));
+    // (Grace 8 s from `noticed_by`, plus the 1 s prune tick and a margin.)
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(noticed_by.elapsed()) + Duration::from_millis(2500));
     check_labels(
         &s,
         &pods,
