@@ -143,7 +143,7 @@ impl Printer {
                 s = self.metric(lhs, level + 1);
                 s.push('\n');
                 s += &indent(level);
-                s += &binop_pretty(*op, *bool_mod, matching);
+                s += &binop_matching(*op, *bool_mod, matching, true);
                 s.push('\n');
                 s += &self.metric(rhs, level + 1);
             }
@@ -559,30 +559,13 @@ fn vec_param(op: VecOp, p: Option<f64>) -> Option<i64> {
     }
 }
 
-fn binop_name(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "+",
-        BinOp::Sub => "-",
-        BinOp::Mul => "*",
-        BinOp::Div => "/",
-        BinOp::Mod => "%",
-        BinOp::Pow => "^",
-        BinOp::Eq => "==",
-        BinOp::Ne => "!=",
-        BinOp::Gt => ">",
-        BinOp::Ge => ">=",
-        BinOp::Lt => "<",
-        BinOp::Le => "<=",
-        BinOp::And => "and",
-        BinOp::Or => "or",
-        BinOp::Unless => "unless",
-    }
-}
-
-/// `BinOpExpr.String()`'s operator: label lists joined by `,`, and `on (...) ` keeps its
-/// trailing space when there is no group modifier.
-fn binop_string(op: BinOp, bool_mod: bool, m: &VectorMatching) -> String {
-    let mut s = binop_name(op).to_string();
+/// The operator with its `bool` and vector matching, in Loki's two spellings: `BinOpExpr.String()`
+/// (`pretty` false: label lists joined by `,`, `on () ` printed even when empty, keeping its trailing
+/// space without a group modifier) and prettier.go's `formatBinaryOp` (`pretty`: lists joined by
+/// `, `, the `on`/`ignoring` part only when it lists labels).
+fn binop_matching(op: BinOp, bool_mod: bool, m: &VectorMatching, pretty: bool) -> String {
+    let sep = if pretty { ", " } else { "," };
+    let mut s = op.symbol().to_string();
     if bool_mod {
         s += " bool";
     }
@@ -593,32 +576,11 @@ fn binop_string(op: BinOp, bool_mod: bool, m: &VectorMatching) -> String {
             None => String::new(),
         };
         if !m.include.is_empty() {
-            group = format!("{group} ({})", m.include.join(","));
+            group = format!("{group} ({})", m.include.join(sep));
         }
-        let kw = if on { "on" } else { "ignoring" };
-        s = format!("{s} {kw} ({}) {group}", m.labels.join(","));
-    }
-    s
-}
-
-/// prettier.go's `formatBinaryOp`: lists joined by `, `, printed only when non-empty.
-fn binop_pretty(op: BinOp, bool_mod: bool, m: &VectorMatching) -> String {
-    let mut s = binop_name(op).to_string();
-    if bool_mod {
-        s += " bool";
-    }
-    if let Some(on) = m.on {
-        let mut group = match m.group_left {
-            Some(true) => "group_left".to_string(),
-            Some(false) => "group_right".to_string(),
-            None => String::new(),
-        };
-        if !m.include.is_empty() {
-            group = format!("{group} ({})", m.include.join(", "));
-        }
-        if !m.labels.is_empty() {
+        if !pretty || !m.labels.is_empty() {
             let kw = if on { "on" } else { "ignoring" };
-            s = format!("{s} {kw} ({}) {group}", m.labels.join(", "));
+            s = format!("{s} {kw} ({}) {group}", m.labels.join(sep));
         }
     }
     s
@@ -697,7 +659,7 @@ fn metric_string(m: &MetricExpr) -> String {
         } => format!(
             "({} {} {})",
             metric_string(lhs),
-            binop_string(*op, *bool_mod, matching),
+            binop_matching(*op, *bool_mod, matching, false),
             metric_string(rhs)
         ),
         MetricExpr::Literal(v) => go_float_g(*v),

@@ -148,26 +148,6 @@ fn binop_of(t: &Tok) -> Option<(BinOp, u8)> {
     })
 }
 
-fn binop_str(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "+",
-        BinOp::Sub => "-",
-        BinOp::Mul => "*",
-        BinOp::Div => "/",
-        BinOp::Mod => "%",
-        BinOp::Pow => "^",
-        BinOp::Eq => "==",
-        BinOp::Ne => "!=",
-        BinOp::Gt => ">",
-        BinOp::Ge => ">=",
-        BinOp::Lt => "<",
-        BinOp::Le => "<=",
-        BinOp::And => "and",
-        BinOp::Or => "or",
-        BinOp::Unless => "unless",
-    }
-}
-
 /// Go's `%f` of a float, as Loki's error texts use it.
 fn go_f(v: f64) -> String {
     format!("{v:.6}")
@@ -370,7 +350,7 @@ impl<'a> Parser<'a> {
             if let Some((op, _)) = binop_of(self.peek()) {
                 return Err(Self::semantic(format!(
                     "unexpected type for left leg of binary operation ({}): *syntax.PipelineExpr",
-                    binop_str(op)
+                    op.symbol()
                 )));
             }
             if *self.peek() != Tok::Eof {
@@ -420,14 +400,14 @@ impl<'a> Parser<'a> {
                 if let MetricExpr::Literal(v) = rhs {
                     return Err(Self::semantic(format!(
                         "unexpected literal for right leg of logical/set binary operation ({}): {}",
-                        binop_str(op),
+                        op.symbol(),
                         go_f(v)
                     )));
                 }
                 if let MetricExpr::Literal(v) = lhs {
                     return Err(Self::semantic(format!(
                         "unexpected literal for left leg of logical/set binary operation ({}): {}",
-                        binop_str(op),
+                        op.symbol(),
                         go_f(v)
                     )));
                 }
