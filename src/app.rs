@@ -36,8 +36,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 /// Every 30 s, hands memory that glibc keeps free inside its heaps back to the kernel
 /// (malloc_trim(3)): after a burst (catching up on logs, a large query) RSS returns to the working
 /// set instead of staying at the burst's peak. `cargo bench --bench tailer`, idle figure: RSS 47.0
-/// vs 49.8 MiB without it. (Capping glibc at 2 arenas instead cost the LogQL set 0.76 -> 1.28 s:
-/// its two decode threads then contend in malloc.)
+/// vs 49.8 MiB without it (one run each). With it, `cargo bench --bench logql` ran the set in
+/// 0.749-0.771 s (three runs), as before it.
 async fn trim_malloc_arenas() {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
