@@ -80,6 +80,7 @@ pub fn logs_options(cfg: &Config) -> LogsOptions {
         chunk_target_size: l.chunk_target_size.0,
         max_chunk_age: l.max_chunk_age.0,
         chunk_idle_period: l.chunk_idle_period.0,
+        head_idle_period: l.head_idle_period.0,
         wal_segment_size: l.wal_segment_size.0,
         data_segment_size: 16 << 20,
         fsync_interval: match l.wal_fsync {
@@ -623,7 +624,7 @@ fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiSta
     let (wal, data) = (Arc::clone(logs.wal_stats()), Arc::clone(logs.data_stats()));
     let (loki, push) = (Arc::clone(loki), Arc::clone(push));
     reg.register(move |w| {
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "monitoring_rs_logs_entries_appended_total",
                 "Log entries stored.",
@@ -658,6 +659,11 @@ fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiSta
                 "monitoring_rs_logs_chunks_closed_total",
                 "Chunks closed.",
                 &st.chunks_closed,
+            ),
+            (
+                "monitoring_rs_logs_quiet_heads_flushed_total",
+                "Head blocks written early because their stream went quiet (head_idle_period).",
+                &st.quiet_heads_flushed,
             ),
             (
                 "monitoring_rs_logs_wal_checkpoints_total",

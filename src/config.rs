@@ -33,6 +33,7 @@ storage:
     chunk_target_size: 1536KiB  # raw bytes at which a stream's chunk is closed
     max_chunk_age: 2h         # a chunk open this long is closed
     chunk_idle_period: 30m    # a stream silent this long has its chunk closed
+    head_idle_period: 1m      # a stream silent this long gives its head block's memory back
     wal_segment_size: 64MiB
     wal_fsync: 1s             # fsync interval; "always" fsyncs before every acknowledgement
     wal_checkpoint_size: 128MiB  # the WAL is cut down to the head blocks when it grows past this
@@ -195,6 +196,7 @@ pub struct LogsStorageConfig {
     pub chunk_target_size: ByteSize,
     pub max_chunk_age: DurationStr,
     pub chunk_idle_period: DurationStr,
+    pub head_idle_period: DurationStr,
     pub wal_segment_size: ByteSize,
     pub wal_fsync: FsyncSetting,
     pub wal_checkpoint_size: ByteSize,

@@ -7,7 +7,8 @@
 //! 2. the real binary with `--pod-logs` over the same tree, into its store (WAL, zstd blocks):
 //!    MB/s and lines/s per CPU-second of the server process (utime+stime from /proc), and its RSS;
 //!    the same server also scrapes 20 targets every 15 s (issue 6's idle setup);
-//! 3. that server idle: the 200 files quiet, the 20 targets scraped every 15 s (Prometheus's
+//! 3. that server idle, once its files have been quiet for 75 s (past the log store's 1-minute
+//!    `head_idle_period`): the 200 files quiet, the 20 targets scraped every 15 s (Prometheus's
 //!    common interval; the targets are threads of this bench process, each serving ~300 series
 //!    like a small exporter, so their CPU is not counted): CPU ms per second over 30 s (two scrape
 //!    rounds, three 10 s rescans) and RSS, both of the server process only, from /proc;
@@ -334,7 +335,15 @@ fn main() {
         assert!(w0.elapsed() < Duration::from_secs(600), "targets not scraped");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // Quiet files are quiet for a while: the store gives a quiet stream's head memory back after
+    // `head_idle_period` (1m) at its next 10 s maintenance, and malloc_trim runs every 30 s.
+    let burst_rss = proc_rss_mib(pid);
+    std::thread::sleep(Duration::from_secs(75));
+    println!(
+        "after the burst: RSS {burst_rss:.1} MiB; 75 s later (quiet heads written as blocks: {}) {:.1} MiB",
+        metric(addr, "monitoring_rs_logs_quiet_heads_flushed_total"),
+        proc_rss_mib(pid)
+    );
     let c0 = proc_cpu_ns(pid);
     let s0 = served.load(std::sync::atomic::Ordering::Relaxed);
     let w0 = Instant::now();

@@ -407,6 +407,14 @@ impl EntriesBuf {
         self.ts.is_empty()
     }
 
+    /// Gives back spare capacity (a quiet stream's head, see `LogsOptions::head_idle_period`).
+    pub fn shrink_to_fit(&mut self) {
+        self.ts.shrink_to_fit();
+        self.line_lens.shrink_to_fit();
+        self.meta.shrink_to_fit();
+        self.lines.shrink_to_fit();
+    }
+
     pub fn clear(&mut self) {
         self.ts.clear();
         self.line_lens.clear();
