@@ -424,7 +424,7 @@ fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     let st = Arc::clone(st);
     reg.register(move |w| {
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "monitoring_rs_tailer_lines_total",
                 "Log lines the tailer stored.",
@@ -469,6 +469,16 @@ fn register_tailer_metrics(reg: &Registry, st: &Arc<TailerStats>) {
                 "monitoring_rs_tailer_lines_cut_total",
                 "Joined lines cut at collect.logs.max_line_size.",
                 &st.lines_cut,
+            ),
+            (
+                "monitoring_rs_tailer_dir_listings_total",
+                "Directories listed by a rescan.",
+                &st.dir_listings,
+            ),
+            (
+                "monitoring_rs_tailer_dir_listings_reused_total",
+                "Rescanned directories not listed again because their mtime had not moved.",
+                &st.dir_listings_reused,
             ),
         ];
         for (name, help, v) in counters {

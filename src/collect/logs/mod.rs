@@ -143,6 +143,10 @@ pub struct TailerStats {
     pub partial_eof: AtomicU64,
     /// Joined lines cut at `max_line_size`.
     pub lines_cut: AtomicU64,
+    /// Directory listings by a rescan, and listings reused because the directory's mtime had not
+    /// moved (see `tailer::Listing`).
+    pub dir_listings: AtomicU64,
+    pub dir_listings_reused: AtomicU64,
     pub errors: [AtomicU64; 7],
 }
 

@@ -140,6 +140,8 @@ struct World {
     /// Files created since the last successful step are unknown to the tailer: deleting them
     /// before it saw them is a loss the model does not allow.
     unseen: bool,
+    /// Directories aged so far (each gets its own mtime).
+    aged: u64,
 }
 
 fn append(f: &mut File, line: &[u8]) {
@@ -367,6 +369,23 @@ impl World {
         self.needs_step = true;
     }
 
+    /// Sets every directory's mtime to a distinct moment at least 1000 s ago (distinct, so that
+    /// ageing a directory changed since its last listing never restores the listed mtime).
+    fn age_dirs(&mut self) {
+        let mut dirs = vec![self.root.clone()];
+        for p in &self.pods {
+            dirs.push(p.dir.clone());
+            for c in &p.ctrs {
+                dirs.push(c.dir.clone());
+            }
+        }
+        for d in dirs {
+            self.aged += 1;
+            let t = std::time::SystemTime::now() - Duration::from_secs(1000) + Duration::from_nanos(self.aged);
+            File::open(&d).unwrap().set_modified(t).unwrap();
+        }
+    }
+
     fn stepped(&mut self) {
         self.needs_step = false;
         self.unseen = false;
@@ -387,7 +406,8 @@ fn shm_tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-fn run_seed(seed: u64, ops: usize) {
+/// Returns the rescan's directory listings reused (the directory unchanged) and made.
+fn run_seed(seed: u64, ops: usize) -> (u64, u64) {
     let tmp = shm_tempdir();
     let root = tmp.path().join("pods");
     std::fs::create_dir_all(&root).unwrap();
@@ -397,12 +417,13 @@ fn run_seed(seed: u64, ops: usize) {
     opts.batch_bytes = 100 + (seed % 5) as usize * 200;
     opts.partial_timeout = Duration::from_secs(3600);
     let sink = Arc::new(MemSink::default());
+    let stats = Arc::new(TailerStats::default());
     let new_tailer = |sink: &Arc<MemSink>| {
         Tailer::new(
             opts.clone(),
             Arc::clone(sink) as Arc<dyn LogSink>,
             Arc::new(PathLabels),
-            Arc::new(TailerStats::default()),
+            Arc::clone(&stats),
         )
     };
     let mut w = World {
@@ -415,6 +436,7 @@ fn run_seed(seed: u64, ops: usize) {
         expected: BTreeMap::new(),
         needs_step: false,
         unseen: false,
+        aged: 0,
     };
     w.add_pod();
     let mut tailer = new_tailer(&sink);
@@ -480,6 +502,12 @@ fn run_seed(seed: u64, ops: usize) {
                 w.unseen = true;
                 "crash after push"
             }
+            79..=84 => {
+                // Time passes: every directory's mtime moves a distinct amount into the past, so
+                // the next rescans may reuse their listings until something changes one.
+                w.age_dirs();
+                "age directories"
+            }
             67..=74 if !w.needs_step => {
                 // Crash: no shutdown; whatever the last checkpoint says is where the next one starts.
                 if w.rng.chance(50) {
@@ -527,6 +555,10 @@ fn run_seed(seed: u64, ops: usize) {
     for k in got.keys() {
         assert!(w.expected.contains_key(k), "seed {seed}: unexpected stream {k:?}");
     }
+    (
+        stats.dir_listings_reused.load(Ordering::Relaxed),
+        stats.dir_listings.load(Ordering::Relaxed),
+    )
 }
 
 #[test]
@@ -543,9 +575,15 @@ fn tailer_matches_model() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let (mut reused, mut listed) = (0, 0);
     for seed in first..first + seeds {
-        run_seed(seed, ops);
+        let (r, l) = run_seed(seed, ops);
+        reused += r;
+        listed += l;
     }
+    // The unchanged-directory shortcut must have been taken, or the test says nothing about it.
+    assert!(reused > 0, "no rescan reused a listing ({listed} listings made)");
+    eprintln!("tailer model: {reused} listings reused, {listed} made");
 }
 
 #[test]

@@ -1033,7 +1033,9 @@ impl LogStore {
             self.checkpoint_wal(&mut inner)?;
         }
         if quiet_flushed > 0 {
-            self.stats.quiet_heads_flushed.fetch_add(quiet_flushed, Ordering::Relaxed);
+            self.stats
+                .quiet_heads_flushed
+                .fetch_add(quiet_flushed, Ordering::Relaxed);
         }
         self.apply_retention(&mut inner, now)
     }
@@ -1395,7 +1397,11 @@ mod tests {
         let h = &s.head;
         let cap = h.lines.capacity() + h.ts.capacity() * 8 + h.line_lens.capacity() * 4 + h.meta.capacity();
         let got = (h.len(), s.open.blocks.len(), s.closed.len());
-        assert_eq!(got, (entries, open_blocks, closed), "{name}: (head entries, open blocks, closed chunks)");
+        assert_eq!(
+            got,
+            (entries, open_blocks, closed),
+            "{name}: (head entries, open blocks, closed chunks)"
+        );
         assert!(held.contains(&cap), "{name}: head holds {cap} bytes, want {held:?}");
     }
 
