@@ -98,6 +98,7 @@ fn node() -> NodeMeta {
             ("ExternalIP".into(), "203.0.113.7".into()),
         ],
         kubelet_port: 10250,
+        provider_id: "aws:///eu-west-1a/i-0abc".into(),
     }
 }
 
@@ -252,6 +253,7 @@ fn discovery_labels() {
             "__address__=10.0.0.1:10250",
             "instance=node-a",
             "__meta_kubernetes_node_name=node-a",
+            "__meta_kubernetes_node_provider_id=aws:///eu-west-1a/i-0abc",
             "__meta_kubernetes_node_label_kubernetes_io_os=linux",
             "__meta_kubernetes_node_labelpresent_kubernetes_io_os=true",
             "__meta_kubernetes_node_address_Hostname=node-a",

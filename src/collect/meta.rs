@@ -60,6 +60,8 @@ pub struct NodeMeta {
     pub addresses: Vec<(String, String)>,
     /// `status.daemonEndpoints.kubeletEndpoint.Port` (10250 on most clusters).
     pub kubelet_port: u16,
+    /// `spec.providerID` (`aws:///eu-west-1a/i-0abc...`), empty when the cloud sets none.
+    pub provider_id: String,
 }
 
 /// What the collectors know of the cluster right now. Implemented by `collect::kube`'s watcher

@@ -328,6 +328,7 @@ pub fn node_meta(n: &Node) -> NodeMeta {
         uid: md.uid.clone().unwrap_or_default(),
         labels: md.labels.clone().unwrap_or_default(),
         annotations: md.annotations.clone().unwrap_or_default(),
+        provider_id: n.spec.as_ref().and_then(|s| s.provider_id.clone()).unwrap_or_default(),
         addresses: status
             .and_then(|s| s.addresses.as_ref())
             .map(|a| a.iter().map(|a| (a.type_.clone(), a.address.clone())).collect())

@@ -122,19 +122,19 @@ struct Listing<T> {
 /// kernel's timestamp granularity (a jiffy, <= 10 ms).
 const LISTING_TRUST: i64 = 1_000_000_000;
 
-impl<T: Clone> Listing<T> {
-    /// The directory's current mtime as a listing would record it, if it can be stat'ed.
-    fn stat(dir: &Path) -> Option<((i64, i64), (i64, i64))> {
-        let m = std::fs::metadata(dir).ok()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?;
-        Some((
-            (m.mtime(), m.mtime_nsec()),
-            (now.as_secs() as i64, i64::from(now.subsec_nanos())),
-        ))
-    }
+/// A directory's mtime and the wall-clock time now, as a [`Listing`] records them.
+fn dir_stamp(dir: &Path) -> Option<((i64, i64), (i64, i64))> {
+    let m = std::fs::metadata(dir).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some((
+        (m.mtime(), m.mtime_nsec()),
+        (now.as_secs() as i64, i64::from(now.subsec_nanos())),
+    ))
+}
 
+impl<T: Clone> Listing<T> {
     /// The entries, if `mtime` (now) is the recorded one and the listing is trusted.
     fn reuse(this: Option<&Self>, mtime: (i64, i64)) -> Option<T> {
         let l = this?;
@@ -630,7 +630,7 @@ impl Tailer {
 
     fn scan_pod(&mut self, pod: &Path, seen: &mut BTreeSet<PathBuf>) {
         self.watch(pod, DirKind::Pod);
-        let stat = Listing::<Vec<PathBuf>>::stat(pod);
+        let stat = dir_stamp(pod);
         let ctrs = match stat.and_then(|(m, _)| Listing::reuse(self.pod_listings.get(pod), m)) {
             Some(c) => {
                 self.io.stats.dir_listings_reused.fetch_add(1, Ordering::Relaxed);
@@ -705,7 +705,7 @@ impl Tailer {
                 },
             );
         }
-        let stat = Listing::<Vec<Listed>>::stat(dir);
+        let stat = dir_stamp(dir);
         let cached = stat.and_then(|(m, _)| Listing::reuse(self.dirs.get(dir).and_then(|d| d.listing.as_ref()), m));
         // Trusted only when every entry is a plain file that was stat'ed and opened: a symlink's
         // target (cri-dockerd's N.log -> the json file) can rotate without touching this directory.

@@ -204,6 +204,7 @@ pub fn node_group(n: &NodeMeta) -> Option<TargetGroup> {
     let addr = PRIORITY.iter().find_map(|ty| first(ty))?;
     let mut labels = LabelMap::new();
     labels.insert("__meta_kubernetes_node_name".into(), n.name.clone());
+    labels.insert("__meta_kubernetes_node_provider_id".into(), n.provider_id.clone());
     object_meta(&mut labels, "__meta_kubernetes_node", &n.labels, &n.annotations);
     let mut t = LabelMap::new();
     t.insert("__address__".into(), join_host_port(addr, n.kubelet_port));
