@@ -713,7 +713,12 @@ fn kube_metadata_and_events_end_to_end() {
         "ADDED",
         pod("default", "cache-0", "u-cache", "node-a", json!({"app": "cache"})),
     );
-    let t = "2026-11-21T10:00:00Z";
+    // Event times two hours back from now, on a whole minute (the state keeps live events
+    // whatever their age, but the store's 30-day retention would drop fixed dates one day).
+    let t0 = (now_ms() / 60_000 * 60_000 - 7_200_000) * 1_000_000;
+    let at = |min: i64| monitoring_rs::model::text::format_rfc3339_ns(t0 + min * 60_000_000_000);
+    let t = at(0);
+    let t = t.as_str();
     api.change(
         "events",
         "ADDED",
@@ -732,11 +737,7 @@ fn kube_metadata_and_events_end_to_end() {
             ("Pod", "default", "db-0"),
             ("BackOff", "Warning"),
             count,
-            if count == 2 {
-                "2026-11-21T10:01:00Z"
-            } else {
-                "2026-11-21T10:02:00Z"
-            },
+            &at(if count == 2 { 1 } else { 2 }),
             "Back-off restarting failed container db in pod db-0_default(u-db)",
         )
     };

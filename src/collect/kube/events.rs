@@ -20,8 +20,9 @@
 //! rename, fsync the directory); a crash between the two re-sends that batch, which the store
 //! drops where the entry is its stream's last (Loki's same-timestamp-same-line rule). Entries leave
 //! the state once the event is gone from the API (absent from a complete list, or deleted) and its
-//! time is [`FORGET_AFTER`] old, or unconditionally after [`MAX_AGE`] (events live an hour by
-//! default, `--event-ttl`).
+//! time is [`FORGET_AFTER`] old; a live event stays however old it is (events live an hour by
+//! default, `--event-ttl`, but a cluster may keep them for days), and only when no complete list
+//! is known does [`MAX_AGE`] bound the state.
 //!
 //! State file format v1, text, fields separated by one space (`␠`), `\n` line ends:
 //!
@@ -51,7 +52,7 @@ pub const MAGIC: &str = "MRSEVT 1\n";
 /// A gone event's entry is kept this long after its time: a stale watch cache (`ListSemantic::Any`)
 /// may still list it for a moment.
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// Every entry goes after this, live or not.
+/// Without a complete list to tell the live events, every entry goes after this.
 pub const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Watch items gathered into one push.
 const MAX_BATCH: usize = 1000;
@@ -289,14 +290,19 @@ impl EventState {
         last.is_none_or(|l| (rec.count, rec.ts) > l)
     }
 
-    /// Forgets gone events (not in `live`, when a complete list is known) older than
-    /// [`FORGET_AFTER`], and every event older than [`MAX_AGE`]. True when anything went.
+    /// With a complete list (`live`): forgets the events gone from it whose time is
+    /// [`FORGET_AFTER`] old, and keeps every live one whatever its age: a live event forgotten
+    /// would be stored again by the next re-list (a cluster with a long `--event-ttl` keeps events
+    /// for days), and the live set is bounded by what the API server holds. Without one, forgets
+    /// every event older than [`MAX_AGE`]. True when anything went.
     pub fn prune(&mut self, live: Option<&HashSet<String>>, now_ns: i64) -> bool {
         let before = self.seen.len();
         let forget = now_ns.saturating_sub(FORGET_AFTER.as_nanos() as i64);
         let max_age = now_ns.saturating_sub(MAX_AGE.as_nanos() as i64);
-        self.seen
-            .retain(|uid, (_, ts)| *ts >= max_age && (*ts >= forget || live.is_none_or(|l| l.contains(uid))));
+        self.seen.retain(|uid, (_, ts)| match live {
+            Some(l) => l.contains(uid) || *ts >= forget,
+            None => *ts >= max_age,
+        });
         self.seen.len() != before
     }
 }
@@ -596,7 +602,10 @@ mod tests {
         assert!(st.prune(Some(&live), now));
         let mut left: Vec<_> = st.seen.keys().cloned().collect();
         left.sort();
+        assert_eq!(left, ["gone-new", "live-ancient", "live-old"]);
+        assert!(st.prune(None, now), "without a list, MAX_AGE applies to all");
+        let mut left: Vec<_> = st.seen.keys().cloned().collect();
+        left.sort();
         assert_eq!(left, ["gone-new", "live-old"]);
-        assert!(!st.prune(None, now));
     }
 }
