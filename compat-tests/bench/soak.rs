@@ -15,8 +15,9 @@
 //! of the server (to compare two builds side by side), `SOAK_DIR` another work directory,
 //! `SOAK_IDLE` the log store's `chunk_idle_period` (default 30m, which a short run never reaches).
 //!
-//! It prints a row every 5 minutes (RSS, CPU ms per second, open descriptors, lines stored) and at
-//! the end the RSS after warm-up (the first half of the run: the queries look 10 minutes back, so
+//! It prints a row every 5 minutes (RSS, RssAnon, CPU ms per second, open descriptors, lines
+//! stored) and at the end, for RSS and for RssAnon (the process's own memory, without the binary's
+//! file-backed code pages), the value after warm-up (the first half of the run: the queries look 10 minutes back, so
 //! their working set grows for 10 minutes, and a replaced pod's streams keep their head buffers
 //! until the log store's 30-minute `chunk_idle_period` closes them), its maximum, the last value and
 //! the least-squares slope of RSS over the second half in MiB per hour, plus lines written vs stored.
@@ -330,8 +331,8 @@ fn run() -> Res<()> {
         if queries { "3 queries / 15 s" } else { "no queries" }
     );
     println!(
-        "{:>6} {:>9} {:>10} {:>5} {:>12} {:>12}",
-        "min", "RSS MiB", "CPU ms/s", "fds", "written", "stored"
+        "{:>6} {:>9} {:>9} {:>10} {:>5} {:>12} {:>12}",
+        "min", "RSS MiB", "anon MiB", "CPU ms/s", "fds", "written", "stored"
     );
 
     let written = Arc::new(AtomicU64::new(0));
@@ -370,7 +371,10 @@ fn run() -> Res<()> {
 
     let t0 = Instant::now();
     let cpu0 = cpu_seconds(pid)?;
-    let mut samples: Vec<(f64, f64)> = Vec::new();
+    // (seconds, VmRSS MiB, RssAnon MiB): RssAnon is the process's own memory; VmRSS adds the
+    // file-backed pages it maps (the binary's code: 12.0 MiB of it in a warm soak), which depend on
+    // which code has run and on the page cache, not on what the process holds.
+    let mut samples: Vec<(f64, f64, f64)> = Vec::new();
     let (mut last_sample, mut last_print, mut last_churn) = (t0, t0, t0);
     let (mut last_cpu, mut last_cpu_t) = (cpu0, t0);
     let mut tick = t0;
@@ -386,7 +390,8 @@ fn run() -> Res<()> {
         if last_sample.elapsed() >= SAMPLE_EVERY {
             last_sample = Instant::now();
             let rss = status_kib(pid, "VmRSS")? as f64 / 1024.0;
-            samples.push((t0.elapsed().as_secs_f64(), rss));
+            let anon = status_kib(pid, "RssAnon")? as f64 / 1024.0;
+            samples.push((t0.elapsed().as_secs_f64(), rss, anon));
             if last_print.elapsed() >= print_every {
                 last_print = Instant::now();
                 let cpu = cpu_seconds(pid)?;
@@ -396,7 +401,7 @@ fn run() -> Res<()> {
                     stored = metric_value(&String::from_utf8_lossy(&m), "monitoring_rs_tailer_lines_total");
                 }
                 println!(
-                    "{:>6.1} {rss:>9.1} {ms:>10.1} {:>5} {:>12} {stored:>12}",
+                    "{:>6.1} {rss:>9.1} {anon:>9.1} {ms:>10.1} {:>5} {:>12} {stored:>12}",
                     t0.elapsed().as_secs_f64() / 60.0,
                     open_fds(pid),
                     written.load(Ordering::Relaxed)
@@ -426,15 +431,22 @@ fn run() -> Res<()> {
     }
     let warm = samples.len() / 2;
     let rest = &samples[warm.min(samples.len())..];
-    let at_warm = rest.first().map(|p| p.1).unwrap_or(f64::NAN);
-    let max = rest.iter().map(|p| p.1).fold(f64::NAN, f64::max);
-    let last = rest.last().map(|p| p.1).unwrap_or(f64::NAN);
-    println!(
-        "RSS after warm-up ({:.0} min) {at_warm:.1} MiB, max {max:.1} MiB, last {last:.1} MiB, slope {:+.2} MiB/h over the last {:.0} min",
-        rest.first().map(|p| p.0 / 60.0).unwrap_or(0.0),
-        slope_per_hour(rest),
-        rest.last().map(|p| p.0).unwrap_or(0.0) / 60.0 - rest.first().map(|p| p.0).unwrap_or(0.0) / 60.0
-    );
+    let minutes = |p: Option<&(f64, f64, f64)>| p.map_or(0.0, |p| p.0 / 60.0);
+    for (name, pick) in [
+        ("RSS", (|p: &(f64, f64, f64)| p.1) as fn(&(f64, f64, f64)) -> f64),
+        ("RssAnon", |p| p.2),
+    ] {
+        let pts: Vec<(f64, f64)> = rest.iter().map(|p| (p.0, pick(p))).collect();
+        let at_warm = pts.first().map_or(f64::NAN, |p| p.1);
+        let max = pts.iter().map(|p| p.1).fold(f64::NAN, f64::max);
+        let last = pts.last().map_or(f64::NAN, |p| p.1);
+        println!(
+            "{name} after warm-up ({:.0} min) {at_warm:.1} MiB, max {max:.1} MiB, last {last:.1} MiB, slope {:+.2} MiB/h over the last {:.0} min",
+            minutes(rest.first()),
+            slope_per_hour(&pts),
+            minutes(rest.last()) - minutes(rest.first())
+        );
+    }
     println!(
         "CPU {:.1} ms/s on average; lines written {}, stored {stored}; queries failed {}",
         cpu * 1000.0 / secs as f64,
