@@ -9,7 +9,8 @@
 //!   minute later) every `SOAK_CHURN_SECS` (default 60);
 //! - 20 scrape targets (300 series each, counters rising) scraped every 15 s;
 //! - every 15 s a PromQL range query, a LogQL metric query and a LogQL log query over HTTP
-//!   (`SOAK_QUERIES=0` leaves them out, to tell the query path's memory from the collectors').
+//!   (`SOAK_QUERIES=0` leaves them out, to tell the query path's memory from the collectors';
+//!   `SOAK_QUERY_SECS` sets another period, to see in minutes what queries do to memory in hours).
 //!
 //! `SOAK_PRINT_SECS` (default 300) sets how often a row is printed; `SOAK_BIN` runs another build
 //! of the server (to compare two builds side by side), `SOAK_DIR` another work directory,
@@ -47,7 +48,6 @@ const ROTATE_BYTES: u64 = 2 << 20;
 /// per [`FLOOR_WINDOW`] (what is held between queries), tell a leak from that noise.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const FLOOR_WINDOW: f64 = 300.0;
-const QUERY_EVERY: Duration = Duration::from_secs(15);
 
 fn main() {
     if let Err(e) = run() {
@@ -284,6 +284,7 @@ fn run() -> Res<()> {
     let rate = env_u64("SOAK_LINES_PER_SEC", 1000)?;
     let churn = Duration::from_secs(env_u64("SOAK_CHURN_SECS", 60)?);
     let queries = env_u64("SOAK_QUERIES", 1)? != 0;
+    let query_every = Duration::from_secs(env_u64("SOAK_QUERY_SECS", 15)?.max(1));
     let print_every = Duration::from_secs(env_u64("SOAK_PRINT_SECS", 300)?);
     let work = std::env::var_os("SOAK_DIR").map_or_else(|| target_dir().join("soak"), PathBuf::from);
     let bin = std::env::var_os("SOAK_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
@@ -333,7 +334,11 @@ fn run() -> Res<()> {
         "soak: {secs} s, {rate} lines/s over {} files, a pod replaced every {} s, {TARGETS} targets × {SERIES_PER_TARGET} series @ 15 s, {}",
         PODS * CONTAINERS.len(),
         churn.as_secs(),
-        if queries { "3 queries / 15 s" } else { "no queries" }
+        if queries {
+            format!("3 queries / {} s", query_every.as_secs())
+        } else {
+            "no queries".to_string()
+        }
     );
     println!(
         "{:>6} {:>9} {:>9} {:>10} {:>5} {:>12} {:>12}",
@@ -368,7 +373,7 @@ fn run() -> Res<()> {
                 }
             }
             let t = Instant::now();
-            while t.elapsed() < QUERY_EVERY && !qstop.load(Ordering::Relaxed) {
+            while t.elapsed() < query_every && !qstop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
