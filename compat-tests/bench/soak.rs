@@ -18,12 +18,12 @@
 //!
 //! It prints a row every 5 minutes (RSS, RssAnon, CPU ms per second, open descriptors, lines
 //! stored) and at the end, for RSS and for RssAnon (the process's own memory, without the binary's
-//! file-backed code pages), the value after warm-up (the first half of the run: the queries look 10 minutes back, so
-//! their working set grows for 10 minutes, and a replaced pod's streams keep their head buffers
-//! until the log store's 30-minute `chunk_idle_period` closes them), its maximum, the last value and
-//! the least-squares slope of RSS over the second half in MiB per hour, then the floor of RssAnon
-//! (its lowest value in each 5 minutes of the second half, sampled every 5 s) and that floor's
-//! slope, plus lines written vs stored.
+//! file-backed code pages), the value after warm-up (the first half of the run: the queries look
+//! 10 minutes back, so their working set grows for 10 minutes, and a replaced pod's streams keep
+//! their head buffers until the log store's 30-minute `chunk_idle_period` closes them), its
+//! maximum, the last value and the least-squares slope over the second half in MiB per hour, then
+//! the floor of RssAnon (its lowest value in each 5 minutes of the second half, sampled every 5 s)
+//! and that floor's slope, plus lines written vs stored.
 
 #[path = "support.rs"]
 mod support;
