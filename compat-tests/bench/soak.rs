@@ -442,29 +442,27 @@ fn run() -> Res<()> {
     let warm = samples.len() / 2;
     let rest = &samples[warm.min(samples.len())..];
     let minutes = |p: Option<&(f64, f64, f64)>| p.map_or(0.0, |p| p.0 / 60.0);
-    for (name, pick) in [
-        ("RSS", (|p: &(f64, f64, f64)| p.1) as fn(&(f64, f64, f64)) -> f64),
-        ("RssAnon", |p| p.2),
-    ] {
-        let pts: Vec<(f64, f64)> = rest.iter().map(|p| (p.0, pick(p))).collect();
+    let rss: Vec<(f64, f64)> = rest.iter().map(|p| (p.0, p.1)).collect();
+    let anon: Vec<(f64, f64)> = rest.iter().map(|p| (p.0, p.2)).collect();
+    for (name, pts) in [("RSS", &rss), ("RssAnon", &anon)] {
         let at_warm = pts.first().map_or(f64::NAN, |p| p.1);
         let max = pts.iter().map(|p| p.1).fold(f64::NAN, f64::max);
         let last = pts.last().map_or(f64::NAN, |p| p.1);
         println!(
             "{name} after warm-up ({:.0} min) {at_warm:.1} MiB, max {max:.1} MiB, last {last:.1} MiB, slope {:+.2} MiB/h over the last {:.0} min",
             minutes(rest.first()),
-            slope_per_hour(&pts),
+            slope_per_hour(pts),
             minutes(rest.last()) - minutes(rest.first())
         );
     }
     // The floor: the lowest RssAnon of each 5-minute window of the second half, and its slope.
     let mut floors: Vec<(f64, f64)> = Vec::new();
-    for p in rest {
-        let w = ((p.0 - rest[0].0) / FLOOR_WINDOW).floor();
-        let mid = rest[0].0 + (w + 0.5) * FLOOR_WINDOW;
+    for &(t, v) in &anon {
+        let w = ((t - anon[0].0) / FLOOR_WINDOW).floor();
+        let mid = anon[0].0 + (w + 0.5) * FLOOR_WINDOW;
         match floors.last_mut() {
-            Some(f) if f.0 == mid => f.1 = f.1.min(p.2),
-            _ => floors.push((mid, p.2)),
+            Some(f) if f.0 == mid => f.1 = f.1.min(v),
+            _ => floors.push((mid, v)),
         }
     }
     let shown: Vec<String> = floors.iter().map(|f| format!("{:.1}", f.1)).collect();
