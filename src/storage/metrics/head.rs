@@ -12,7 +12,7 @@
 //! ```
 
 use super::block::ChunkMeta;
-use super::chunk::{ChunkAppender, MAX_SAMPLES};
+use super::chunk::{ChunkAppender, MAX_SAMPLES, SizeHint};
 use super::{StorageError, io_err};
 use crate::model::{Labels, Matcher};
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +21,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Buffer of a series' first chunk: ~75 typical samples, the point where its first growth projects
+/// the rest (see [`SizeHint`]).
+const FIRST_CHUNK_BYTES: usize = 128;
 
 /// A head chunk found under the head lock, read after it is released.
 pub(crate) enum ChunkLoc {
@@ -479,8 +483,22 @@ impl Head {
             close_open(s, &mut self.chunks)?;
         }
         if s.open.is_none() {
-            s.open = Some(ChunkAppender::new());
             s.open_bound = (t.div_euclid(block_ms) + 1).saturating_mul(block_ms);
+            let hint = SizeHint {
+                end_before: s.open_bound,
+                max_samples: MAX_SAMPLES,
+            };
+            // The series' previous chunk tells this one's size (see `SizeHint`): open at it, so
+            // cutting every series' chunk at once (a block boundary) leaves the head's memory level.
+            let bytes = s
+                .closed
+                .last()
+                .and_then(|c| {
+                    let m = &c.meta;
+                    hint.capacity_from(t, c.len as usize, m.num_samples as usize, m.min_time, m.max_time)
+                })
+                .unwrap_or(FIRST_CHUNK_BYTES);
+            s.open = Some(ChunkAppender::with_hint(bytes, hint));
             self.chunks_created += 1;
         }
         if let Some(c) = s.open.as_mut() {
