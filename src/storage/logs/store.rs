@@ -434,6 +434,9 @@ impl Inner {
         }
         block::encode_chunk(rec, id, o.entries, o.raw_bytes, o.min_t, o.max_t, o.bloom.as_ref());
         let pos = data.append_positioned(rec)?;
+        // A closed chunk's block list stays in memory until retention: without its doubling slack
+        // (a chunk of ~38 blocks held room for 64, 1.2 KB spare, ~0.35 MB/h in the soak).
+        o.blocks.shrink_to_fit();
         s.closed.push(ChunkMeta {
             blocks: o.blocks,
             bloom_at: o.bloom.is_some().then_some(pos),
@@ -602,7 +605,8 @@ impl LogStore {
             if id == u32::MAX {
                 let (c, pos) = &chunks[b.first_seq as usize];
                 if let Some(s) = inner.stream(c.stream) {
-                    let o = std::mem::take(&mut s.open);
+                    let mut o = std::mem::take(&mut s.open);
+                    o.blocks.shrink_to_fit();
                     if !o.blocks.is_empty() {
                         s.closed.push(ChunkMeta {
                             blocks: o.blocks,
