@@ -55,8 +55,8 @@ fn main() -> ExitCode {
 }
 
 /// Caps glibc's malloc at 2 arenas (its default is 8 per core). Each query runs on a thread of its
-/// own, and a thread that finds the arenas busy gets one more, up to that cap: memory freed in one
-/// arena is never reused by another, so RSS rose with the query rate. The soak with a query every
+/// own, and a thread that finds no arena free of other threads gets a new one, up to that cap:
+/// memory freed in one arena is not reused by another, so RSS rose with the query rate. The soak with a query every
 /// second (`SOAK_SECS=900 SOAK_QUERY_SECS=1 cargo bench --bench soak`) ended at RssAnon 39.3 MiB
 /// with glibc's default and 29.5 MiB with `MALLOC_ARENA_MAX=2` (one run each). A
 /// `MALLOC_ARENA_MAX` set in the environment is left to rule.

@@ -350,8 +350,8 @@ pub struct ChunkAppender {
 ///
 /// Without it the buffer doubles (128, 256, 512 bytes), so the memory of a store's open chunks rises
 /// in steps through the whole chunk period (60 min at 240 samples and 15 s) and falls when the
-/// chunks are cut: the one-hour soak (`cargo bench --bench soak`, 6,000 series) saw the head's
-/// chunk bytes grow ~3.8 MB/h. With the hint, the first growth reserves what the samples so far
+/// chunks are cut: in the one-hour soak (`cargo bench --bench soak`, 6,100 series) heaptrack put
+/// the head's chunk bytes at ~3.8 MB/h of growth. With the hint, the first growth reserves what the samples so far
 /// project for the whole chunk (plus an eighth), and the head opens a series' next chunk at the size
 /// its previous one projects, so open-chunk memory stays level from the first growth on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -377,10 +377,14 @@ impl SizeHint {
         let interval = (max_t - min_t) / (n as i64 - 1);
         // The sample at `t` itself, then those after it.
         let expect = 1 + self.remaining(1, t, interval);
-        let per_sample = len.saturating_sub(HEADER_LEN) as f64 / n as f64;
-        let bytes = HEADER_LEN + SLACK + (per_sample * expect as f64 * 1.125) as usize;
+        let bytes = HEADER_LEN + SLACK + projected_bytes(len.saturating_sub(HEADER_LEN), n, expect);
         Some(bytes.min(MAX_HINTED_BYTES))
     }
+}
+
+/// Bytes `more` samples take at the rate of `stream` bytes per `n` samples, plus an eighth.
+fn projected_bytes(stream: usize, n: usize, more: usize) -> usize {
+    (stream as f64 / n as f64 * more as f64 * 1.125) as usize
 }
 
 /// Upper bound of what a hint reserves ahead (240 samples of 17 bytes, far above any real series).
@@ -713,7 +717,7 @@ impl ChunkAppender {
         let interval = (self.t_last - self.t_first) / (self.n as i64 - 1);
         let remaining = h.remaining(n, self.t_last, interval);
         let stream = need.saturating_sub(HEADER_LEN + SLACK);
-        let projected = need + (stream as f64 / n as f64 * remaining as f64 * 1.125) as usize;
+        let projected = need + projected_bytes(stream, n, remaining);
         let target = projected.min(need.max(MAX_HINTED_BYTES)).max(need + need / 4);
         self.buf.reserve_exact(target - self.buf.len());
     }
