@@ -133,6 +133,10 @@
 
 use thiserror::Error;
 
+/// Buffer of a new chunk with no better size known: ~75 typical samples (a 240-sample chunk is
+/// ~360 bytes), where a hinted chunk's first growth projects the rest (see [`SizeHint`]).
+pub const FIRST_CHUNK_BYTES: usize = 128;
+
 /// Number of samples at which callers cut a chunk. The format itself allows up to [`FORMAT_MAX_SAMPLES`].
 pub const MAX_SAMPLES: usize = 240;
 
@@ -351,9 +355,11 @@ pub struct ChunkAppender {
 /// Without it the buffer doubles (128, 256, 512 bytes), so the memory of a store's open chunks rises
 /// in steps through the whole chunk period (60 min at 240 samples and 15 s) and falls when the
 /// chunks are cut: in the one-hour soak (`cargo bench --bench soak`, 6,100 series) heaptrack put
-/// the head's chunk bytes at ~3.8 MB/h of growth. With the hint, the first growth reserves what the samples so far
-/// project for the whole chunk (plus an eighth), and the head opens a series' next chunk at the size
-/// its previous one projects, so open-chunk memory stays level from the first growth on.
+/// the head's chunk bytes at ~3.8 MB/h of growth. With the hint, the first growth reserves what the
+/// samples so far project for the whole chunk (plus an eighth), and the head opens a series' next
+/// chunk at the size its previous one projects. The soak's RssAnon floor then rose +0.41 MiB/h over
+/// its second half (+3.2 before; one run each, README), and a 240-sample cut left it level; a block
+/// boundary, where every series cuts at once, still stepped it +2.2 MiB (README, run C).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeHint {
     pub end_before: i64,
@@ -399,8 +405,8 @@ impl Default for ChunkAppender {
 impl ChunkAppender {
     /// An empty chunk (its bytes already decode to zero samples).
     pub fn new() -> Self {
-        // 128 bytes hold ~75 typical samples; the Vec doubles from there (a 240-sample chunk is ~360 bytes).
-        Self::with_capacity(128)
+        // Without a hint the Vec doubles from there.
+        Self::with_capacity(FIRST_CHUNK_BYTES)
     }
 
     /// An empty chunk that grows its buffer by `hint` (see [`SizeHint`]), starting with room for `bytes`.
