@@ -14,7 +14,8 @@
 //!
 //! `SOAK_PRINT_SECS` (default 300) sets how often a row is printed; `SOAK_BIN` runs another build
 //! of the server (to compare two builds side by side), `SOAK_DIR` another work directory,
-//! `SOAK_IDLE` the log store's `chunk_idle_period` (default 30m, which a short run never reaches).
+//! `SOAK_IDLE` the log store's `chunk_idle_period` (default 30m, which a short run never reaches),
+//! `SOAK_BLOCK` the metrics `block_duration` (default 2h: a one-hour run crosses one boundary or none).
 //!
 //! It prints a row every 5 minutes (RSS, RssAnon, CPU ms per second, open descriptors, lines
 //! stored) and at the end, for RSS and for RssAnon (the process's own memory, without the binary's
@@ -279,6 +280,24 @@ fn urlenc(s: &str) -> String {
     o
 }
 
+/// The `storage` section: `SOAK_IDLE` as the log store's `chunk_idle_period`, `SOAK_BLOCK` as the
+/// metrics `block_duration` (shorter blocks put more block boundaries, where every series cuts its
+/// chunk at once, into one run).
+fn storage_config() -> String {
+    let mut out = String::new();
+    if let Ok(d) = std::env::var("SOAK_IDLE") {
+        let _ = write!(out, "  logs:\n    chunk_idle_period: {d}\n");
+    }
+    if let Ok(d) = std::env::var("SOAK_BLOCK") {
+        let _ = write!(out, "  metrics:\n    block_duration: {d}\n");
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!("storage:\n{out}")
+    }
+}
+
 fn run() -> Res<()> {
     let secs = env_u64("SOAK_SECS", 3600)?;
     let rate = env_u64("SOAK_LINES_PER_SEC", 1000)?;
@@ -308,10 +327,7 @@ fn run() -> Res<()> {
         format!(
             "{idle}scrape_configs:\n  - job_name: soak\n    scrape_interval: 15s\n    scrape_timeout: 10s\n    static_configs:\n      - targets: [{}]\n",
             addrs.join(", "),
-            idle = match std::env::var("SOAK_IDLE") {
-                Ok(d) => format!("storage:\n  logs:\n    chunk_idle_period: {d}\n"),
-                Err(_) => String::new(),
-            }
+            idle = storage_config()
         ),
     )
     .map_err(|e| format!("write config: {e}"))?;

@@ -350,40 +350,39 @@ pub struct ChunkAppender {
     hint: Option<SizeHint>,
 }
 
-/// Where a chunk will end: before `end_before` (ms) or at `max_samples`, whichever comes first.
+/// How long a chunk gets: at most `max_samples` samples, spanning less than `max_span` ms (the
+/// block duration: chunks never straddle a block boundary).
 ///
 /// Without it the buffer doubles (128, 256, 512 bytes), so the memory of a store's open chunks rises
 /// in steps through the whole chunk period (60 min at 240 samples and 15 s) and falls when the
 /// chunks are cut: in the one-hour soak (`cargo bench --bench soak`, 6,100 series) heaptrack put
 /// the head's chunk bytes at ~3.8 MB/h of growth. With the hint, the first growth reserves what the
-/// samples so far project for the whole chunk (plus an eighth), and the head opens a series' next
-/// chunk at the size its previous one projects. The soak's RssAnon floor then rose +0.41 MiB/h over
-/// its second half (+3.2 before; one run each, README), and a 240-sample cut left it level; a block
-/// boundary, where every series cuts at once, still stepped it +2.2 MiB (README, run C).
+/// samples so far project for a whole chunk of the series (plus an eighth), and the head hands a
+/// cut chunk's buffer on to the series' next chunk ([`ChunkAppender::recycle`]). The projection is
+/// for a whole chunk even when a block boundary will cut this one early: session 6's soak stepped
+/// +2.2 MiB at a block boundary when a chunk cut early had reserved for its own samples only and
+/// every series' next chunk then needed a bigger buffer at the same moment (README, run C).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeHint {
-    pub end_before: i64,
+    pub max_span: i64,
     pub max_samples: usize,
 }
 
 impl SizeHint {
-    /// Samples still to come after `n` samples, the last at `t_last`, `interval` ms apart.
-    fn remaining(&self, n: usize, t_last: i64, interval: i64) -> usize {
-        let by_count = self.max_samples.saturating_sub(n);
-        let by_time = self.end_before.saturating_sub(t_last).saturating_sub(1) / interval.max(1);
-        by_count.min(usize::try_from(by_time).unwrap_or(0))
+    /// Samples in a whole chunk of a series whose samples come `interval` ms apart.
+    fn whole(&self, interval: i64) -> usize {
+        let by_time = self.max_span.saturating_sub(1) / interval.max(1) + 1;
+        self.max_samples.min(usize::try_from(by_time).unwrap_or(usize::MAX))
     }
 
-    /// Buffer size for a chunk starting at `t`, given the previous chunk of the same series: `len`
-    /// bytes holding `n` samples from `min_t` to `max_t`. `None` when that chunk says too little.
-    pub fn capacity_from(&self, t: i64, len: usize, n: usize, min_t: i64, max_t: i64) -> Option<usize> {
+    /// Buffer size for a chunk of the series whose previous chunk held `n` samples in `len` bytes,
+    /// from `min_t` to `max_t`. `None` when that chunk says too little.
+    pub fn capacity_from(&self, len: usize, n: usize, min_t: i64, max_t: i64) -> Option<usize> {
         if n < 2 || max_t <= min_t {
             return None;
         }
         let interval = (max_t - min_t) / (n as i64 - 1);
-        // The sample at `t` itself, then those after it.
-        let expect = 1 + self.remaining(1, t, interval);
-        let bytes = HEADER_LEN + SLACK + projected_bytes(len.saturating_sub(HEADER_LEN), n, expect);
+        let bytes = HEADER_LEN + SLACK + projected_bytes(len.saturating_sub(HEADER_LEN), n, self.whole(interval));
         Some(bytes.min(MAX_HINTED_BYTES))
     }
 }
@@ -418,7 +417,28 @@ impl ChunkAppender {
 
     /// An empty chunk whose buffer starts with room for `bytes` bytes.
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(bytes.max(HEADER_LEN + SLACK));
+        Self::in_buffer(Vec::with_capacity(bytes.max(HEADER_LEN + SLACK)))
+    }
+
+    /// An empty hinted chunk in the buffer of the series' previous chunk (from
+    /// [`ChunkAppender::into_buffer`]), grown to `bytes` if it is smaller. No allocation when it is
+    /// not: the head's chunk memory then stays put across cuts instead of being freed and taken again
+    /// at another size, which left holes the allocator could not give back (see [`SizeHint`]).
+    pub fn recycle(mut buf: Vec<u8>, bytes: usize, hint: SizeHint) -> Self {
+        buf.clear();
+        // Within the projection's own margin (an eighth) the buffer is kept as it is: projections
+        // from chunks of different lengths differ by a few bytes, and each would otherwise move it.
+        let bytes = bytes.max(HEADER_LEN + SLACK);
+        if buf.capacity() < bytes - bytes / 9 {
+            buf.reserve_exact(bytes);
+        }
+        let mut c = Self::in_buffer(buf);
+        c.hint = Some(hint);
+        c
+    }
+
+    /// An empty chunk in `buf` (empty, with room for the header).
+    fn in_buffer(mut buf: Vec<u8>) -> Self {
         buf.extend_from_slice(&[ENCODING_V1, 0, 0, Mode::Pending.byte()]);
         buf.resize(HEADER_LEN + SLACK, 0);
         ChunkAppender {
@@ -472,6 +492,11 @@ impl ChunkAppender {
     /// The complete chunk as it stands: decodable at any moment.
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len()]
+    }
+
+    /// The buffer, whole capacity kept, for [`ChunkAppender::recycle`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// The finished chunk, without spare capacity.
@@ -560,27 +585,27 @@ impl ChunkAppender {
         self.buf[3] = mode.byte();
     }
 
-    /// Re-encodes the chunk in `target` mode and appends `(t, v)`. Rare (see the module docs), so it may
-    /// allocate: one new buffer per rewrite, the old one is dropped.
+    /// Re-encodes the chunk in `target` mode and appends `(t, v)`. Rare (see the module docs): it copies
+    /// the stream out, then rewrites the chunk in its own buffer, which the chunk keeps (see
+    /// [`ChunkAppender::recycle`]).
     #[cold]
     fn rewrite(&mut self, target: Mode, t: i64, v: f64) {
-        let old = std::mem::take(&mut self.buf);
+        let stream = self.buf.get(HEADER_LEN..self.len()).unwrap_or_default().to_vec();
+        let (n, mode, hint) = (self.n, self.mode, self.hint);
         let mut target = target;
         loop {
-            let mut fresh = ChunkAppender::with_capacity(old.capacity());
-            fresh.hint = self.hint;
-            fresh.set_mode(target);
-            let stream = old.get(HEADER_LEN..self.len()).unwrap_or_default();
-            let mut it = ChunkIter::from_parts(stream, self.n, self.mode);
-            let fits = it.by_ref().all(|(ot, ov)| fresh.push(ot, ov).is_ok()) && fresh.push(t, v).is_ok();
-            // `old` was written by this appender, so it decodes completely: an error would be a bug here.
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            *self = ChunkAppender::in_buffer(buf);
+            self.hint = hint;
+            self.set_mode(target);
+            let mut it = ChunkIter::from_parts(&stream, n, mode);
+            let fits = it.by_ref().all(|(ot, ov)| self.push(ot, ov).is_ok()) && self.push(t, v).is_ok();
+            // The stream was written by this appender, so it decodes completely: an error would be a bug here.
             debug_assert!(it.err().is_none(), "appender output failed to decode: {:?}", it.err());
             match (fits, target) {
-                (true, _) | (false, Mode::Xor) => {
-                    // XOR mode takes every value, so `fits` is always true there.
-                    *self = fresh;
-                    return;
-                }
+                // XOR mode takes every value, so `fits` is always true there.
+                (true, _) | (false, Mode::Xor) => return,
                 // A rescaled older value reached 2^53: give up on decimal mode.
                 (false, _) => target = Mode::Xor,
             }
@@ -721,7 +746,7 @@ impl ChunkAppender {
         // `need` already counts the sample being written: n + 1 samples so far.
         let n = self.n + 1;
         let interval = (self.t_last - self.t_first) / (self.n as i64 - 1);
-        let remaining = h.remaining(n, self.t_last, interval);
+        let remaining = h.whole(interval).saturating_sub(n);
         let stream = need.saturating_sub(HEADER_LEN + SLACK);
         let projected = need + projected_bytes(stream, n, remaining);
         let target = projected.min(need.max(MAX_HINTED_BYTES)).max(need + need / 4);
@@ -1983,13 +2008,9 @@ mod tests {
         );
     }
 
-    /// Appends `samples` to a chunk opened with `bytes` and `hint`; returns how often the buffer grew
-    /// and its final capacity over the chunk's length.
-    fn grow_count(samples: &[(i64, f64)], bytes: usize, hint: Option<SizeHint>) -> (usize, f64) {
-        let mut a = match hint {
-            Some(h) => ChunkAppender::with_hint(bytes, h),
-            None => ChunkAppender::with_capacity(bytes),
-        };
+    /// Appends `samples` to `a`; returns how often its buffer grew, its final capacity over the
+    /// chunk's length, and the chunk.
+    fn grow_count(mut a: ChunkAppender, samples: &[(i64, f64)]) -> (usize, f64, ChunkAppender) {
         let mut cap = a.heap_bytes();
         let mut grew = 0;
         for &(t, v) in samples {
@@ -2000,17 +2021,19 @@ mod tests {
             }
         }
         assert_eq!(decode(a.bytes()).unwrap(), samples, "hinted growth changed the chunk");
-        (grew, cap as f64 / a.bytes().len() as f64)
+        let spare = cap as f64 / a.bytes().len() as f64;
+        (grew, spare, a)
     }
 
     /// The head's chunks with a hint: one growth at most from 128 bytes, none when opened at the size
-    /// the series' previous chunk projects, and little room left over; a chunk that the hint says ends
-    /// early (a block boundary) reserves for the samples before it only.
+    /// the series' previous chunk projects, and little room left over; a chunk cut early by a block
+    /// boundary hands on a buffer the next whole chunk fits in, without growing.
     #[test]
     fn size_hint_grows_once() {
         let r = &mut Rng::new(61);
+        // 15 s samples in 2 h blocks: 240-sample chunks.
         let full = SizeHint {
-            end_before: i64::MAX,
+            max_span: 7_200_000,
             max_samples: MAX_SAMPLES,
         };
         let gens: [(&str, Generator); 5] = [
@@ -2021,42 +2044,45 @@ mod tests {
             ("random floats (XOR)", random_floats),
         ];
         for (name, g) in gens {
-            // Two chunks of one series.
-            let series = g(r, 2 * MAX_SAMPLES);
-            let (prev, next) = series.split_at(MAX_SAMPLES);
-            let (grew, spare) = grow_count(prev, 128, Some(full));
+            // Three chunks of one series; the generators space samples 15 s apart.
+            let series = g(r, 3 * MAX_SAMPLES);
+            assert!(
+                (series[1].0 - series[0].0 - 15_000).abs() <= 6,
+                "{name}: generator interval"
+            );
+            let (prev, rest) = series.split_at(MAX_SAMPLES);
+            let (grew, spare, a) = grow_count(ChunkAppender::with_hint(128, full), prev);
             assert!(
                 grew <= 1 && spare <= 1.35,
                 "{name}, first chunk: grew {grew}×, capacity {spare:.2}× its length"
             );
-            let (unhinted, _) = grow_count(prev, 128, None);
+            let (unhinted, _, _) = grow_count(ChunkAppender::with_capacity(128), prev);
             println!("{name:26} first chunk: grew {grew}× (without the hint {unhinted}×), capacity {spare:.2}× length");
-            // The next chunk, opened the way the head opens it.
-            let mut a = ChunkAppender::new();
-            prev.iter().for_each(|&(t, v)| a.append(t, v));
+            // The next chunk, opened the way the head opens it: in the previous chunk's buffer.
             let (first, last) = (prev[0].0, prev[MAX_SAMPLES - 1].0);
-            let bytes = full.capacity_from(next[0].0, a.bytes().len(), MAX_SAMPLES, first, last);
+            let bytes = full.capacity_from(a.bytes().len(), MAX_SAMPLES, first, last);
             let bytes = bytes.unwrap_or_else(|| panic!("{name}: no capacity from a full chunk"));
-            let (grew, spare) = grow_count(next, bytes, Some(full));
+            let (next, last_chunk) = rest.split_at(MAX_SAMPLES);
+            let (grew, spare, a) = grow_count(ChunkAppender::recycle(a.into_buffer(), bytes, full), next);
             assert!(
                 grew == 0 && spare <= 1.35,
                 "{name}, next chunk: grew {grew}×, capacity {spare:.2}× its length"
             );
-            // A block boundary 60 samples in: room for about 60 samples, not 240.
-            let early = SizeHint {
-                end_before: next[59].0 + 1,
-                max_samples: MAX_SAMPLES,
-            };
-            let bytes = early.capacity_from(next[0].0, a.bytes().len(), MAX_SAMPLES, first, last);
-            let (grew, spare) = grow_count(&next[..60], bytes.unwrap_or(0), Some(early));
-            // (The first samples cost more than the chunk's average: it may grow once.)
-            assert!(
-                grew <= 1 && spare <= 1.5,
-                "{name}, cut early: grew {grew}×, capacity {spare:.2}× its length"
-            );
+            // A block boundary 60 samples into the next chunk, then a whole chunk in the same buffer.
+            let ptr = a.bytes().as_ptr();
+            let (grew, _, cut) = grow_count(ChunkAppender::recycle(a.into_buffer(), bytes, full), &last_chunk[..60]);
+            assert_eq!(grew, 0, "{name}, cut early");
+            let (grew, _, whole) = grow_count(ChunkAppender::recycle(cut.into_buffer(), bytes, full), last_chunk);
+            assert_eq!(grew, 0, "{name}, whole chunk after an early cut");
+            assert_eq!(whole.bytes().as_ptr(), ptr, "{name}: the buffer moved");
         }
         // Too little to project from: a one-sample or zero-length chunk gives no size.
-        assert_eq!(full.capacity_from(0, 20, 1, 0, 0), None);
-        assert_eq!(full.capacity_from(0, 20, 2, 5, 5), None);
+        assert_eq!(full.capacity_from(20, 1, 0, 0), None);
+        assert_eq!(full.capacity_from(20, 2, 5, 5), None);
+        // A series scraped every minute fills 120 samples of a 2 h block, not 240.
+        let per_min = full.capacity_from(HEADER_LEN + 100, 100, 0, 99 * 60_000);
+        let per_15s = full.capacity_from(HEADER_LEN + 100, 100, 0, 99 * 15_000);
+        assert_eq!(per_min, Some(HEADER_LEN + SLACK + 135));
+        assert_eq!(per_15s, Some(HEADER_LEN + SLACK + 270));
     }
 }
