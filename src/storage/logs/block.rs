@@ -90,7 +90,14 @@
 //!              sections (codec 3), to the end of the record
 //! 'C' chunk:   [stream id uvarint] [entries uvarint] [raw bytes uvarint] [min ts zigzag]
 //!              [max ts zigzag] [bloom length uvarint] [bloom bytes]     (length 0: no bloom)
-//!              closes the stream's open chunk: every 'B' of that stream since its previous 'C'
+//!              [n uvarint] n × block                                    (absent before 2026-12)
+//!              closes the stream's open chunk: every 'B' of that stream since its previous 'C',
+//!              which the list names, so that a closed chunk's blocks need not stay in memory
+//!   block:     [segment - previous block's segment uvarint]
+//!              [offset uvarint: minus the previous block's offset when in the same segment]
+//!              [record length uvarint] [first seq - (previous first seq + entries) zigzag]
+//!              [entries uvarint] [raw length uvarint] [min ts - chunk's min ts zigzag]
+//!              [max ts - min ts zigzag]          (the "previous" of the first block: all zero)
 //! 'E' entries: [stream id uvarint] [first seq uvarint] the entries encoding       (WAL only)
 //! ```
 //! Example, the stream record of id 7, tenant "fake", labels {a="b"}:
@@ -115,7 +122,19 @@
 
 use super::LogsError;
 use crate::model::{Label, Labels};
+use crate::storage::wal::RecordPos;
 use std::collections::HashMap;
+
+/// Where a block record is in the data log, and what its header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockRef {
+    pub pos: RecordPos,
+    pub first_seq: u64,
+    pub entries: u32,
+    pub raw_len: u32,
+    pub min_t: i64,
+    pub max_t: i64,
+}
 
 pub const MAGIC: u8 = 0x4C;
 pub const VERSION: u8 = 1;
@@ -604,9 +623,12 @@ pub struct ChunkRecord {
     pub min_t: i64,
     pub max_t: i64,
     pub bloom: Option<Bloom>,
+    /// `None` in a record written before chunk records listed their blocks.
+    pub(crate) blocks: Option<Vec<BlockRef>>,
 }
 
-pub fn encode_chunk(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_chunk(
     out: &mut Vec<u8>,
     stream: u32,
     entries: u64,
@@ -614,6 +636,7 @@ pub fn encode_chunk(
     min_t: i64,
     max_t: i64,
     bloom: Option<&Bloom>,
+    blocks: &[BlockRef],
 ) {
     record_header(out, REC_CHUNK);
     put_uvarint(out, u64::from(stream));
@@ -622,6 +645,30 @@ pub fn encode_chunk(
     put_varint(out, min_t);
     put_varint(out, max_t);
     put_bytes(out, bloom.map_or(&[][..], |b| &b.0[..]));
+    put_uvarint(out, blocks.len() as u64);
+    let (mut segment, mut offset, mut next_seq) = (0u32, 0u64, 0u64);
+    for b in blocks {
+        put_uvarint(out, u64::from(b.pos.segment.wrapping_sub(segment)));
+        put_uvarint(
+            out,
+            if b.pos.segment == segment {
+                b.pos.offset.wrapping_sub(offset)
+            } else {
+                b.pos.offset
+            },
+        );
+        put_uvarint(out, u64::from(b.pos.len));
+        put_varint(out, b.first_seq.wrapping_sub(next_seq) as i64);
+        put_uvarint(out, u64::from(b.entries));
+        put_uvarint(out, u64::from(b.raw_len));
+        put_varint(out, b.min_t.wrapping_sub(min_t));
+        put_varint(out, b.max_t.wrapping_sub(b.min_t));
+        (segment, offset, next_seq) = (
+            b.pos.segment,
+            b.pos.offset,
+            b.first_seq.wrapping_add(u64::from(b.entries)),
+        );
+    }
 }
 
 pub fn decode_chunk(r: &mut Reader<'_>) -> Result<ChunkRecord, LogsError> {
@@ -631,6 +678,11 @@ pub fn decode_chunk(r: &mut Reader<'_>) -> Result<ChunkRecord, LogsError> {
     let min_t = r.varint()?;
     let max_t = r.varint()?;
     let bloom = r.bytes()?;
+    let blocks = if r.pos < r.buf.len() {
+        Some(decode_chunk_blocks(r, min_t)?)
+    } else {
+        None
+    };
     Ok(ChunkRecord {
         stream,
         entries,
@@ -638,7 +690,44 @@ pub fn decode_chunk(r: &mut Reader<'_>) -> Result<ChunkRecord, LogsError> {
         min_t,
         max_t,
         bloom: (!bloom.is_empty()).then(|| Bloom(bloom.to_vec().into_boxed_slice())),
+        blocks,
     })
+}
+
+fn decode_chunk_blocks(r: &mut Reader<'_>, min_t: i64) -> Result<Vec<BlockRef>, LogsError> {
+    let u32_of = |v: u64, what| u32::try_from(v).map_err(|_| LogsError::BadRecord(what));
+    let n = r.uvarint()?;
+    // Every block takes at least 8 bytes: a count beyond that is corrupt (and no allocation for it).
+    if n > (r.buf.len() - r.pos) as u64 / 8 {
+        return Err(bad_record("chunk block count"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    let (mut segment, mut offset, mut next_seq) = (0u32, 0u64, 0u64);
+    for _ in 0..n {
+        let seg = segment.wrapping_add(u32_of(r.uvarint()?, "block segment")?);
+        let off = r.uvarint()?;
+        let off = if seg == segment { offset.wrapping_add(off) } else { off };
+        let len = u32_of(r.uvarint()?, "block length")?;
+        let first_seq = next_seq.wrapping_add(r.varint()? as u64);
+        let entries = u32_of(r.uvarint()?, "block entries")?;
+        let raw_len = u32_of(r.uvarint()?, "block raw length")?;
+        let b_min = min_t.wrapping_add(r.varint()?);
+        let b_max = b_min.wrapping_add(r.varint()?);
+        (segment, offset, next_seq) = (seg, off, first_seq.wrapping_add(u64::from(entries)));
+        out.push(BlockRef {
+            pos: RecordPos {
+                segment: seg,
+                offset: off,
+                len,
+            },
+            first_seq,
+            entries,
+            raw_len,
+            min_t: b_min,
+            max_t: b_max,
+        });
+    }
+    Ok(out)
 }
 
 /// A WAL entries record for entries `[from, len)` of `buf`, the first of which has number `first_seq`.
@@ -1996,11 +2085,62 @@ mod tests {
         }
         let mut bloom = Bloom(vec![0u8; 16].into_boxed_slice());
         bloom.add_line(b"needle-7f3a9c");
-        encode_chunk(&mut r, 7, 3, raw.len() as u64, e.min_t, e.max_t, Some(&bloom));
-        out.push(r.clone());
+        let blocks = chunk_blocks(e.min_t);
+        encode_chunk(&mut r, 7, 3, raw.len() as u64, e.min_t, e.max_t, Some(&bloom), &blocks);
+        let listed = r.clone();
+        // A chunk record as written before block lists: the same bytes without the list.
+        let mut legacy = listed.clone();
+        legacy.truncate(legacy.len() - listed_len(&listed));
+        out.push(legacy);
         encode_entries(&mut r, 7, 40, &e, 1);
         out.push(r);
+        out.push(listed);
         out
+    }
+
+    /// Blocks of one chunk across a segment change, with a gap in the sequence numbers.
+    fn chunk_blocks(min_t: i64) -> Vec<BlockRef> {
+        let b = |segment, offset, len, first_seq, entries, min_t, max_t| BlockRef {
+            pos: RecordPos { segment, offset, len },
+            first_seq,
+            entries,
+            raw_len: entries * 100,
+            min_t,
+            max_t,
+        };
+        vec![
+            b(3, 16_000_000, 9_000, 40, 300, min_t, min_t + 5),
+            b(3, 16_050_000, 8_000, 340, 280, min_t + 5, min_t + 9),
+            b(4, 8, 7_000, 700, 1, -5, 1_700_000_000_000_000_001),
+        ]
+    }
+
+    /// Length of the block list at the end of a chunk record (after the bloom filter).
+    fn listed_len(rec: &[u8]) -> usize {
+        let (_, mut r) = open_record(rec).unwrap();
+        for _ in 0..5 {
+            r.uvarint().unwrap();
+        }
+        r.bytes().unwrap();
+        rec.len() - r.pos
+    }
+
+    /// A chunk record lists its blocks; one written before lists decodes without them.
+    #[test]
+    fn chunk_records_list_their_blocks() {
+        let recs = records();
+        let (ty, mut r) = open_record(&recs[6]).unwrap();
+        assert_eq!(ty, REC_CHUNK);
+        let c = decode_chunk(&mut r).unwrap();
+        assert_eq!(c.blocks, Some(chunk_blocks(c.min_t)));
+        assert!(c.bloom.is_some_and(|b| b.may_contain(b"needle-7f3a9c")));
+        let (_, mut r) = open_record(&recs[4]).unwrap();
+        let legacy = decode_chunk(&mut r).unwrap();
+        assert_eq!(
+            (legacy.blocks, legacy.entries, legacy.min_t),
+            (None, c.entries, c.min_t)
+        );
+        assert!(legacy.bloom.is_some());
     }
 
     fn check_entries(buf: &EntriesBuf, from: usize) {
@@ -2084,6 +2224,7 @@ mod tests {
                 };
                 match ty {
                     REC_STREAM => drop(decode_stream(&mut r)),
+                    REC_CHUNK => drop(decode_chunk(&mut r)),
                     REC_BLOCK => {
                         if let Ok((h, d)) = decode_block_header(&mut r) {
                             let mut raw = Vec::new();
@@ -2277,7 +2418,10 @@ mod tests {
             e.min_t,
             e.max_t,
             Some(&bloom),
+            &[],
         );
+        // Pinned as written before chunk records listed their blocks.
+        r.truncate(r.len() - listed_len(&r));
         out.push(r);
         out
     }

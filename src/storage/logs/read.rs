@@ -9,8 +9,9 @@
 //! entries use it, so their pipelines run on both threads.
 
 use super::LogsError;
+use super::block::BlockRef;
 use super::block::{self, Entry};
-use super::store::{BlockRef, LogStore};
+use super::store::LogStore;
 use crate::model::{Labels, Matcher};
 use crate::storage::wal::RecordReader;
 use std::cmp::Ordering as CmpOrdering;

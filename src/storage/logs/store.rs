@@ -8,7 +8,7 @@
 //! the data log was fsynced. Replay skips entries whose sequence number is already in a block.
 
 use super::LogsError;
-use super::block::{self, Bloom, Codec, ColumnScratch, EntriesBuf};
+use super::block::{self, BlockRef, Bloom, Codec, ColumnScratch, EntriesBuf};
 use super::read::{BlockSource, Selection};
 use crate::model::{Labels, MatchOp, Matcher};
 use crate::storage::wal::{RecordPos, SyncPolicy, Wal, WalOptions, WalStats};
@@ -121,16 +121,6 @@ pub struct AppendResult {
     pub refused_streams: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BlockRef {
-    pub pos: RecordPos,
-    pub first_seq: u64,
-    pub entries: u32,
-    pub raw_len: u32,
-    pub min_t: i64,
-    pub max_t: i64,
-}
-
 #[derive(Debug, Default)]
 struct OpenChunk {
     blocks: Vec<BlockRef>,
@@ -143,11 +133,18 @@ struct OpenChunk {
     opened: Option<Instant>,
 }
 
+/// A closed chunk, as held in memory until retention: its block list stays in its record on disk.
+/// (In memory the list cost 48 B per ~40 KiB block: ~0.5 MB an hour in the soak, run C of
+/// session 6, for as long as the 30-day retention.)
 #[derive(Debug)]
 pub(crate) struct ChunkMeta {
-    pub blocks: Vec<BlockRef>,
-    /// Where the chunk record (holding the filter) is, when it has a filter.
-    pub bloom_at: Option<RecordPos>,
+    /// Where the chunk record is: it lists the blocks and holds the filter.
+    pub at: RecordPos,
+    /// Data segment of the chunk's last block: retention of that segment leaves none.
+    pub last_segment: u32,
+    pub bloom: bool,
+    /// The blocks of a chunk whose record predates block lists; empty otherwise.
+    pub legacy_blocks: Box<[BlockRef]>,
     pub entries: u64,
     pub raw_bytes: u64,
     pub min_t: i64,
@@ -204,6 +201,53 @@ struct Tenant {
     postings: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
 }
 
+/// A stream's chunks as replay of the data log rebuilds them.
+#[derive(Default)]
+struct Replayed {
+    open: OpenChunk,
+    closed: Vec<ChunkMeta>,
+    next_seq: u64,
+}
+
+impl Replayed {
+    fn block(&mut self, b: BlockRef) {
+        self.next_seq = self.next_seq.max(b.first_seq + u64::from(b.entries));
+        let o = &mut self.open;
+        if o.blocks.is_empty() {
+            o.min_t = b.min_t;
+            o.max_t = b.max_t;
+            o.opened = Some(Instant::now());
+        } else {
+            o.min_t = o.min_t.min(b.min_t);
+            o.max_t = o.max_t.max(b.max_t);
+        }
+        o.blocks.push(b);
+        o.entries += u64::from(b.entries);
+        o.raw_bytes += u64::from(b.raw_len);
+    }
+
+    /// The chunk record at `at` closes the open chunk. A chunk none of whose blocks is left
+    /// (retention deleted their segments) is gone.
+    fn close(&mut self, c: &block::ChunkRecord, at: RecordPos) {
+        let o = std::mem::take(&mut self.open);
+        let Some(last) = o.blocks.last() else { return };
+        self.closed.push(ChunkMeta {
+            at,
+            last_segment: last.pos.segment,
+            bloom: c.bloom.is_some(),
+            legacy_blocks: if c.blocks.is_some() {
+                Box::default()
+            } else {
+                o.blocks.into_boxed_slice()
+            },
+            entries: c.entries,
+            raw_bytes: c.raw_bytes,
+            min_t: c.min_t,
+            max_t: c.max_t,
+        });
+    }
+}
+
 struct Inner {
     /// `None` only while the WAL itself is being replayed.
     wal: Option<Wal>,
@@ -214,6 +258,9 @@ struct Inner {
     aliases: HashMap<Vec<u8>, u32>,
     /// Data segment -> (newest entry time in its blocks, bytes).
     segments: BTreeMap<u32, (i64, u64)>,
+    /// Data segments below this were deleted by retention: a chunk record may still list blocks
+    /// in them.
+    live_from: u32,
     rec: Vec<u8>,
     raw: Vec<u8>,
     cols: ColumnScratch,
@@ -432,15 +479,22 @@ impl Inner {
         if let Some(b) = o.bloom.as_mut() {
             b.shrink();
         }
-        block::encode_chunk(rec, id, o.entries, o.raw_bytes, o.min_t, o.max_t, o.bloom.as_ref());
+        block::encode_chunk(
+            rec,
+            id,
+            o.entries,
+            o.raw_bytes,
+            o.min_t,
+            o.max_t,
+            o.bloom.as_ref(),
+            &o.blocks,
+        );
         let pos = data.append_positioned(rec)?;
-        // A closed chunk's block list stays in memory until retention: without its doubling slack.
-        // A chunk of ~38 blocks held room for 64, 1.2 KB spare; the soak closes ~320 chunks an hour
-        // (run C's `chunks_closed_total`: 286 in 54 min), so up to ~0.4 MB/h (estimated, not measured).
-        o.blocks.shrink_to_fit();
         s.closed.push(ChunkMeta {
-            blocks: o.blocks,
-            bloom_at: o.bloom.is_some().then_some(pos),
+            at: pos,
+            last_segment: o.blocks.last().map_or(pos.segment, |b| b.pos.segment),
+            bloom: o.bloom.is_some(),
+            legacy_blocks: Box::default(),
             entries: o.entries,
             raw_bytes: o.raw_bytes,
             min_t: o.min_t,
@@ -521,8 +575,9 @@ impl LogStore {
         let data_dir = dir.join("data");
         // Pass 1: the data log. Registrations are collected, then applied (the Wal is not open yet).
         let mut streams_seen: Vec<(u32, String, Labels)> = Vec::new();
-        let mut blocks: Vec<(u32, BlockRef)> = Vec::new();
-        let mut chunks: Vec<(block::ChunkRecord, RecordPos)> = Vec::new();
+        // Per stream: its open chunk and closed chunks, built record by record (a closed chunk's
+        // blocks are dropped at its record unless that record predates block lists).
+        let mut replayed: HashMap<u32, Replayed> = HashMap::new();
         let mut segments: BTreeMap<u32, (i64, u64)> = BTreeMap::new();
         let (data, _) = Wal::open_and_replay_positioned(
             &data_dir,
@@ -539,34 +594,20 @@ impl LogStore {
                         let (h, _) = block::decode_block_header(&mut r)?;
                         if let Some(pos) = pos {
                             seg_t = h.max_t;
-                            blocks.push((
-                                h.stream,
-                                BlockRef {
-                                    pos,
-                                    first_seq: h.first_seq,
-                                    entries: h.entries,
-                                    raw_len: h.raw_len,
-                                    min_t: h.min_t,
-                                    max_t: h.max_t,
-                                },
-                            ));
+                            replayed.entry(h.stream).or_default().block(BlockRef {
+                                pos,
+                                first_seq: h.first_seq,
+                                entries: h.entries,
+                                raw_len: h.raw_len,
+                                min_t: h.min_t,
+                                max_t: h.max_t,
+                            });
                         }
                     }
                     block::REC_CHUNK => {
                         if let Some(pos) = pos {
-                            chunks.push((block::decode_chunk(&mut r)?, pos));
-                            // Order matters: remember where the chunk closed relative to blocks.
-                            blocks.push((
-                                u32::MAX,
-                                BlockRef {
-                                    pos,
-                                    first_seq: (chunks.len() - 1) as u64,
-                                    entries: 0,
-                                    raw_len: 0,
-                                    min_t: 0,
-                                    max_t: 0,
-                                },
-                            ));
+                            let c = block::decode_chunk(&mut r)?;
+                            replayed.entry(c.stream).or_default().close(&c, pos);
                         }
                     }
                     _ => {}
@@ -586,6 +627,8 @@ impl LogStore {
             streams: Vec::new(),
             tenants: HashMap::new(),
             aliases: HashMap::new(),
+            // Every segment from the first one replay found is still there.
+            live_from: segments.keys().next().copied().unwrap_or(0),
             segments,
             rec: Vec::new(),
             raw: Vec::new(),
@@ -602,40 +645,12 @@ impl LogStore {
                 s.in_data = true;
             }
         }
-        for (id, b) in blocks {
-            if id == u32::MAX {
-                let (c, pos) = &chunks[b.first_seq as usize];
-                if let Some(s) = inner.stream(c.stream) {
-                    let mut o = std::mem::take(&mut s.open);
-                    o.blocks.shrink_to_fit();
-                    if !o.blocks.is_empty() {
-                        s.closed.push(ChunkMeta {
-                            blocks: o.blocks,
-                            bloom_at: c.bloom.is_some().then_some(*pos),
-                            entries: c.entries,
-                            raw_bytes: c.raw_bytes,
-                            min_t: c.min_t,
-                            max_t: c.max_t,
-                        });
-                    }
-                }
-                continue;
-            }
+        for (id, r) in replayed {
             let Some(s) = inner.stream(id) else { continue };
-            s.next_seq = s.next_seq.max(b.first_seq + u64::from(b.entries));
+            s.next_seq = s.next_seq.max(r.next_seq);
             s.head_first_seq = s.next_seq;
-            let o = &mut s.open;
-            if o.blocks.is_empty() {
-                o.min_t = b.min_t;
-                o.max_t = b.max_t;
-                o.opened = Some(Instant::now());
-            } else {
-                o.min_t = o.min_t.min(b.min_t);
-                o.max_t = o.max_t.max(b.max_t);
-            }
-            o.blocks.push(b);
-            o.entries += u64::from(b.entries);
-            o.raw_bytes += u64::from(b.raw_len);
+            s.open = r.open;
+            s.closed = r.closed;
         }
         // Pass 2: the WAL, into head blocks (which may fill and go to the data log).
         let mut replayed = 0u64;
@@ -1108,10 +1123,18 @@ impl LogStore {
             if s.open.blocks.is_empty() {
                 s.open = OpenChunk::default();
             }
-            for c in &mut s.closed {
-                c.blocks.retain(|b| b.pos.segment > upto);
-            }
-            s.closed.retain(|c| !c.blocks.is_empty());
+            s.closed.retain_mut(|c| {
+                if c.legacy_blocks.is_empty() {
+                    return c.last_segment > upto;
+                }
+                c.legacy_blocks = c
+                    .legacy_blocks
+                    .iter()
+                    .filter(|b| b.pos.segment > upto)
+                    .copied()
+                    .collect();
+                !c.legacy_blocks.is_empty()
+            });
             if !s.has_data() {
                 gone.push(s.id);
             }
@@ -1129,6 +1152,7 @@ impl LogStore {
         data.checkpoint(upto, recs)?;
         let n = inner.segments.range(..=upto).count() as u64;
         inner.segments.retain(|s, _| *s > upto);
+        inner.live_from = inner.live_from.max(upto + 1);
         self.stats.retention_segments_deleted.fetch_add(n, Ordering::Relaxed);
         tracing::info!(upto, segments = n, "Log retention deleted data segments.");
         Ok(())
@@ -1193,7 +1217,8 @@ impl LogStore {
             .unwrap_or_default()
     }
 
-    /// Snapshot for a select: block sources and head entries of the matching streams.
+    /// Snapshot for a select: block sources and head entries of the matching streams. Closed
+    /// chunks' block lists are read from their records after the lock is released.
     pub(crate) fn snapshot(
         &self,
         tenant: &str,
@@ -1202,52 +1227,88 @@ impl LogStore {
         end: i64,
         needles: &[String],
     ) -> Result<Selection, LogsError> {
-        let inner = self.inner.lock();
-        let streams = Self::matching(&inner, tenant, matchers, start, end);
+        /// What goes into `Selection::blocks`, in order: a block, or a closed chunk's blocks.
+        enum Item {
+            Block(BlockSource),
+            Chunk {
+                stream: usize,
+                at: RecordPos,
+                bloom: bool,
+                legacy: Option<Box<[BlockRef]>>,
+            },
+        }
+        let overlaps = |a: i64, b: i64| a <= end && b >= start;
         let mut sel = Selection {
             dir: self.data_dir.clone(),
             ..Default::default()
         };
+        let mut items = Vec::new();
+        let live_from = {
+            let inner = self.inner.lock();
+            for (si, s) in Self::matching(&inner, tenant, matchers, start, end).iter().enumerate() {
+                sel.labels.push(Arc::clone(&s.labels));
+                for c in s.closed.iter().filter(|c| overlaps(c.min_t, c.max_t)) {
+                    items.push(Item::Chunk {
+                        stream: si,
+                        at: c.at,
+                        bloom: c.bloom,
+                        legacy: (!c.legacy_blocks.is_empty()).then(|| c.legacy_blocks.clone()),
+                    });
+                }
+                let open_ok = needles.is_empty()
+                    || s.open
+                        .bloom
+                        .as_ref()
+                        .is_none_or(|bl| needles.iter().all(|n| bl.may_contain(n.as_bytes())));
+                if open_ok {
+                    let open = s.open.blocks.iter().filter(|b| overlaps(b.min_t, b.max_t));
+                    items.extend(open.map(|b| Item::Block(BlockSource { stream: si, block: *b })));
+                    if !s.head.is_empty() && overlaps(s.head.min_t, s.head.max_t) {
+                        sel.heads.push((si, s.head_first_seq, s.head.clone()));
+                    }
+                } else {
+                    sel.chunks_skipped += 1;
+                }
+            }
+            inner.live_from
+        };
         let mut buf = Vec::new();
-        for (si, s) in streams.iter().enumerate() {
-            sel.labels.push(Arc::clone(&s.labels));
-            let overlaps = |a: i64, b: i64| a <= end && b >= start;
-            for c in &s.closed {
-                if !overlaps(c.min_t, c.max_t) {
+        for item in items {
+            let (stream, at, bloom, legacy) = match item {
+                Item::Block(b) => {
+                    sel.blocks.push(b);
                     continue;
                 }
-                if !needles.is_empty()
-                    && let Some(pos) = c.bloom_at
+                Item::Chunk {
+                    stream,
+                    at,
+                    bloom,
+                    legacy,
+                } => (stream, at, bloom && !needles.is_empty(), legacy),
+            };
+            if legacy.is_some() && !bloom {
+                let blocks = legacy.iter().flatten().filter(|b| overlaps(b.min_t, b.max_t));
+                sel.blocks.extend(blocks.map(|b| BlockSource { stream, block: *b }));
+                continue;
+            }
+            crate::storage::wal::read_record_at(&self.data_dir, at, &mut buf)?;
+            let (ty, mut r) = block::open_record(&buf)?;
+            if ty != block::REC_CHUNK {
+                return Err(LogsError::BadRecord("not a chunk record"));
+            }
+            let c = block::decode_chunk(&mut r)?;
+            if bloom {
+                sel.blooms_checked += 1;
+                if let Some(f) = &c.bloom
+                    && !needles.iter().all(|n| f.may_contain(n.as_bytes()))
                 {
-                    sel.blooms_checked += 1;
-                    if !chunk_may_contain(&self.data_dir, pos, needles, &mut buf) {
-                        sel.chunks_skipped += 1;
-                        continue;
-                    }
-                }
-                for b in &c.blocks {
-                    if overlaps(b.min_t, b.max_t) {
-                        sel.blocks.push(BlockSource { stream: si, block: *b });
-                    }
+                    sel.chunks_skipped += 1;
+                    continue;
                 }
             }
-            let open_ok = needles.is_empty()
-                || s.open
-                    .bloom
-                    .as_ref()
-                    .is_none_or(|bl| needles.iter().all(|n| bl.may_contain(n.as_bytes())));
-            if open_ok {
-                for b in &s.open.blocks {
-                    if overlaps(b.min_t, b.max_t) {
-                        sel.blocks.push(BlockSource { stream: si, block: *b });
-                    }
-                }
-                if !s.head.is_empty() && overlaps(s.head.min_t, s.head.max_t) {
-                    sel.heads.push((si, s.head_first_seq, s.head.clone()));
-                }
-            } else {
-                sel.chunks_skipped += 1;
-            }
+            let blocks = c.blocks.iter().flatten().chain(legacy.iter().flatten());
+            let blocks = blocks.filter(|b| b.pos.segment >= live_from && overlaps(b.min_t, b.max_t));
+            sel.blocks.extend(blocks.map(|b| BlockSource { stream, block: *b }));
         }
         Ok(sel)
     }
@@ -1282,20 +1343,6 @@ impl LogStore {
         }
         st
     }
-}
-
-fn chunk_may_contain(dir: &std::path::Path, pos: RecordPos, needles: &[String], buf: &mut Vec<u8>) -> bool {
-    let ok = (|| -> Result<bool, LogsError> {
-        crate::storage::wal::read_record_at(dir, pos, buf)?;
-        let (ty, mut r) = block::open_record(buf)?;
-        if ty != block::REC_CHUNK {
-            return Ok(true);
-        }
-        let c = block::decode_chunk(&mut r)?;
-        Ok(c.bloom
-            .is_none_or(|b| needles.iter().all(|n| b.may_contain(n.as_bytes()))))
-    })();
-    ok.unwrap_or(true)
 }
 
 fn find_by_labels(inner: &Inner, tenant: &str, labels: &Labels) -> Option<u32> {
@@ -1423,5 +1470,127 @@ mod tests {
         check_head_memory("busy: a block reserved", (hour, hour), 300, (96, 40_960..=48_000, 1, 0));
         check_head_memory("busy, then quiet", (hour, zero), 300, (0, 0..=0, 2, 0));
         check_head_memory("slow: grows as it fills", (hour, hour), 10, (10, 2_000..=4_500, 0, 0));
+    }
+
+    /// Every line of stream `{job=...}` of tenant "t", oldest first.
+    fn lines_of(store: &LogStore, job: &str) -> Vec<String> {
+        use crate::storage::logs::{Direction, LogReader, SelectRequest};
+        let req = SelectRequest {
+            tenant: "t".into(),
+            matchers: vec![Matcher::new(MatchOp::Equal, "job", job).unwrap()],
+            start: 0,
+            end: i64::MAX,
+            direction: Direction::Forward,
+            limit: 0,
+            line_contains: vec![],
+        };
+        store.select(&req).unwrap().map(|e| e.unwrap().entry.line).collect()
+    }
+
+    /// A data log written before chunk records listed their blocks still reads (such a chunk keeps
+    /// its blocks in memory), and a chunk closed now keeps none in memory but reads the same,
+    /// before and after a restart.
+    #[test]
+    fn closed_chunks_read_their_blocks_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogsOptions::new(dir.path());
+        let expect: Vec<String> = (0..30).map(|i| format!("old line {i}")).collect();
+        {
+            let wal_opts = WalOptions {
+                segment_size: opts.data_segment_size,
+                sync: SyncPolicy::Never,
+            };
+            let mut data = Wal::open(&dir.path().join("data"), wal_opts).unwrap();
+            let mut r = Vec::new();
+            block::encode_stream(&mut r, 0, "t", &Labels::from_pairs([("job", "old")]).unwrap());
+            data.append(&r).unwrap();
+            let mut blocks = Vec::new();
+            for (k, part) in expect.chunks(10).enumerate() {
+                let mut e = EntriesBuf::default();
+                for (i, l) in part.iter().enumerate() {
+                    e.push(1_000 + (k * 10 + i) as i64, l.as_bytes(), &[]);
+                }
+                let mut raw = Vec::new();
+                e.encode_from(0, &mut raw);
+                let h = block::BlockHeader {
+                    codec: 0,
+                    stream: 0,
+                    first_seq: k as u64 * 10,
+                    entries: 10,
+                    raw_len: raw.len() as u32,
+                    min_t: e.min_t,
+                    max_t: e.max_t,
+                };
+                block::encode_block(&mut r, &h, Codec::None, &raw).unwrap();
+                let pos = data.append_positioned(&r).unwrap();
+                blocks.push(BlockRef {
+                    pos,
+                    first_seq: h.first_seq,
+                    entries: 10,
+                    raw_len: h.raw_len,
+                    min_t: h.min_t,
+                    max_t: h.max_t,
+                });
+            }
+            // The chunk record as it was: without the list (an empty list is one zero byte).
+            block::encode_chunk(&mut r, 0, 30, 0, 1_000, 1_029, None, &[]);
+            assert_eq!(r.pop(), Some(0));
+            data.append(&r).unwrap();
+            data.sync().unwrap();
+        }
+        let store = LogStore::open(opts.clone()).unwrap();
+        assert_eq!(lines_of(&store, "old"), expect);
+        let held = |store: &LogStore, job: &str| {
+            let inner = store.inner.lock();
+            let s = inner
+                .streams
+                .iter()
+                .flatten()
+                .find(|s| s.labels.get("job") == Some(job))
+                .unwrap();
+            s.closed.iter().map(|c| c.legacy_blocks.len()).collect::<Vec<_>>()
+        };
+        assert_eq!(held(&store, "old"), vec![3]);
+        // New data: 300 lines of 200 bytes, cut into blocks for size, then the chunk closed.
+        let line = [b'y'; 200];
+        let batch: Vec<PushEntry<'_>> = (0..300)
+            .map(|i| PushEntry {
+                ts: 5_000 + i,
+                line: &line,
+                meta: &[],
+            })
+            .collect();
+        let streams = [PushStream {
+            key: StreamKey::New {
+                alias: b"{job=\"new\"}",
+                labels: Labels::from_pairs([("job", "new")]).unwrap(),
+            },
+            entries: &batch,
+        }];
+        store.append("t", &streams).unwrap();
+        store.flush().unwrap();
+        {
+            let mut inner = store.inner.lock();
+            let id = inner
+                .streams
+                .iter()
+                .flatten()
+                .find(|s| s.labels.get("job") == Some("new"))
+                .unwrap()
+                .id;
+            let st = Arc::clone(&store.stats);
+            inner.close_chunk(id, &st).unwrap();
+        }
+        assert_eq!(held(&store, "new"), vec![0]);
+        let new_lines = lines_of(&store, "new");
+        assert_eq!(new_lines.len(), 300);
+        store.close().unwrap();
+        drop(store);
+        let store = LogStore::open(opts).unwrap();
+        assert_eq!(held(&store, "new"), vec![0]);
+        assert_eq!(held(&store, "old"), vec![3]);
+        assert_eq!(lines_of(&store, "new"), new_lines);
+        assert_eq!(lines_of(&store, "old"), expect);
+        store.close().unwrap();
     }
 }
