@@ -10,7 +10,9 @@
 //! Run: `cargo bench --bench logql`. Without `--bench` on the command line it does nothing unless
 //! `BENCH_FORCE=1`. Environment: `BENCH_LINES` [1000000], `BENCH_STREAMS` [500],
 //! `SHARED_DIR` [`<manifest>/../shared`], `BENCH_DUMP` [unset: a directory to write each query's
-//! `data.result` to, as `q<N>.json`, to compare two builds byte for byte]. Needs `python3` with
+//! `data.result` to, as `q<N>.json`, to compare two builds byte for byte], `BENCH_CHUNK_TARGET`
+//! [unset: the default 1536KiB, which the corpus's ~245 KB streams never fill, so every chunk stays
+//! open; e.g. `64KiB` closes ~4 per stream, to time the closed-chunk path]. Needs `python3` with
 //! `cramjam`.
 
 #[path = "../common/mod.rs"]
@@ -101,7 +103,10 @@ fn run() -> Result<(), String> {
     }
     let raw_mb = std::fs::metadata(&raw).map_err(|e| e.to_string())?.len() as f64 / 1e6;
     let tmp = common::tempdir();
-    let server = common::Server::start(&tmp.path().join("data"), None);
+    let config = std::env::var("BENCH_CHUNK_TARGET")
+        .ok()
+        .map(|v| format!("storage:\n  logs:\n    chunk_target_size: {v}\n"));
+    let server = common::Server::start(&tmp.path().join("data"), config.as_deref());
     let out = Command::new("python3")
         .arg(&script)
         .args(["send", "--file"])
