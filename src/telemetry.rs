@@ -196,7 +196,10 @@ mod tests {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
             let in_use = |t: &str| -> f64 {
-                let l = t.lines().find(|l| l.starts_with("monitoring_rs_malloc_in_use_bytes ")).unwrap();
+                let l = t
+                    .lines()
+                    .find(|l| l.starts_with("monitoring_rs_malloc_in_use_bytes "))
+                    .unwrap();
                 l.split(' ').nth(1).unwrap().parse().unwrap()
             };
             let before = in_use(&r.render());

@@ -24,7 +24,10 @@
 //! their head buffers until the log store's 30-minute `chunk_idle_period` closes them), its
 //! maximum, the last value and the least-squares slope over the second half in MiB per hour, then
 //! the floor of RssAnon (its lowest value in each 5 minutes of the second half, sampled every 5 s)
-//! and that floor's slope, plus lines written vs stored.
+//! and that floor's slope, plus lines written vs stored. The same for glibc's own account of its
+//! heap (`monitoring_rs_malloc_in_use_bytes` and `_free_bytes`, read from `/metrics` with every
+//! sample): a leak raises what is in use; memory glibc holds but cannot return raises only RssAnon.
+//! Every sample is written to `samples.tsv` in the work directory.
 
 #[path = "support.rs"]
 mod support;
@@ -298,6 +301,29 @@ fn storage_config() -> String {
     }
 }
 
+/// One sample of the server's memory (MiB) at `t` seconds.
+struct Sample {
+    t: f64,
+    rss: f64,
+    anon: f64,
+    heap: f64,
+    free: f64,
+}
+
+/// (middle of the window, lowest value) of each [`FLOOR_WINDOW`] of `pts`.
+fn floors(pts: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let Some(&(t0, _)) = pts.first() else { return out };
+    for &(t, v) in pts {
+        let mid = t0 + (((t - t0) / FLOOR_WINDOW).floor() + 0.5) * FLOOR_WINDOW;
+        match out.last_mut() {
+            Some(f) if f.0 == mid => f.1 = f.1.min(v),
+            _ => out.push((mid, v)),
+        }
+    }
+    out
+}
+
 fn run() -> Res<()> {
     let secs = env_u64("SOAK_SECS", 3600)?;
     let rate = env_u64("SOAK_LINES_PER_SEC", 1000)?;
@@ -357,8 +383,8 @@ fn run() -> Res<()> {
         }
     );
     println!(
-        "{:>6} {:>9} {:>9} {:>10} {:>5} {:>12} {:>12}",
-        "min", "RSS MiB", "anon MiB", "CPU ms/s", "fds", "written", "stored"
+        "{:>6} {:>9} {:>9} {:>9} {:>9} {:>10} {:>5} {:>12} {:>12}",
+        "min", "RSS MiB", "anon MiB", "heap MiB", "free MiB", "CPU ms/s", "fds", "written", "stored"
     );
 
     let written = Arc::new(AtomicU64::new(0));
@@ -397,10 +423,12 @@ fn run() -> Res<()> {
 
     let t0 = Instant::now();
     let cpu0 = cpu_seconds(pid)?;
-    // (seconds, VmRSS MiB, RssAnon MiB): RssAnon is the process's own memory; VmRSS adds the
-    // file-backed pages it maps (the binary's code: 12.0 MiB of it in a warm soak), which depend on
-    // which code has run and on the page cache, not on what the process holds.
-    let mut samples: Vec<(f64, f64, f64)> = Vec::new();
+    // (seconds, VmRSS MiB, RssAnon MiB, malloc in use MiB, malloc free MiB): RssAnon is the
+    // process's own memory; VmRSS adds the file-backed pages it maps (the binary's code: 12.0 MiB of
+    // it in a warm soak), which depend on which code has run and on the page cache, not on what the
+    // process holds. In use is what the program holds (a leak raises it); free is what glibc keeps
+    // in its heaps (RssAnon holds the resident part of it).
+    let mut samples: Vec<Sample> = Vec::new();
     let (mut last_sample, mut last_print, mut last_churn) = (t0, t0, t0);
     let (mut last_cpu, mut last_cpu_t) = (cpu0, t0);
     let mut tick = t0;
@@ -417,7 +445,24 @@ fn run() -> Res<()> {
             last_sample = Instant::now();
             let rss = status_kib(pid, "VmRSS")? as f64 / 1024.0;
             let anon = status_kib(pid, "RssAnon")? as f64 / 1024.0;
-            samples.push((t0.elapsed().as_secs_f64(), rss, anon));
+            let (heap, free) = match http_get(port, "/metrics", Duration::from_secs(10)) {
+                Ok((200, m)) => {
+                    let m = String::from_utf8_lossy(&m);
+                    let mib = |name| metric_value(&m, name) / (1 << 20) as f64;
+                    (
+                        mib("monitoring_rs_malloc_in_use_bytes"),
+                        mib("monitoring_rs_malloc_free_bytes"),
+                    )
+                }
+                _ => (f64::NAN, f64::NAN),
+            };
+            samples.push(Sample {
+                t: t0.elapsed().as_secs_f64(),
+                rss,
+                anon,
+                heap,
+                free,
+            });
             if last_print.elapsed() >= print_every {
                 last_print = Instant::now();
                 let cpu = cpu_seconds(pid)?;
@@ -427,7 +472,7 @@ fn run() -> Res<()> {
                     stored = metric_value(&String::from_utf8_lossy(&m), "monitoring_rs_tailer_lines_total");
                 }
                 println!(
-                    "{:>6.1} {rss:>9.1} {anon:>9.1} {ms:>10.1} {:>5} {:>12} {stored:>12}",
+                    "{:>6.1} {rss:>9.1} {anon:>9.1} {heap:>9.1} {free:>9.1} {ms:>10.1} {:>5} {:>12} {stored:>12}",
                     t0.elapsed().as_secs_f64() / 60.0,
                     open_fds(pid),
                     written.load(Ordering::Relaxed)
@@ -455,12 +500,28 @@ fn run() -> Res<()> {
     for t in targets {
         let _ = t.join();
     }
+    let mut tsv = String::from("seconds\trss_mib\tanon_mib\theap_mib\tfree_mib\n");
+    for p in &samples {
+        let _ = writeln!(
+            tsv,
+            "{:.0}\t{:.2}\t{:.2}\t{:.2}\t{:.2}",
+            p.t, p.rss, p.anon, p.heap, p.free
+        );
+    }
+    std::fs::write(work.join("samples.tsv"), tsv).map_err(|e| format!("write samples: {e}"))?;
     let warm = samples.len() / 2;
     let rest = &samples[warm.min(samples.len())..];
-    let minutes = |p: Option<&(f64, f64, f64)>| p.map_or(0.0, |p| p.0 / 60.0);
-    let rss: Vec<(f64, f64)> = rest.iter().map(|p| (p.0, p.1)).collect();
-    let anon: Vec<(f64, f64)> = rest.iter().map(|p| (p.0, p.2)).collect();
-    for (name, pts) in [("RSS", &rss), ("RssAnon", &anon)] {
+    let minutes = |p: Option<&Sample>| p.map_or(0.0, |p| p.t / 60.0);
+    let series = |f: fn(&Sample) -> f64| -> Vec<(f64, f64)> { rest.iter().map(|p| (p.t, f(p))).collect() };
+    let (rss, anon) = (series(|p| p.rss), series(|p| p.anon));
+    let (heap, free) = (series(|p| p.heap), series(|p| p.free));
+    let all = [
+        ("RSS", &rss),
+        ("RssAnon", &anon),
+        ("malloc in use", &heap),
+        ("malloc free", &free),
+    ];
+    for (name, pts) in all {
         let at_warm = pts.first().map_or(f64::NAN, |p| p.1);
         let max = pts.iter().map(|p| p.1).fold(f64::NAN, f64::max);
         let last = pts.last().map_or(f64::NAN, |p| p.1);
@@ -471,22 +532,16 @@ fn run() -> Res<()> {
             minutes(rest.last()) - minutes(rest.first())
         );
     }
-    // The floor: the lowest RssAnon of each 5-minute window of the second half, and its slope.
-    let mut floors: Vec<(f64, f64)> = Vec::new();
-    for &(t, v) in &anon {
-        let w = ((t - anon[0].0) / FLOOR_WINDOW).floor();
-        let mid = anon[0].0 + (w + 0.5) * FLOOR_WINDOW;
-        match floors.last_mut() {
-            Some(f) if f.0 == mid => f.1 = f.1.min(v),
-            _ => floors.push((mid, v)),
-        }
+    // The floor: the lowest value of each 5-minute window of the second half, and its slope.
+    for (name, pts) in [("RssAnon", &anon), ("malloc in use", &heap)] {
+        let floors = floors(pts);
+        let shown: Vec<String> = floors.iter().map(|f| format!("{:.1}", f.1)).collect();
+        println!(
+            "{name} floor per 5 min of the second half: {} MiB, slope {:+.2} MiB/h",
+            shown.join(" "),
+            slope_per_hour(&floors)
+        );
     }
-    let shown: Vec<String> = floors.iter().map(|f| format!("{:.1}", f.1)).collect();
-    println!(
-        "RssAnon floor per 5 min of the second half: {} MiB, slope {:+.2} MiB/h",
-        shown.join(" "),
-        slope_per_hour(&floors)
-    );
     println!(
         "CPU {:.1} ms/s on average; lines written {}, stored {stored}; queries failed {}",
         cpu * 1000.0 / secs as f64,
