@@ -136,6 +136,20 @@ pub(crate) struct BlockRef {
     pub max_t: i64,
 }
 
+impl BlockRef {
+    /// The block record at `pos` with header `h`.
+    pub fn new(pos: RecordPos, h: &BlockHeader) -> BlockRef {
+        BlockRef {
+            pos,
+            first_seq: h.first_seq,
+            entries: h.entries,
+            raw_len: h.raw_len,
+            min_t: h.min_t,
+            max_t: h.max_t,
+        }
+    }
+}
+
 pub const MAGIC: u8 = 0x4C;
 pub const VERSION: u8 = 1;
 pub const REC_STREAM: u8 = b'S';

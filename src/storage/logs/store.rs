@@ -136,6 +136,20 @@ struct OpenChunk {
 /// A closed chunk, as held in memory until retention: its block list stays in its record on disk.
 /// (In memory the list cost 48 B per ~40 KiB block: ~0.5 MB an hour in the soak, run C of
 /// session 6, for as long as the 30-day retention.)
+impl OpenChunk {
+    fn add(&mut self, b: BlockRef) {
+        if self.blocks.is_empty() {
+            (self.min_t, self.max_t) = (b.min_t, b.max_t);
+        } else {
+            self.min_t = self.min_t.min(b.min_t);
+            self.max_t = self.max_t.max(b.max_t);
+        }
+        self.blocks.push(b);
+        self.entries += u64::from(b.entries);
+        self.raw_bytes += u64::from(b.raw_len);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct ChunkMeta {
     /// Where the chunk record is: it lists the blocks and holds the filter.
@@ -212,18 +226,10 @@ struct Replayed {
 impl Replayed {
     fn block(&mut self, b: BlockRef) {
         self.next_seq = self.next_seq.max(b.first_seq + u64::from(b.entries));
-        let o = &mut self.open;
-        if o.blocks.is_empty() {
-            o.min_t = b.min_t;
-            o.max_t = b.max_t;
-            o.opened = Some(Instant::now());
-        } else {
-            o.min_t = o.min_t.min(b.min_t);
-            o.max_t = o.max_t.max(b.max_t);
+        if self.open.blocks.is_empty() {
+            self.open.opened = Some(Instant::now());
         }
-        o.blocks.push(b);
-        o.entries += u64::from(b.entries);
-        o.raw_bytes += u64::from(b.raw_len);
+        self.open.add(b);
     }
 
     /// The chunk record at `at` closes the open chunk. A chunk none of whose blocks is left
@@ -431,24 +437,7 @@ impl Inner {
         stats
             .block_compressed_bytes
             .fetch_add(rec.len() as u64, Ordering::Relaxed);
-        let o = &mut s.open;
-        if o.blocks.is_empty() {
-            o.min_t = h.min_t;
-            o.max_t = h.max_t;
-        } else {
-            o.min_t = o.min_t.min(h.min_t);
-            o.max_t = o.max_t.max(h.max_t);
-        }
-        o.blocks.push(BlockRef {
-            pos,
-            first_seq: h.first_seq,
-            entries: h.entries,
-            raw_len: h.raw_len,
-            min_t: h.min_t,
-            max_t: h.max_t,
-        });
-        o.entries += u64::from(h.entries);
-        o.raw_bytes += u64::from(h.raw_len);
+        s.open.add(BlockRef::new(pos, &h));
         s.head.clear();
         s.head_first_seq = s.next_seq;
         // A huge line grew the buffers: give the memory back.
@@ -456,7 +445,7 @@ impl Inner {
             s.head.lines = Vec::new();
             s.head.meta = Vec::new();
         }
-        let close = o.raw_bytes >= opts.chunk_target_size;
+        let close = s.open.raw_bytes >= opts.chunk_target_size;
         for (p, t) in new_positions {
             self.note_segment(p, t);
         }
@@ -594,14 +583,7 @@ impl LogStore {
                         let (h, _) = block::decode_block_header(&mut r)?;
                         if let Some(pos) = pos {
                             seg_t = h.max_t;
-                            replayed.entry(h.stream).or_default().block(BlockRef {
-                                pos,
-                                first_seq: h.first_seq,
-                                entries: h.entries,
-                                raw_len: h.raw_len,
-                                min_t: h.min_t,
-                                max_t: h.max_t,
-                            });
+                            replayed.entry(h.stream).or_default().block(BlockRef::new(pos, &h));
                         }
                     }
                     block::REC_CHUNK => {
@@ -1504,7 +1486,6 @@ mod tests {
             let mut r = Vec::new();
             block::encode_stream(&mut r, 0, "t", &Labels::from_pairs([("job", "old")]).unwrap());
             data.append(&r).unwrap();
-            let mut blocks = Vec::new();
             for (k, part) in expect.chunks(10).enumerate() {
                 let mut e = EntriesBuf::default();
                 for (i, l) in part.iter().enumerate() {
@@ -1522,15 +1503,7 @@ mod tests {
                     max_t: e.max_t,
                 };
                 block::encode_block(&mut r, &h, Codec::None, &raw).unwrap();
-                let pos = data.append_positioned(&r).unwrap();
-                blocks.push(BlockRef {
-                    pos,
-                    first_seq: h.first_seq,
-                    entries: 10,
-                    raw_len: h.raw_len,
-                    min_t: h.min_t,
-                    max_t: h.max_t,
-                });
+                data.append(&r).unwrap();
             }
             // The chunk record as it was: without the list (an empty list is one zero byte).
             block::encode_chunk(&mut r, 0, 30, 0, 1_000, 1_029, None, &[]);
