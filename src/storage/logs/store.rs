@@ -133,9 +133,6 @@ struct OpenChunk {
     opened: Option<Instant>,
 }
 
-/// A closed chunk, as held in memory until retention: its block list stays in its record on disk.
-/// (In memory the list cost 48 B per ~40 KiB block: ~0.5 MB an hour in the soak, run C of
-/// session 6, for as long as the 30-day retention.)
 impl OpenChunk {
     fn add(&mut self, b: BlockRef) {
         if self.blocks.is_empty() {
@@ -150,6 +147,9 @@ impl OpenChunk {
     }
 }
 
+/// A closed chunk, as held in memory until retention: its block list stays in its record on disk.
+/// (In memory the list cost 48 B per ~40 KiB block: ~0.5 MB an hour in the soak, run C of
+/// session 6, for as long as the 30-day retention.)
 #[derive(Debug)]
 pub(crate) struct ChunkMeta {
     /// Where the chunk record is: it lists the blocks and holds the filter.
