@@ -19,11 +19,12 @@
 //!
 //! It prints a row every 5 minutes (RSS, RssAnon, CPU ms per second, open descriptors, lines
 //! stored) and at the end, for RSS and for RssAnon (the process's own memory, without the binary's
-//! file-backed code pages), the value after warm-up (the first half of the run: the queries look
-//! 10 minutes back, so their working set grows for 10 minutes, and a replaced pod's streams keep
-//! their head buffers until the log store's 30-minute `chunk_idle_period` closes them), its
-//! maximum, the last value and the least-squares slope over the second half in MiB per hour, then
-//! the floor of RssAnon (its lowest value in each 5 minutes of the second half, sampled every 5 s)
+//! file-backed code pages), the value after warm-up (`SOAK_WARMUP_SECS`, by default the first half
+//! of the run: the queries look 10 minutes back, so their working set grows for 10 minutes, and a
+//! replaced pod's streams keep their open chunks until the log store's 30-minute
+//! `chunk_idle_period` closes them, so their number settles after ~32 minutes), its maximum, the
+//! last value and the least-squares slope after warm-up in MiB per hour, then the floor of RssAnon
+//! (its lowest value in each 5 minutes after warm-up, sampled every 5 s)
 //! and that floor's slope, plus lines written vs stored. The same for glibc's own account of its
 //! heap (`monitoring_rs_malloc_in_use_bytes` and `_free_bytes`, read from `/metrics` with every
 //! sample): a leak raises what is in use; memory glibc holds but cannot return raises only RssAnon.
@@ -326,6 +327,7 @@ fn floors(pts: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 fn run() -> Res<()> {
     let secs = env_u64("SOAK_SECS", 3600)?;
+    let warmup = env_u64("SOAK_WARMUP_SECS", secs / 2)?.min(secs);
     let rate = env_u64("SOAK_LINES_PER_SEC", 1000)?;
     let churn = Duration::from_secs(env_u64("SOAK_CHURN_SECS", 60)?);
     let queries = env_u64("SOAK_QUERIES", 1)? != 0;
@@ -509,8 +511,8 @@ fn run() -> Res<()> {
         );
     }
     std::fs::write(work.join("samples.tsv"), tsv).map_err(|e| format!("write samples: {e}"))?;
-    let warm = samples.len() / 2;
-    let rest = &samples[warm.min(samples.len())..];
+    let warm = samples.partition_point(|p| p.t < warmup as f64);
+    let rest = &samples[warm..];
     let minutes = |p: Option<&Sample>| p.map_or(0.0, |p| p.t / 60.0);
     let series = |f: fn(&Sample) -> f64| -> Vec<(f64, f64)> { rest.iter().map(|p| (p.t, f(p))).collect() };
     let (rss, anon) = (series(|p| p.rss), series(|p| p.anon));
@@ -532,12 +534,12 @@ fn run() -> Res<()> {
             minutes(rest.last()) - minutes(rest.first())
         );
     }
-    // The floor: the lowest value of each 5-minute window of the second half, and its slope.
+    // The floor: the lowest value of each 5-minute window after warm-up, and its slope.
     for (name, pts) in [("RssAnon", &anon), ("malloc in use", &heap)] {
         let floors = floors(pts);
         let shown: Vec<String> = floors.iter().map(|f| format!("{:.1}", f.1)).collect();
         println!(
-            "{name} floor per 5 min of the second half: {} MiB, slope {:+.2} MiB/h",
+            "{name} floor per 5 min after warm-up: {} MiB, slope {:+.2} MiB/h",
             shown.join(" "),
             slope_per_hour(&floors)
         );
