@@ -638,8 +638,6 @@ struct Loop {
     synthetic: Vec<Series>,
     /// Scrape number, from 1.
     iter: u64,
-    /// Timestamp (ms) of the last scrape's samples.
-    last_ms: i64,
     /// This scrape's samples (`tracked`: no explicit timestamp), kept for their capacity.
     batch: Vec<(SeriesRef, i64, f64, bool)>,
     /// Scratch label map for cache misses.
@@ -677,7 +675,6 @@ impl Loop {
             free: Vec::new(),
             synthetic,
             iter: 0,
-            last_ms: i64::MIN,
             batch: Vec::new(),
             scratch: LabelMap::new(),
         }
@@ -702,7 +699,8 @@ impl Loop {
         // the store drops: `compat-tests/scrape.rs` then saw the last value, not the marker).
         self.batch.clear();
         self.iter += 1;
-        self.stale_previous(now_ms().max(self.last_ms.saturating_add(1)));
+        let last_ms = self.status.lock().last_scrape_ms;
+        self.stale_previous(now_ms().max(last_ms.saturating_add(1)));
         self.commit(&[]);
     }
 
@@ -730,7 +728,6 @@ impl Loop {
         self.iter += 1;
         self.batch.clear();
         let start_ms = now_ms();
-        self.last_ms = start_ms;
         let started = Instant::now();
         let forced = self.forced.lock().clone();
         let resp = match forced {

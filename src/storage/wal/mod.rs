@@ -652,8 +652,9 @@ impl Wal {
     ) -> Result<(), WalError> {
         let mut out: Option<SegmentFile> = None;
         // What appends made the buffer: a checkpoint's own pieces (up to CHECKPOINT_FLUSH plus a
-        // record) are given back after it, or the log store, which checkpoints once streams close,
-        // holds ~1.7 MiB more from its first checkpoint on (heaptrack in the soak, session 8).
+        // record) are given back after it. Kept, they held the log store's in-use heap 1.7-1.8 MiB
+        // higher from its first checkpoint on (`SOAK_IDLE=1m SOAK_SECS=900 cargo bench --bench
+        // soak`, old and fixed build side by side, floors over minutes 2-15; README, session 8).
         let keep = self.scratch.capacity().min(SCRATCH_KEEP);
         self.scratch.clear();
         for record in records {
