@@ -116,6 +116,11 @@ impl Labels {
         self.0.iter()
     }
 
+    /// (name, value) pairs in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        self.0.iter().map(|l| (l.name.as_str(), l.value.as_str()))
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -4,6 +4,7 @@
 //! inotify or configuration files; it is configured through plain option structs and read through
 //! the small traits in `metrics` and `logs` (select by matchers and time range, iterate samples).
 
+pub(crate) mod label_key;
 pub mod logs;
 pub mod metrics;
 pub mod wal;

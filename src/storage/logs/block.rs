@@ -293,14 +293,19 @@ pub fn open_record(rec: &[u8]) -> Result<(u8, Reader<'_>), LogsError> {
     }
 }
 
-pub fn encode_stream(out: &mut Vec<u8>, id: u32, tenant: &str, labels: &Labels) {
+pub fn encode_stream<'a>(
+    out: &mut Vec<u8>,
+    id: u32,
+    tenant: &str,
+    labels: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+) {
     record_header(out, REC_STREAM);
     put_uvarint(out, u64::from(id));
     put_bytes(out, tenant.as_bytes());
-    put_uvarint(out, labels.len() as u64);
-    for l in labels {
-        put_bytes(out, l.name.as_bytes());
-        put_bytes(out, l.value.as_bytes());
+    put_uvarint(out, labels.clone().count() as u64);
+    for (name, value) in labels {
+        put_bytes(out, name.as_bytes());
+        put_bytes(out, value.as_bytes());
     }
 }
 
@@ -2079,7 +2084,7 @@ mod tests {
         let labels = Labels::from_pairs([("a", "b")]).unwrap();
         let mut out = Vec::new();
         let mut r = Vec::new();
-        encode_stream(&mut r, 7, "fake", &labels);
+        encode_stream(&mut r, 7, "fake", labels.pairs());
         out.push(r.clone());
         let e = sample_entries();
         let mut raw = Vec::new();
@@ -2405,7 +2410,7 @@ mod tests {
         let labels = Labels::from_pairs([("a", "b")]).unwrap();
         let mut out = Vec::new();
         let mut r = Vec::new();
-        encode_stream(&mut r, 7, "fake", &labels);
+        encode_stream(&mut r, 7, "fake", labels.pairs());
         out.push(r.clone());
         let e = column_entries();
         let mut raw = Vec::new();

@@ -507,7 +507,7 @@ impl LogReader for LogStore {
 
     fn series(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Labels>, LogsError> {
         let mut v: Vec<Labels> = self.with_matching(tenant, matchers, start, end, |s| {
-            s.iter().map(|s| (*s.labels).clone()).collect()
+            s.iter().map(|s| s.key.to_labels()).collect()
         });
         v.sort();
         v.dedup();
@@ -521,9 +521,9 @@ impl LogReader for LogStore {
         let names: BTreeSet<String> = self.with_matching(tenant, matchers, start, end, |s| {
             let mut n = BTreeSet::new();
             for st in s {
-                for l in st.labels.iter() {
-                    if !n.contains(&l.name) {
-                        n.insert(l.name.clone());
+                for (name, _) in st.key.pairs() {
+                    if !n.contains(name) {
+                        n.insert(name.to_string());
                     }
                 }
             }
@@ -543,7 +543,7 @@ impl LogReader for LogStore {
         let vals: BTreeSet<String> = self.with_matching(tenant, matchers, start, end, |s| {
             let mut n = BTreeSet::new();
             for st in s {
-                if let Some(v) = st.labels.get(name)
+                if let Some(v) = st.key.get(name)
                     && !n.contains(v)
                 {
                     n.insert(v.to_string());
