@@ -410,3 +410,61 @@ fn a_million_tiny_streams_hit_the_stream_limit() {
         "",
     );
 }
+
+/// `detected_level` from the stream's own labels, on the push that creates the stream and on later
+/// pushes that find it by its spelling (the ingester remembers the level only for streams whose
+/// labels give one); a stream without one falls back to the line.
+#[test]
+fn detected_level_from_stream_labels() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("d"), None);
+    let t0 = now_ns() - 60_000_000_000;
+    let push = |stream: &str, i: i64, line: &str| {
+        let body = format!(
+            r#"{{"streams":[{{"stream":{stream},"values":[["{}","{line}"]]}}]}}"#,
+            t0 + i
+        );
+        check(&s, "/loki/api/v1/push", JSON, body.as_bytes(), 204, "");
+    };
+    for i in 0..3 {
+        push(r#"{"job":"lv","level":"WARN"}"#, i, "plain text");
+        push(r#"{"job":"lv2","severity":"err"}"#, i, "plain text");
+        push(r#"{"job":"nolv"}"#, i, "an error line");
+    }
+    let check_levels = |query: &str, want: &[(&str, &str, &str)]| {
+        let q: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let r = s.get(&format!("/loki/api/v1/query?query={q}&time={}", now_ns()));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let mut got: Vec<(String, String, String)> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let m = &e["metric"];
+                let s = |k: &str| m[k].as_str().unwrap_or("").to_string();
+                (
+                    s("job"),
+                    s("detected_level"),
+                    e["value"][1].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        assert_eq!(got, want, "{query}");
+    };
+    check_levels(
+        r#"sum by (job, detected_level) (count_over_time({job=~"lv|lv2|nolv"}[1h]))"#,
+        &[("lv", "warn", "3"), ("lv2", "error", "3"), ("nolv", "error", "3")],
+    );
+}

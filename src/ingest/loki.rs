@@ -145,8 +145,8 @@ pub struct LokiIngester {
     store: Arc<LogStore>,
     limits: LokiLimits,
     stats: Arc<LokiStats>,
-    /// Stream id -> level given by its labels, for `detected_level`.
-    label_levels: Mutex<HashMap<u32, Option<&'static str>>>,
+    /// Stream id -> level given by its labels, for `detected_level`; only streams with one.
+    label_levels: Mutex<HashMap<u32, &'static str>>,
     /// Live-tail subscribers (the api state owns the channel); `None` in tools and tests.
     tail: Option<tokio::sync::broadcast::Sender<Arc<Appended>>>,
 }
@@ -543,7 +543,7 @@ impl LokiIngester {
                 continue;
             }
             let (key, label_level) = match ids[si] {
-                Some(id) => (StreamKey::Known(id), levels.get(&id).copied().flatten()),
+                Some(id) => (StreamKey::Known(id), levels.get(&id).copied()),
                 None => match self.stream_labels(s.labels) {
                     Ok(labels) => {
                         let lv = LEVEL_KEYS.iter().find_map(|k| labels.get(k)).and_then(normalize_level);
@@ -677,8 +677,11 @@ impl LokiIngester {
             .into_iter()
             .zip(ranges)
             .map(|((si, key), r)| {
-                if let StreamKey::New { labels, .. } = &key {
-                    let lv = LEVEL_KEYS.iter().find_map(|k| labels.get(k)).and_then(normalize_level);
+                // Only streams whose labels give a level are remembered: a stream missing from
+                // `label_levels` has none, so the common stream (no level label) costs nothing here.
+                if let StreamKey::New { labels, .. } = &key
+                    && let Some(lv) = LEVEL_KEYS.iter().find_map(|k| labels.get(k)).and_then(normalize_level)
+                {
                     label_levels_new.push((si, lv));
                 }
                 PushStream {
