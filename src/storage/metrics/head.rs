@@ -45,9 +45,13 @@ impl ChunkLoc {
 const HEAD_CHUNKS_MAGIC: &[u8; 8] = b"MRHC\x01\x00\x00\x00";
 /// Head chunk files roll over at this size; a file is deleted once every chunk in it is truncated away.
 const HEAD_CHUNK_FILE_SIZE: u64 = 32 << 20;
-/// Closed chunks are buffered and written in batches of this size: one `write` per ~1 MiB instead of
-/// one per ~300-byte chunk.
-const HEAD_CHUNK_WRITE_BUF: usize = 1 << 20;
+/// Closed chunks are buffered and written in batches of up to this size: a cut of 6,000 series'
+/// ~300-byte chunks is 7 writes, not 6,000. The buffer is resident once it has been filled, so it is
+/// kept small (it was 1 MiB), and it is written out before a chunk would overflow it: filled to the
+/// brim and then extended, it doubled once, at the first cut of the head's series, and kept the
+/// doubled size (the soak's in-use memory stepped ~1.1 MiB at that cut, session 9's runs A1-A3 and
+/// B1; README).
+const HEAD_CHUNK_WRITE_BUF: usize = 256 << 10;
 
 /// Closed chunks a series' list is created with. A series scraped every 15 s holds at most 3 closed
 /// chunks: the head spans up to 1.5 blocks (3 h) before its oldest block is cut, and a chunk ends at
@@ -211,6 +215,9 @@ impl ChunkFiles {
         let size = self.files.get(&self.current).map_or(0, |f| f.1);
         if size + data.len() as u64 > HEAD_CHUNK_FILE_SIZE {
             self.new_file()?;
+        }
+        if self.buf.len() + data.len() > HEAD_CHUNK_WRITE_BUF {
+            self.flush()?;
         }
         let Some(entry) = self.files.get_mut(&self.current) else {
             return Err(StorageError::BadRecord("head chunk file missing"));
@@ -771,6 +778,39 @@ mod tests {
         assert!(cuts >= 4, "{cuts} block cuts");
         for ((name, _, max), (_, changes)) in cases.iter().zip(&seen) {
             assert!(changes <= max, "{name}: the closed list moved {changes} times");
+        }
+    }
+
+    /// Closed chunks of every size up to the largest a chunk can be, written through the buffer:
+    /// what is read back is what was written, and the buffer never grows past its size.
+    #[test]
+    fn chunk_write_buffer_keeps_its_size() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut files = ChunkFiles::open(dir.path()).unwrap();
+        let cap = files.buf.capacity();
+        assert_eq!(cap, HEAD_CHUNK_WRITE_BUF);
+        let mut written = Vec::new();
+        for i in 0..5_000u32 {
+            let len = (i * 7919 % 4096 + 1) as usize;
+            let data: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
+            let (file, offset, len) = files.write(&data, i64::from(i)).unwrap();
+            let c = HeadChunk {
+                meta: ChunkMeta {
+                    min_time: 0,
+                    max_time: i64::from(i),
+                    num_samples: 1,
+                },
+                file,
+                offset,
+                len,
+            };
+            written.push((c, data));
+            assert_eq!(files.buf.capacity(), cap, "after {} chunks", i + 1);
+        }
+        let mut out = Vec::new();
+        for (c, data) in &written {
+            files.read(c, &mut out).unwrap();
+            assert_eq!(&out, data);
         }
     }
 }
