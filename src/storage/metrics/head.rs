@@ -57,8 +57,9 @@ const HEAD_CHUNK_WRITE_BUF: usize = 256 << 10;
 /// chunks: the head spans up to 1.5 blocks (3 h) before its oldest block is cut, and a chunk ends at
 /// 240 samples (1 h) or a block boundary. Reserved when the series is registered, so the list is
 /// never reallocated at a cut. Allocated at the first cut instead, 6,100 series × 160 B (~1 MiB)
-/// were taken at once an hour into the soak: session 8's run M stepped +1.1 MiB in use between
-/// minutes 65 and 75, where its series cut their first chunks.
+/// were taken at once whenever that cut came: a series' memory is now taken when it is created.
+/// (The soak's +1.1 MiB step at its series' 240-sample cut, which this was first taken for, was the
+/// chunk write buffer doubling: see `HEAD_CHUNK_WRITE_BUF`.)
 const CLOSED_CHUNKS_RESERVED: usize = 4;
 
 /// Why one sample was not appended.
