@@ -52,7 +52,7 @@ limits:
     reject_old_samples: false
     reject_old_samples_max_age: 1w
     creation_grace_period: 10m    # entries further ahead of the wall clock are rejected
-    max_streams_per_tenant: 5000  # new streams beyond this answer 429
+    max_streams_per_tenant: 5000  # new streams beyond this many active ones answer 429
     discover_service_name: [service_name, service, app, application, name, app_kubernetes_io_name, container, container_name, k8s_container_name, component, workload, job, k8s_job_name]
     discover_log_levels: true     # add detected_level as structured metadata
     # Loki query limits, with Loki 3.4's names, defaults and error texts:

@@ -46,7 +46,9 @@ pub struct LogsOptions {
     pub fsync_interval: Option<Duration>,
     /// The WAL is checkpointed when it grows past this many bytes.
     pub wal_checkpoint_size: u64,
-    /// New streams beyond this many per tenant are refused; 0 = unlimited.
+    /// New streams beyond this many active streams per tenant are refused; 0 = unlimited. A stream
+    /// is active until its open chunk is closed (`chunk_idle_period` after its last entry), as in
+    /// Loki, whose limit counts the streams its ingesters hold and drop once flushed and idle.
     pub max_streams_per_tenant: usize,
 }
 
@@ -786,7 +788,11 @@ impl LogStore {
         let mut next_id = inner.streams.len() as u32;
         let mut new_in_tenant = 0usize;
         let mut new_labels: HashMap<&Labels, u32> = HashMap::new();
-        let tenant_streams = inner.tenants.get(tenant).map_or(0, |t| t.streams);
+        let mut tenant_streams = inner.tenants.get(tenant).map_or(0, |t| t.streams);
+        let limit = self.opts.max_streams_per_tenant;
+        // The limit is on active streams, as Loki's is on the streams its ingesters hold. Every
+        // stream stays registered until retention, so at the limit the active ones are counted.
+        let mut counted_active = false;
         for (i, ps) in streams.iter().enumerate() {
             let id = match &ps.key {
                 StreamKey::Known(id) if inner.stream(*id).is_some() => Some((*id, false)),
@@ -796,9 +802,13 @@ impl LogStore {
                         Some((id, false))
                     } else if let Some(&id) = new_labels.get(labels) {
                         Some((id, false))
-                    } else if self.opts.max_streams_per_tenant > 0
-                        && tenant_streams + new_in_tenant >= self.opts.max_streams_per_tenant
-                    {
+                    } else if limit > 0 && tenant_streams + new_in_tenant >= limit && {
+                        if !counted_active {
+                            tenant_streams = active_streams(inner, tenant);
+                            counted_active = true;
+                        }
+                        tenant_streams + new_in_tenant >= limit
+                    } {
                         res.refused_streams.push(i);
                         self.stats.streams_refused_limit.fetch_add(1, Ordering::Relaxed);
                         None
@@ -1337,6 +1347,17 @@ impl LogStore {
     }
 }
 
+/// Streams of `tenant` holding entries not yet in a closed chunk (a stream's open chunk is closed
+/// `chunk_idle_period` after its last entry).
+fn active_streams(inner: &Inner, tenant: &str) -> usize {
+    inner
+        .streams
+        .iter()
+        .flatten()
+        .filter(|s| &*s.tenant == tenant && (!s.head.is_empty() || !s.open.blocks.is_empty()))
+        .count()
+}
+
 fn find_by_labels(inner: &Inner, tenant: &str, labels: &Labels) -> Option<u32> {
     let t = inner.tenants.get(tenant)?;
     let first = labels.iter().next()?;
@@ -1403,6 +1424,44 @@ fn encode_push_entries(out: &mut Vec<u8>, entries: &[PushEntry<'_>]) {
 mod tests {
     use super::*;
     use crate::model::Labels;
+
+    /// The stream limit counts active streams, as Loki's does: streams whose chunks were closed
+    /// for idleness no longer count, so a tenant whose pods come and go is not refused for good
+    /// once it has seen `limit` streams within retention.
+    #[test]
+    fn stream_limit_counts_active_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = LogsOptions::new(dir.path());
+        opts.max_streams_per_tenant = 2;
+        opts.chunk_idle_period = Duration::ZERO;
+        let store = LogStore::open(opts).unwrap();
+        let line = [b'x'; 10];
+        let e = [PushEntry {
+            ts: 1_000,
+            line: &line,
+            meta: &[],
+        }];
+        // Refused streams of one push of a new stream named `job`.
+        let push = |job: &str| {
+            let alias = format!("{{job=\"{job}\"}}");
+            let labels = Labels::from_pairs([("job", job)]).unwrap();
+            let streams = [PushStream {
+                key: StreamKey::New {
+                    alias: alias.as_bytes(),
+                    labels,
+                },
+                entries: &e,
+            }];
+            store.append("t", &streams).unwrap().refused_streams.len()
+        };
+        assert_eq!([push("a"), push("b"), push("c")], [0, 0, 1], "a and b active");
+        store.maintain(2_000).unwrap();
+        assert_eq!(
+            [push("c"), push("d"), push("e")],
+            [0, 0, 1],
+            "a and b idle, c and d active"
+        );
+    }
 
     /// What a stream's head holds after `maintain`: `lines` entries of 200 bytes, then one
     /// maintenance pass with the given idle periods. Wants: entries left in the head, the head's
