@@ -4,7 +4,7 @@
 
 use crate::model::Labels;
 
-/// A series' labels in one allocation: `name 0xff value 0xff ...`, the exact bytes
+/// A label set (a series' or a log stream's) in one allocation: `name 0xff value 0xff ...`, the exact bytes
 /// `Labels::stable_hash` hashes. 0xff never occurs in UTF-8, so the encoding is unambiguous.
 /// Measured on the rwload benchmark (20,000 series × 8 labels): comparing an incoming series with
 /// `Vec<Label>` took 34% of ingest CPU (one cache miss per String); one contiguous key is a single
