@@ -172,10 +172,10 @@ pub(crate) struct ChunkMeta {
 pub(crate) struct Stream {
     pub id: u32,
     pub tenant: Arc<str>,
-    /// One allocation, not a `Labels` (a Vec and two Strings per label): a stream is registered
-    /// for as long as retention keeps its data, and with pods coming and going that is most of the
-    /// store's memory per hour. Measured by heaptrack in the soak (session 8, a pod replaced every
-    /// 5 s): ~1.3 KiB held per new stream, of which the label set took ~0.7 KiB in 15 small blocks.
+    /// One allocation, not a `Labels` (a Vec, two Strings per label and an Arc): a stream stays
+    /// registered for as long as retention keeps its data, so with pods coming and going this is
+    /// memory that grows. heaptrack in the soak (session 8, a pod replaced every 5 s) put ~1.2 KiB
+    /// held per new stream, ~0.66 KiB of it the label set (README, soak).
     pub key: LabelKey,
     next_seq: u64,
     head: EntriesBuf,
