@@ -92,6 +92,8 @@ struct Node {
     root: PathBuf,
     pods: Vec<Pod>,
     next_pod: usize,
+    /// The file (pod index × containers + container) the next write starts at.
+    next_file: usize,
     seq: u64,
     /// Pods no longer written to, with when they stopped: their directories go a minute later,
     /// as kubelet removes a deleted pod's logs (lines written before are all still read).
@@ -104,6 +106,7 @@ impl Node {
             root: root.to_path_buf(),
             pods: Vec::new(),
             next_pod: 0,
+            next_file: 0,
             seq: 0,
             retired: Vec::new(),
         };
@@ -130,43 +133,48 @@ impl Node {
         Ok(Pod { dir })
     }
 
-    /// Writes `n` lines round-robin over every file; returns lines written.
+    /// Writes `n` lines round-robin over every file, from where the last call stopped; returns
+    /// lines written. (Until session 10 each call began at the first file: at 100 lines a tick
+    /// only the 100 files of the 50 oldest pods were ever written, and a new pod's files stayed
+    /// silent until it became one of them.)
     fn write(&mut self, n: u64) -> Res<u64> {
         let files = self.pods.len() * CONTAINERS.len();
         let per_file = n.div_ceil(files as u64);
         let mut written = 0;
         let ts = cri_time(now_ns());
         let mut buf = String::new();
-        for p in &self.pods {
-            for c in CONTAINERS {
-                if written >= n {
-                    return Ok(written);
-                }
-                let path = p.dir.join(c).join("0.log");
-                buf.clear();
-                for _ in 0..per_file.min(n - written) {
-                    self.seq += 1;
-                    let s = self.seq;
-                    let _ = writeln!(
-                        buf,
-                        "{ts} stdout F level=info msg=\"handled request\" method=GET path=/api/v1/items/{} status={} duration_ms={} trace_id={:016x}",
-                        s % 977,
-                        [200, 200, 200, 404, 500][(s % 5) as usize],
-                        s % 250,
-                        s.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    );
-                    written += 1;
-                }
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| format!("open {}: {e}", path.display()))?;
-                f.write_all(buf.as_bytes()).map_err(|e| format!("write: {e}"))?;
-                if f.metadata().map(|m| m.len()).unwrap_or(0) >= ROTATE_BYTES {
-                    rotate(&path, &mut f, &ts)?;
-                    written += 2;
-                    self.seq += 2;
-                }
+        let start = self.next_file;
+        for k in 0..files {
+            if written >= n {
+                break;
+            }
+            let at = (start + k) % files;
+            self.next_file = (at + 1) % files;
+            let (p, c) = (&self.pods[at / CONTAINERS.len()], CONTAINERS[at % CONTAINERS.len()]);
+            let path = p.dir.join(c).join("0.log");
+            buf.clear();
+            for _ in 0..per_file.min(n - written) {
+                self.seq += 1;
+                let s = self.seq;
+                let _ = writeln!(
+                    buf,
+                    "{ts} stdout F level=info msg=\"handled request\" method=GET path=/api/v1/items/{} status={} duration_ms={} trace_id={:016x}",
+                    s % 977,
+                    [200, 200, 200, 404, 500][(s % 5) as usize],
+                    s % 250,
+                    s.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                );
+                written += 1;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            f.write_all(buf.as_bytes()).map_err(|e| format!("write: {e}"))?;
+            if f.metadata().map(|m| m.len()).unwrap_or(0) >= ROTATE_BYTES {
+                rotate(&path, &mut f, &ts)?;
+                written += 2;
+                self.seq += 2;
             }
         }
         Ok(written)
