@@ -178,22 +178,74 @@ pub(crate) struct Stream {
     /// held per new stream, ~0.66 KiB of it the label set (README, soak).
     pub key: LabelKey,
     next_seq: u64,
-    head: EntriesBuf,
-    head_first_seq: u64,
-    open: OpenChunk,
+    /// The head block and open chunk; `None` while both are empty (an idle stream). A stream stays
+    /// registered until retention, and these took ~220 of the ~300 bytes of a `Stream` that a node
+    /// whose pods come and go keeps per stream.
+    hot: Option<Box<Hot>>,
     pub closed: Vec<ChunkMeta>,
     /// Its stream record is in the data log.
     in_data: bool,
     last_append: Instant,
+}
+
+/// What a stream holds while it receives entries.
+#[derive(Debug, Default)]
+struct Hot {
+    head: EntriesBuf,
+    head_first_seq: u64,
+    open: OpenChunk,
     /// Its last block was cut for size: the next head reserves a whole block at once.
     busy: bool,
     /// Its head was flushed or shrunk for quietness since its last append.
     quiet: bool,
 }
 
+/// What an idle stream's `hot()` reads.
+static COLD: Hot = Hot {
+    head: EntriesBuf {
+        ts: Vec::new(),
+        line_lens: Vec::new(),
+        meta: Vec::new(),
+        lines: Vec::new(),
+        min_t: 0,
+        max_t: 0,
+    },
+    head_first_seq: 0,
+    open: OpenChunk {
+        blocks: Vec::new(),
+        bloom: None,
+        entries: 0,
+        raw_bytes: 0,
+        min_t: 0,
+        max_t: 0,
+        opened: None,
+    },
+    busy: false,
+    quiet: true,
+};
+
 impl Stream {
+    fn hot(&self) -> &Hot {
+        self.hot.as_deref().unwrap_or(&COLD)
+    }
+
+    fn hot_mut(&mut self) -> &mut Hot {
+        self.hot.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the head and open chunk's memory when both are empty.
+    fn cool(&mut self) {
+        if self
+            .hot
+            .as_ref()
+            .is_some_and(|h| h.head.is_empty() && h.open.blocks.is_empty())
+        {
+            self.hot = None;
+        }
+    }
+
     fn has_data(&self) -> bool {
-        !self.head.is_empty() || !self.open.blocks.is_empty() || !self.closed.is_empty()
+        !self.hot().head.is_empty() || !self.hot().open.blocks.is_empty() || !self.closed.is_empty()
     }
 
     /// (min, max) entry time over everything held, if anything.
@@ -202,11 +254,12 @@ impl Stream {
         let mut add = |a: i64, b: i64| {
             r = Some(r.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
         };
-        if !self.head.is_empty() {
-            add(self.head.min_t, self.head.max_t);
+        let h = self.hot();
+        if !h.head.is_empty() {
+            add(h.head.min_t, h.head.max_t);
         }
-        if !self.open.blocks.is_empty() {
-            add(self.open.min_t, self.open.max_t);
+        if !h.open.blocks.is_empty() {
+            add(h.open.min_t, h.open.max_t);
         }
         for c in &self.closed {
             add(c.min_t, c.max_t);
@@ -348,14 +401,10 @@ impl Inner {
             tenant,
             key: LabelKey::new(&labels),
             next_seq: 0,
-            head: EntriesBuf::default(),
-            head_first_seq: 0,
-            open: OpenChunk::default(),
+            hot: None,
             closed: Vec::new(),
             in_data: false,
             last_append: Instant::now(),
-            busy: false,
-            quiet: false,
         }));
         stats.streams.fetch_add(1, Ordering::Relaxed);
         id
@@ -401,12 +450,12 @@ impl Inner {
             alt,
             ..
         } = self;
-        let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_mut()) else {
+        let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_deref_mut()) else {
             return Ok(());
         };
-        if s.head.is_empty() {
+        let Some(hot) = s.hot.as_deref_mut().filter(|h| !h.head.is_empty()) else {
             return Ok(());
-        }
+        };
         let mut new_positions = Vec::with_capacity(2);
         if !s.in_data {
             block::encode_stream(rec, id, &s.tenant, s.key.pairs());
@@ -414,20 +463,20 @@ impl Inner {
             s.in_data = true;
         }
         raw.clear();
-        s.head.encode_from(0, raw);
+        hot.head.encode_from(0, raw);
         let h = block::BlockHeader {
             codec: 0,
             stream: id,
-            first_seq: s.head_first_seq,
-            entries: s.head.len() as u32,
+            first_seq: hot.head_first_seq,
+            entries: hot.head.len() as u32,
             raw_len: raw.len() as u32,
-            min_t: s.head.min_t,
-            max_t: s.head.max_t,
+            min_t: hot.head.min_t,
+            max_t: hot.head.max_t,
         };
         match opts.codec {
             // zstd blocks are written in the column layout (see `block`'s module docs).
             Codec::Zstd(level) => {
-                block::encode_block_columns(rec, &h, level, &s.head, cols)?;
+                block::encode_block_columns(rec, &h, level, &hot.head, cols)?;
                 // A small block (an idle stream's flush) pays the layout's four frames (~60
                 // bytes): below 4 KiB, the plain zstd block is kept when it is smaller.
                 if raw.len() < 4096 {
@@ -446,15 +495,15 @@ impl Inner {
         stats
             .block_compressed_bytes
             .fetch_add(rec.len() as u64, Ordering::Relaxed);
-        s.open.add(BlockRef::new(pos, &h));
-        s.head.clear();
-        s.head_first_seq = s.next_seq;
+        hot.open.add(BlockRef::new(pos, &h));
+        hot.head.clear();
+        hot.head_first_seq = s.next_seq;
         // A huge line grew the buffers: give the memory back.
-        if s.head.lines.capacity() > opts.block_size * 2 {
-            s.head.lines = Vec::new();
-            s.head.meta = Vec::new();
+        if hot.head.lines.capacity() > opts.block_size * 2 {
+            hot.head.lines = Vec::new();
+            hot.head.meta = Vec::new();
         }
-        let close = s.open.raw_bytes >= opts.chunk_target_size;
+        let close = hot.open.raw_bytes >= opts.chunk_target_size;
         for (p, t) in new_positions {
             self.note_segment(p, t);
         }
@@ -470,10 +519,10 @@ impl Inner {
         let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_mut()) else {
             return Ok(());
         };
-        if s.open.blocks.is_empty() {
+        let Some(hot) = s.hot.as_deref_mut().filter(|h| !h.open.blocks.is_empty()) else {
             return Ok(());
-        }
-        let mut o = std::mem::take(&mut s.open);
+        };
+        let mut o = std::mem::take(&mut hot.open);
         if let Some(b) = o.bloom.as_mut() {
             b.shrink();
         }
@@ -513,40 +562,44 @@ impl Inner {
         opts: &LogsOptions,
         stats: &LogsStats,
     ) -> Result<(), LogsError> {
-        let Some(s) = self.stream(id) else { return Ok(()) };
         // Only line bytes count: a column block stores the timestamps and lengths in ~4 bytes per
         // entry and the metadata as a per-block dictionary, so counting their 12 + ~22 raw bytes
         // per entry (detected_level) cut blocks 20 % short of the lines they could hold.
-        if !s.head.is_empty() && s.head.lines.len() + line.len() > opts.block_size {
+        let full = self
+            .stream(id)
+            .is_some_and(|s| !s.hot().head.is_empty() && s.hot().head.lines.len() + line.len() > opts.block_size);
+        if full {
             self.flush_head(id, opts, stats)?;
-            if let Some(s) = self.stream(id) {
-                if !s.busy {
+            if let Some(h) = self.stream(id).and_then(|s| s.hot.as_deref_mut()) {
+                if !h.busy {
                     // Grown by doubling (to 64 KiB for a 40 KiB block): the next head reserves a
                     // block exactly instead.
-                    s.head.lines = Vec::new();
+                    h.head.lines = Vec::new();
                 }
-                s.busy = true;
+                h.busy = true;
             }
         }
         let Some(s) = self.stream(id) else { return Ok(()) };
-        if s.head.is_empty() {
-            s.head_first_seq = s.next_seq;
-            if s.busy && s.head.lines.capacity() == 0 {
+        let next_seq = s.next_seq;
+        s.next_seq += 1;
+        s.last_append = Instant::now();
+        let h = s.hot_mut();
+        if h.head.is_empty() {
+            h.head_first_seq = next_seq;
+            if h.busy && h.head.lines.capacity() == 0 {
                 // A busy stream gets the whole block at once: doubling from 4 KiB ends at 2× a
                 // 48 KiB block. A slow one grows as it fills, so that a line a minute does not hold
                 // a block's capacity.
-                s.head.lines.reserve_exact(opts.block_size.max(line.len()));
+                h.head.lines.reserve_exact(opts.block_size.max(line.len()));
             }
         }
-        s.head.push(ts, line, meta);
-        s.next_seq += 1;
-        s.last_append = Instant::now();
-        s.quiet = false;
-        if s.open.blocks.is_empty() && s.open.opened.is_none() {
-            s.open.opened = Some(Instant::now());
-            s.open.bloom = Some(Bloom::default());
+        h.head.push(ts, line, meta);
+        h.quiet = false;
+        if h.open.blocks.is_empty() && h.open.opened.is_none() {
+            h.open.opened = Some(Instant::now());
+            h.open.bloom = Some(Bloom::default());
         }
-        if let Some(b) = s.open.bloom.as_mut() {
+        if let Some(b) = h.open.bloom.as_mut() {
             b.add_line(line);
         }
         Ok(())
@@ -639,8 +692,9 @@ impl LogStore {
         for (id, r) in replayed {
             let Some(s) = inner.stream(id) else { continue };
             s.next_seq = s.next_seq.max(r.next_seq);
-            s.head_first_seq = s.next_seq;
-            s.open = r.open;
+            if !r.open.blocks.is_empty() {
+                s.hot_mut().open = r.open;
+            }
             s.closed = r.closed;
         }
         // Pass 2: the WAL, into head blocks (which may fill and go to the data log).
@@ -935,13 +989,17 @@ impl LogStore {
             return Err(LogsError::Closed);
         };
         let upto = wal.cut_segment()?;
-        let recs = streams.iter().flatten().filter(|s| !s.head.is_empty()).flat_map(|s| {
-            let mut a = Vec::new();
-            block::encode_stream(&mut a, s.id, &s.tenant, s.key.pairs());
-            let mut b = Vec::new();
-            block::encode_entries(&mut b, s.id, s.head_first_seq, &s.head, 0);
-            [a, b]
-        });
+        let recs = streams
+            .iter()
+            .flatten()
+            .filter(|s| !s.hot().head.is_empty())
+            .flat_map(|s| {
+                let mut a = Vec::new();
+                block::encode_stream(&mut a, s.id, &s.tenant, s.key.pairs());
+                let mut b = Vec::new();
+                block::encode_entries(&mut b, s.id, s.hot().head_first_seq, &s.hot().head, 0);
+                [a, b]
+            });
         match wal.checkpoint(upto, recs) {
             Ok(()) => {}
             Err(crate::storage::wal::WalError::InvalidCheckpoint { reason, .. }) => {
@@ -1032,8 +1090,9 @@ impl LogStore {
             .flatten()
             .filter_map(|s| {
                 let idle = s.last_append.elapsed() >= self.opts.chunk_idle_period;
-                let old = s.open.opened.is_some_and(|o| o.elapsed() >= self.opts.max_chunk_age);
-                ((idle || old) && (!s.head.is_empty() || !s.open.blocks.is_empty())).then_some((s.id, idle))
+                let h = s.hot();
+                let old = h.open.opened.is_some_and(|o| o.elapsed() >= self.opts.max_chunk_age);
+                ((idle || old) && (!h.head.is_empty() || !h.open.blocks.is_empty())).then_some((s.id, idle))
             })
             .collect();
         let quiet_flushed = self.release_quiet_heads(&mut inner, &due)?;
@@ -1045,7 +1104,7 @@ impl LogStore {
             // such streams behind at its churn rate (the soak bench measured RSS rising ~25 MiB/h
             // with one pod replaced a minute before this).
             if idle && let Some(s) = inner.streams.get_mut(id as usize).and_then(|s| s.as_mut()) {
-                s.head = EntriesBuf::default();
+                s.cool();
                 // It stays registered until retention: its closed list loses its growth slack
                 // (a one-chunk stream held 4 slots, 288 B for 72), see `forget_idle_aliases`.
                 s.closed.shrink_to_fit();
@@ -1075,9 +1134,9 @@ impl LogStore {
             .streams
             .iter()
             .flatten()
-            .filter(|s| !s.quiet && s.last_append.elapsed() >= self.opts.head_idle_period)
+            .filter(|s| !s.hot().quiet && s.last_append.elapsed() >= self.opts.head_idle_period)
             .filter(|s| !due.iter().any(|d| d.0 == s.id))
-            .map(|s| (s.id, s.head.lines.len() >= self.opts.block_size / 8))
+            .map(|s| (s.id, s.hot().head.lines.len() >= self.opts.block_size / 8))
             .collect();
         let mut flushed = 0;
         for (id, worth_a_block) in quiet {
@@ -1085,14 +1144,17 @@ impl LogStore {
                 inner.flush_head(id, &self.opts, &self.stats)?;
                 flushed += 1;
             }
-            if let Some(s) = inner.streams.get_mut(id as usize).and_then(|s| s.as_mut()) {
-                if s.head.is_empty() {
-                    s.head = EntriesBuf::default();
+            if let Some(s) = inner.streams.get_mut(id as usize).and_then(|s| s.as_mut())
+                && let Some(h) = s.hot.as_deref_mut()
+            {
+                if h.head.is_empty() {
+                    h.head = EntriesBuf::default();
                 } else {
-                    s.head.shrink_to_fit();
+                    h.head.shrink_to_fit();
                 }
-                s.busy = false;
-                s.quiet = true;
+                h.busy = false;
+                h.quiet = true;
+                s.cool();
             }
         }
         Ok(flushed)
@@ -1122,9 +1184,12 @@ impl LogStore {
         // Drop the blocks in those segments from the index, and streams left with nothing.
         let mut gone = Vec::new();
         for s in inner.streams.iter_mut().flatten() {
-            s.open.blocks.retain(|b| b.pos.segment > upto);
-            if s.open.blocks.is_empty() {
-                s.open = OpenChunk::default();
+            if let Some(h) = s.hot.as_deref_mut() {
+                h.open.blocks.retain(|b| b.pos.segment > upto);
+                if h.open.blocks.is_empty() {
+                    h.open = OpenChunk::default();
+                }
+                s.cool();
             }
             s.closed.retain_mut(|c| {
                 if c.legacy_blocks.is_empty() {
@@ -1260,16 +1325,17 @@ impl LogStore {
                         legacy: (!c.legacy_blocks.is_empty()).then(|| c.legacy_blocks.clone()),
                     });
                 }
+                let h = s.hot();
                 let open_ok = needles.is_empty()
-                    || s.open
+                    || h.open
                         .bloom
                         .as_ref()
                         .is_none_or(|bl| needles.iter().all(|n| bl.may_contain(n.as_bytes())));
                 if open_ok {
-                    let open = s.open.blocks.iter().filter(|b| overlaps(b.min_t, b.max_t));
+                    let open = h.open.blocks.iter().filter(|b| overlaps(b.min_t, b.max_t));
                     items.extend(open.map(|b| Item::Block(BlockSource { stream: si, block: *b })));
-                    if !s.head.is_empty() && overlaps(s.head.min_t, s.head.max_t) {
-                        sel.heads.push((si, s.head_first_seq, s.head.clone()));
+                    if !h.head.is_empty() && overlaps(h.head.min_t, h.head.max_t) {
+                        sel.heads.push((si, h.head_first_seq, h.head.clone()));
                     }
                 } else {
                     sel.chunks_skipped += 1;
@@ -1333,18 +1399,19 @@ impl LogStore {
                     st.bytes += c.raw_bytes;
                 }
             }
-            let open_in = !s.open.blocks.is_empty() && s.open.min_t <= end && s.open.max_t >= start;
-            let head_in = !s.head.is_empty() && s.head.min_t <= end && s.head.max_t >= start;
+            let h = s.hot();
+            let open_in = !h.open.blocks.is_empty() && h.open.min_t <= end && h.open.max_t >= start;
+            let head_in = !h.head.is_empty() && h.head.min_t <= end && h.head.max_t >= start;
             if open_in || head_in {
                 st.chunks += 1;
             }
             if open_in {
-                st.entries += s.open.entries;
-                st.bytes += s.open.raw_bytes;
+                st.entries += h.open.entries;
+                st.bytes += h.open.raw_bytes;
             }
             if head_in {
-                st.entries += s.head.len() as u64;
-                st.bytes += s.head.lines.len() as u64;
+                st.entries += h.head.len() as u64;
+                st.bytes += h.head.lines.len() as u64;
             }
         }
         st
@@ -1371,7 +1438,7 @@ fn active_streams(inner: &Inner, tenant: &str) -> usize {
         .streams
         .iter()
         .flatten()
-        .filter(|s| &*s.tenant == tenant && (!s.head.is_empty() || !s.open.blocks.is_empty()))
+        .filter(|s| &*s.tenant == tenant && (!s.hot().head.is_empty() || !s.hot().open.blocks.is_empty()))
         .count()
 }
 
@@ -1512,19 +1579,24 @@ mod tests {
             store.resolve("t", &spelled, &mut out);
             out
         };
+        // (closed chunks, the list's capacity, holds a head or open chunk)
         let closed = |id: u32| {
             let inner = store.inner.lock();
-            inner.streams[id as usize]
-                .as_ref()
-                .map(|s| (s.closed.len(), s.closed.capacity()))
+            let s = inner.streams[id as usize].as_ref();
+            s.map(|s| (s.closed.len(), s.closed.capacity(), s.hot.is_some()))
         };
         (0..3).for_each(push);
         let ids = resolved();
         assert_eq!(ids, [Some(0), Some(1), Some(2)]);
         store.maintain(2_000).unwrap();
         assert_eq!(resolved(), [None, None, None], "idle streams forget their spelling");
-        assert_eq!(closed(0), Some((1, 1)), "one closed chunk, no slack");
+        assert_eq!(
+            closed(0),
+            Some((1, 1, false)),
+            "one closed chunk, no slack, nothing hot"
+        );
         push(1);
+        assert_eq!(closed(1), Some((1, 1, true)), "b is hot again");
         assert_eq!(
             resolved(),
             [None, Some(1), None],
@@ -1577,9 +1649,9 @@ mod tests {
         store.maintain(2_000).unwrap();
         let inner = store.inner.lock();
         let s = inner.streams.iter().flatten().next().unwrap();
-        let h = &s.head;
+        let h = &s.hot().head;
         let cap = h.lines.capacity() + h.ts.capacity() * 8 + h.line_lens.capacity() * 4 + h.meta.capacity();
-        let got = (h.len(), s.open.blocks.len(), s.closed.len());
+        let got = (h.len(), s.hot().open.blocks.len(), s.closed.len());
         assert_eq!(
             got,
             (entries, open_blocks, closed),
