@@ -200,6 +200,13 @@ struct Hot {
     quiet: bool,
 }
 
+impl Hot {
+    /// Entries not yet in a closed chunk: in the head block or the open chunk.
+    fn holds_entries(&self) -> bool {
+        !self.head.is_empty() || !self.open.blocks.is_empty()
+    }
+}
+
 /// What an idle stream's `hot()` reads.
 static COLD: Hot = Hot {
     head: EntriesBuf {
@@ -235,17 +242,13 @@ impl Stream {
 
     /// Drops the head and open chunk's memory when both are empty.
     fn cool(&mut self) {
-        if self
-            .hot
-            .as_ref()
-            .is_some_and(|h| h.head.is_empty() && h.open.blocks.is_empty())
-        {
+        if self.hot.as_ref().is_some_and(|h| !h.holds_entries()) {
             self.hot = None;
         }
     }
 
     fn has_data(&self) -> bool {
-        !self.hot().head.is_empty() || !self.hot().open.blocks.is_empty() || !self.closed.is_empty()
+        self.hot().holds_entries() || !self.closed.is_empty()
     }
 
     /// (min, max) entry time over everything held, if anything.
@@ -1092,7 +1095,7 @@ impl LogStore {
                 let idle = s.last_append.elapsed() >= self.opts.chunk_idle_period;
                 let h = s.hot();
                 let old = h.open.opened.is_some_and(|o| o.elapsed() >= self.opts.max_chunk_age);
-                ((idle || old) && (!h.head.is_empty() || !h.open.blocks.is_empty())).then_some((s.id, idle))
+                ((idle || old) && h.holds_entries()).then_some((s.id, idle))
             })
             .collect();
         let quiet_flushed = self.release_quiet_heads(&mut inner, &due)?;
@@ -1438,7 +1441,7 @@ fn active_streams(inner: &Inner, tenant: &str) -> usize {
         .streams
         .iter()
         .flatten()
-        .filter(|s| &*s.tenant == tenant && (!s.hot().head.is_empty() || !s.hot().open.blocks.is_empty()))
+        .filter(|s| &*s.tenant == tenant && s.hot().holds_entries())
         .count()
 }
 
@@ -1512,32 +1515,45 @@ mod tests {
     /// The stream limit counts active streams, as Loki's does: streams whose chunks were closed
     /// for idleness no longer count, so a tenant whose pods come and go is not refused for good
     /// once it has seen `limit` streams within retention.
-    #[test]
-    fn stream_limit_counts_active_streams() {
+    /// A store whose chunks close at the first `maintain` (chunk idle period 0), with a stream
+    /// limit.
+    fn idle_store(max_streams: usize) -> (tempfile::TempDir, Arc<LogStore>) {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = LogsOptions::new(dir.path());
-        opts.max_streams_per_tenant = 2;
+        opts.max_streams_per_tenant = max_streams;
         opts.chunk_idle_period = Duration::ZERO;
         let store = LogStore::open(opts).unwrap();
+        (dir, store)
+    }
+
+    fn job_alias(job: &str) -> String {
+        format!("{{job=\"{job}\"}}")
+    }
+
+    /// Pushes one 10-byte entry at t=1000 to `{job="<job>"}`, spelled as [`job_alias`] spells it.
+    fn push_job(store: &LogStore, job: &str) -> AppendResult {
         let line = [b'x'; 10];
         let e = [PushEntry {
             ts: 1_000,
             line: &line,
             meta: &[],
         }];
+        let alias = job_alias(job);
+        let streams = [PushStream {
+            key: StreamKey::New {
+                alias: alias.as_bytes(),
+                labels: Labels::from_pairs([("job", job)]).unwrap(),
+            },
+            entries: &e,
+        }];
+        store.append("t", &streams).unwrap()
+    }
+
+    #[test]
+    fn stream_limit_counts_active_streams() {
+        let (_dir, store) = idle_store(2);
         // Refused streams of one push of a new stream named `job`.
-        let push = |job: &str| {
-            let alias = format!("{{job=\"{job}\"}}");
-            let labels = Labels::from_pairs([("job", job)]).unwrap();
-            let streams = [PushStream {
-                key: StreamKey::New {
-                    alias: alias.as_bytes(),
-                    labels,
-                },
-                entries: &e,
-            }];
-            store.append("t", &streams).unwrap().refused_streams.len()
-        };
+        let push = |job: &str| push_job(&store, job).refused_streams.len();
         assert_eq!([push("a"), push("b"), push("c")], [0, 0, 1], "a and b active");
         store.maintain(2_000).unwrap();
         assert_eq!(
@@ -1551,27 +1567,11 @@ mod tests {
     /// and is still found, by its labels, when it comes back.
     #[test]
     fn idle_streams_keep_only_what_queries_need() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = LogsOptions::new(dir.path());
-        opts.chunk_idle_period = Duration::ZERO;
-        let store = LogStore::open(opts).unwrap();
-        let line = [b'x'; 10];
-        let e = [PushEntry {
-            ts: 1_000,
-            line: &line,
-            meta: &[],
-        }];
+        let (_dir, store) = idle_store(5000);
         let jobs = ["a", "b", "c"];
-        let aliases: Vec<String> = jobs.iter().map(|j| format!("{{job=\"{j}\"}}")).collect();
+        let aliases: Vec<String> = jobs.iter().map(|j| job_alias(j)).collect();
         let push = |i: usize| {
-            let streams = [PushStream {
-                key: StreamKey::New {
-                    alias: aliases[i].as_bytes(),
-                    labels: Labels::from_pairs([("job", jobs[i])]).unwrap(),
-                },
-                entries: &e,
-            }];
-            store.append("t", &streams).unwrap();
+            push_job(&store, jobs[i]);
         };
         let resolved = || {
             let spelled: Vec<&[u8]> = aliases.iter().map(|a| a.as_bytes()).collect();
