@@ -2,6 +2,8 @@
 //! empty lines), flushes and clean restarts, checked after every step against a `BTreeMap` model
 //! through the `LogReader` contract: forward and backward order, limits, time ranges, line filters
 //! (which use the chunk filters), label endpoints and index stats. Plus retention by time and by size.
+//! Each also with idle streams spilled to index files at every maintenance pass (and coming back
+//! as new streams of the same label set).
 
 use monitoring_rs::model::{Labels, MatchOp, Matcher};
 use monitoring_rs::storage::logs::{
@@ -34,7 +36,16 @@ type ModelEntry = (i64, String, Vec<(String, String)>);
 type Model = BTreeMap<(String, String), Vec<(i64, u64, String, Vec<(String, String)>)>>;
 
 fn opts(dir: &Path, codec: Codec) -> LogsOptions {
+    opts_spill(dir, codec, false)
+}
+
+/// With `spill`, every `maintain` closes every chunk and moves every stream out of memory.
+fn opts_spill(dir: &Path, codec: Codec, spill: bool) -> LogsOptions {
     let mut o = LogsOptions::new(dir);
+    if spill {
+        o.chunk_idle_period = Duration::ZERO;
+        o.spill_streams = 1;
+    }
     o.block_size = 512;
     o.chunk_target_size = 2048;
     o.wal_checkpoint_size = 64 << 10;
@@ -102,8 +113,9 @@ fn check_select(store: &LogStore, model: &Model, req: SelectRequest, stream_ok: 
     }
 }
 
-fn run(seed: u64, codec: Codec) {
+fn run(seed: u64, codec: Codec, spill: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let opts = |dir: &Path, codec| opts_spill(dir, codec, spill);
     let mut store = LogStore::open(opts(dir.path(), codec)).unwrap();
     let mut model: Model = BTreeMap::new();
     let mut next_seq: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -113,6 +125,8 @@ fn run(seed: u64, codec: Codec) {
     for step in 0..200 {
         match rng.below(20) {
             0 => store.flush().unwrap(),
+            // Retention's clock at the data's time: nothing expires.
+            2 if spill => store.maintain(base + 20_000_000_000).unwrap(),
             1 => {
                 store.close().unwrap();
                 drop(store);
@@ -253,26 +267,63 @@ fn run(seed: u64, codec: Codec) {
             .sum();
         assert_eq!(st.entries as usize, n, "step {step}");
     }
+    if spill {
+        // (The spill counter restarts with the store: the files tell.)
+        let files = index_files(dir.path()).len();
+        assert!(files > 3, "the run wrote {files} index files");
+    }
     store.close().unwrap();
 }
 
 #[test]
 fn store_matches_model_zstd() {
     for seed in [1, 2, 3] {
-        run(seed * 0x9E37_79B9_7F4A_7C15, Codec::Zstd(3));
+        run(seed * 0x9E37_79B9_7F4A_7C15, Codec::Zstd(3), false);
     }
 }
 
 #[test]
 fn store_matches_model_snappy_and_none() {
-    run(77, Codec::Snappy);
-    run(78, Codec::None);
+    run(77, Codec::Snappy, false);
+    run(78, Codec::None, false);
+}
+
+/// The same model with idle streams moved to index files at every `maintain` step (one in 20):
+/// answers are the same whether a stream is in memory, in a file, or both (it came back).
+#[test]
+fn store_matches_model_with_spilled_streams() {
+    for seed in [4, 5, 6] {
+        run(seed * 0x9E37_79B9_7F4A_7C15, Codec::Zstd(3), true);
+    }
 }
 
 #[test]
 fn retention_by_time_drops_old_segments() {
+    retention_by_time(false);
+}
+
+/// As above with each stream spilled to its own index file before the next is pushed: the old
+/// stream's file goes with its data.
+#[test]
+fn retention_by_time_drops_spilled_streams_and_their_files() {
+    retention_by_time(true);
+}
+
+/// Index files of `dir`'s log store.
+fn index_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("index"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn retention_by_time(spill: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(dir.path(), Codec::Zstd(3));
+    let mut o = opts_spill(dir.path(), Codec::Zstd(3), spill);
     o.retention = Duration::from_secs(3600);
     let store: Arc<LogStore> = LogStore::open(o.clone()).unwrap();
     let now = std::time::SystemTime::now()
@@ -303,6 +354,9 @@ fn retention_by_time_drops_old_segments() {
         )
         .unwrap();
     store.flush().unwrap();
+    // Retention's clock at the old data's time: nothing expires, the idle stream is spilled.
+    store.maintain(now - 3 * 3_600_000_000_000).unwrap();
+    assert_eq!(index_files(dir.path()).len(), usize::from(spill));
     // A reopened store appends to a new data segment, so the old entries own their segments
     // whatever their encoded size (the 4 KiB filters of closed chunks used to pad them apart).
     store.close().unwrap();
@@ -325,6 +379,16 @@ fn retention_by_time_drops_old_segments() {
     store.maintain(now).unwrap();
     let apps = store.label_values("fake", "app", &[], i64::MIN, i64::MAX).unwrap();
     assert_eq!(apps, vec!["new".to_string()]);
+    // With spilling: the old stream's file is gone, the new stream's (spilled by this pass) left.
+    let files = index_files(dir.path());
+    assert_eq!(
+        files,
+        if spill {
+            vec!["00000001.idx".to_string()]
+        } else {
+            vec![]
+        }
+    );
     assert!(
         store
             .stats()
@@ -335,9 +399,11 @@ fn retention_by_time_drops_old_segments() {
     store.close().unwrap();
     drop(store);
     // And after a restart the old stream stays gone, the new one complete.
-    let store = LogStore::open(opts(dir.path(), Codec::Zstd(3))).unwrap();
+    let store = LogStore::open(opts_spill(dir.path(), Codec::Zstd(3), spill)).unwrap();
     let st = store.index_stats("fake", &[], i64::MIN, i64::MAX).unwrap();
     assert_eq!((st.streams, st.entries), (1, 400));
+    let m = [Matcher::new(MatchOp::Equal, "app", "new").unwrap()];
+    assert_eq!(store.series("fake", &m, i64::MIN, i64::MAX).unwrap().len(), 1);
     store.close().unwrap();
 }
 

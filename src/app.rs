@@ -89,6 +89,8 @@ pub fn logs_options(cfg: &Config) -> LogsOptions {
         },
         wal_checkpoint_size: l.wal_checkpoint_size.0,
         max_streams_per_tenant: cfg.limits.logs.max_streams_per_tenant,
+        // Spilling idle streams to index files is not configurable: the defaults.
+        ..LogsOptions::new(cfg.data_dir.join("logs"))
     }
 }
 
@@ -634,7 +636,7 @@ fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiSta
     let (wal, data) = (Arc::clone(logs.wal_stats()), Arc::clone(logs.data_stats()));
     let (loki, push) = (Arc::clone(loki), Arc::clone(push));
     reg.register(move |w| {
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "monitoring_rs_logs_entries_appended_total",
                 "Log entries stored.",
@@ -676,6 +678,11 @@ fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiSta
                 &st.quiet_heads_flushed,
             ),
             (
+                "monitoring_rs_logs_streams_spilled_total",
+                "Idle log streams moved from memory into index files.",
+                &st.streams_spilled,
+            ),
+            (
                 "monitoring_rs_logs_wal_checkpoints_total",
                 "Log WAL checkpoints.",
                 &st.wal_checkpoints,
@@ -692,7 +699,7 @@ fn register_log_metrics(reg: &Registry, logs: &Arc<LogStore>, loki: &Arc<LokiSta
         w.single(
             "monitoring_rs_logs_streams",
             "gauge",
-            "Log streams held.",
+            "Log streams held in memory (idle ones are moved to index files).",
             g(&st.streams),
         );
         w.single(

@@ -569,76 +569,190 @@ fn check_store_source(src: &StoreSource<'_>, q: &str, start: i64, end: i64) {
     }
 }
 
+/// Pushes round `round` of the store tests: 8 entries to each of `apps`, at whole seconds from
+/// `base` (so streams share timestamps, the merge order's tie-break), random levels and numbers.
+fn push_round(store: &crate::storage::logs::LogStore, apps: &[&str], round: i64, base: i64, g: &mut Gen) {
+    use crate::storage::logs::{PushEntry, PushStream, StreamKey};
+    for app in apps {
+        let lines: Vec<String> = (0..8)
+            .map(|i| {
+                format!(
+                    "level={} n={} round={round} i={i}",
+                    ["info", "error"][g.below(2) as usize],
+                    g.below(100)
+                )
+            })
+            .collect();
+        let metas: Vec<[(&str, &str); 1]> = (0..8)
+            .map(|i| [("detected_level", if i % 3 == 0 { "error" } else { "info" })])
+            .collect();
+        let entries: Vec<PushEntry<'_>> = (0..8)
+            .map(|i| PushEntry {
+                ts: base + (round * 8 + i as i64 / 2) * S,
+                line: lines[i].as_bytes(),
+                meta: &metas[i],
+            })
+            .collect();
+        let labels = crate::model::Labels::from_pairs([("app", *app), ("service_name", *app)]).unwrap();
+        let alias = format!("{{app=\"{app}\"}}");
+        store
+            .append(
+                "fake",
+                &[PushStream {
+                    key: StreamKey::New {
+                        alias: alias.as_bytes(),
+                        labels,
+                    },
+                    entries: &entries,
+                }],
+            )
+            .unwrap();
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// Queries of the store tests, log and metric.
+const STORE_QUERIES: [&str; 11] = [
+    r#"{app=~".+"}"#,
+    r#"{app=~"a|c"} |= "n=1""#,
+    r#"{app=~".+"} | logfmt | n > 90"#,
+    r#"{app=~".+"} | logfmt | level="nothing""#,
+    r#"sum by (app) (count_over_time({app=~".+"}[30s]))"#,
+    r#"bytes_over_time({app=~".+"}[45s])"#,
+    r#"count_over_time({app=~".+"} |= "error" [1m])"#,
+    r#"sum by (level) (count_over_time({app=~".+"} | logfmt [1m]))"#,
+    r#"sum by (app) (rate({app=~".+"} | logfmt | n > 50 [2m]))"#,
+    r#"sum by (app) (sum_over_time({app=~".+"} | logfmt | unwrap n [1m]))"#,
+    r#"quantile_over_time(0.5, {app=~".+"} | logfmt | unwrap n [1m]) by (level)"#,
+];
+
 #[test]
 fn store_source_matches_the_merged_iterator() {
-    use crate::storage::logs::{LogStore, LogsOptions, PushEntry, PushStream, StreamKey};
+    use crate::storage::logs::{LogStore, LogsOptions};
     let dir = tempfile::tempdir().unwrap();
     let mut opts = LogsOptions::new(dir.path());
     opts.block_size = 600;
     let store = LogStore::open(opts).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
-    let base = now / S * S - 3600 * S;
+    let base = now_ns() / S * S - 3600 * S;
     let mut g = Gen(7);
     for round in 0..40 {
-        for app in ["a", "b", "c", "d"] {
-            let lines: Vec<String> = (0..8)
-                .map(|i| {
-                    format!(
-                        "level={} n={} round={round} i={i}",
-                        ["info", "error"][g.below(2) as usize],
-                        g.below(100)
-                    )
-                })
-                .collect();
-            let metas: Vec<[(&str, &str); 1]> = (0..8)
-                .map(|i| [("detected_level", if i % 3 == 0 { "error" } else { "info" })])
-                .collect();
-            let entries: Vec<PushEntry<'_>> = (0..8)
-                .map(|i| PushEntry {
-                    // Whole seconds, so streams share timestamps (the merge order's tie-break).
-                    ts: base + (round * 8 + i as i64 / 2) * S,
-                    line: lines[i].as_bytes(),
-                    meta: &metas[i],
-                })
-                .collect();
-            let labels = crate::model::Labels::from_pairs([("app", app), ("service_name", app)]).unwrap();
-            let alias = format!("{{app=\"{app}\"}}");
-            store
-                .append(
-                    "fake",
-                    &[PushStream {
-                        key: StreamKey::New {
-                            alias: alias.as_bytes(),
-                            labels,
-                        },
-                        entries: &entries,
-                    }],
-                )
-                .unwrap();
-        }
+        push_round(&store, &["a", "b", "c", "d"], round, base, &mut g);
     }
     let src = StoreSource {
         reader: store.as_ref(),
         tenant: "fake",
     };
     let (start, end) = (base, base + 400 * S);
-    for q in [
-        r#"{app=~".+"}"#,
-        r#"{app=~"a|c"} |= "n=1""#,
-        r#"{app=~".+"} | logfmt | n > 90"#,
-        r#"{app=~".+"} | logfmt | level="nothing""#,
-        r#"sum by (app) (count_over_time({app=~".+"}[30s]))"#,
-        r#"bytes_over_time({app=~".+"}[45s])"#,
-        r#"count_over_time({app=~".+"} |= "error" [1m])"#,
-        r#"sum by (level) (count_over_time({app=~".+"} | logfmt [1m]))"#,
-        r#"sum by (app) (rate({app=~".+"} | logfmt | n > 50 [2m]))"#,
-        r#"sum by (app) (sum_over_time({app=~".+"} | logfmt | unwrap n [1m]))"#,
-        r#"quantile_over_time(0.5, {app=~".+"} | logfmt | unwrap n [1m]) by (level)"#,
-    ] {
+    for q in STORE_QUERIES {
         check_store_source(&src, q, start, end);
     }
     store.close().unwrap();
+}
+
+/// A store that moves idle streams to index files (every 10 rounds here) answers every query as
+/// one that keeps them: a stream that comes back after it was spilled is a second stream of the
+/// same label set, and log and metric results merge the two (one output stream or series).
+#[test]
+fn spilled_streams_answer_like_held_ones() {
+    use crate::storage::logs::{LogStore, LogsOptions};
+    let open = |dir: &std::path::Path, spill: bool| {
+        let mut opts = LogsOptions::new(dir);
+        opts.block_size = 600;
+        opts.chunk_idle_period = std::time::Duration::ZERO;
+        opts.spill_streams = if spill { 1 } else { usize::MAX };
+        opts.spill_interval = std::time::Duration::from_secs(if spill { 0 } else { 1 << 40 });
+        LogStore::open(opts).unwrap()
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (held, spilled) = (open(d1.path(), false), open(d2.path(), true));
+    let base = now_ns() / S * S - 3600 * S;
+    for store in [&held, &spilled] {
+        let mut g = Gen(11);
+        for round in 0..40 {
+            // d stops at round 15: it stays in its file.
+            let apps: &[&str] = if round < 15 {
+                &["a", "b", "c", "d"]
+            } else {
+                &["a", "b", "c"]
+            };
+            push_round(store, apps, round, base, &mut g);
+            if round % 10 == 9 {
+                store.maintain(now_ns()).unwrap();
+            }
+        }
+    }
+    let n = |s: &LogStore| s.stats().streams_spilled.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((n(&held), n(&spilled)), (0, 14), "a, b, c spilled 4 times, d twice");
+    let (a, b) = (
+        StoreSource {
+            reader: held.as_ref(),
+            tenant: "fake",
+        },
+        StoreSource {
+            reader: spilled.as_ref(),
+            tenant: "fake",
+        },
+    );
+    let (start, end) = (base, base + 400 * S);
+    let mut log_streams = 0;
+    for q in STORE_QUERIES {
+        match parser::parse(q).unwrap() {
+            ast::Expr::Log(e) => {
+                for (forward, limit) in [(true, 7), (false, 100), (true, 5000)] {
+                    let p = LogParams {
+                        start,
+                        end,
+                        limit,
+                        forward,
+                        categorize: false,
+                        interval: 0,
+                    };
+                    let out = |s: &StoreSource<'_>| {
+                        eval_log(s, &e, p)
+                            .unwrap()
+                            .into_iter()
+                            .map(|s| {
+                                (
+                                    s.labels,
+                                    s.entries.into_iter().map(|e| (e.ts, e.line)).collect::<Vec<_>>(),
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    };
+                    let want = out(&a);
+                    log_streams += want.len();
+                    assert_eq!(out(&b), want, "{q} forward={forward} limit={limit}");
+                }
+            }
+            ast::Expr::Metric(e) => {
+                let steps: Vec<i64> = (0..60).map(|i| start + i * 10 * S).collect();
+                let run = |s: &StoreSource<'_>| {
+                    let ctx = eval::Ctx {
+                        src: s,
+                        steps: steps.clone(),
+                    };
+                    match eval::eval_metric(&ctx, &e).unwrap() {
+                        eval::StepVal::Vector(v) => v
+                            .into_iter()
+                            .map(|mut x| {
+                                x.sort_by(|a, b| a.0.cmp(&b.0));
+                                x
+                            })
+                            .collect::<Vec<_>>(),
+                        eval::StepVal::Scalar(_) => panic!("scalar"),
+                    }
+                };
+                assert_eq!(run(&b), run(&a), "{q}");
+            }
+        }
+    }
+    assert!(log_streams > 12, "the log queries returned {log_streams} streams");
+    held.close().unwrap();
+    spilled.close().unwrap();
 }

@@ -4,7 +4,7 @@
 //! `chunk_target_size` raw bytes or by age. An inverted index maps label pairs to streams.
 //!
 //! Owns: `<data>/logs/` (`wal/`: entries not yet in a block; `data/`: stream, block and chunk
-//! records). Never touches: HTTP, LogQL, validation policy (that is `ingest`), configuration files.
+//! records; `index/`: streams gone idle, moved out of memory, see [`index`]). Never touches: HTTP, LogQL, validation policy (that is `ingest`), configuration files.
 //! Writers use [`LogStore::append`]; readers use [`LogReader`].
 //!
 //! Both directories are logs of the shared `storage::wal` format (segments of CRC-framed records,
@@ -13,6 +13,7 @@
 //! streams. Record layouts are drawn in [`block`].
 
 pub mod block;
+mod index;
 mod read;
 mod store;
 

@@ -508,7 +508,7 @@ impl LogReader for LogStore {
     fn series(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Labels>, LogsError> {
         let mut v: Vec<Labels> = self.with_matching(tenant, matchers, start, end, |s| {
             s.iter().map(|s| s.key.to_labels()).collect()
-        });
+        })?;
         v.sort();
         v.dedup();
         Ok(v)
@@ -516,7 +516,7 @@ impl LogReader for LogStore {
 
     fn label_names(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<String>, LogsError> {
         if matchers.is_empty() && start == i64::MIN && end == i64::MAX {
-            return Ok(self.tenant_label_names(tenant));
+            return self.tenant_label_names(tenant);
         }
         let names: BTreeSet<String> = self.with_matching(tenant, matchers, start, end, |s| {
             let mut n = BTreeSet::new();
@@ -528,7 +528,7 @@ impl LogReader for LogStore {
                 }
             }
             n
-        });
+        })?;
         Ok(names.into_iter().collect())
     }
 
@@ -550,12 +550,12 @@ impl LogReader for LogStore {
                 }
             }
             n
-        });
+        })?;
         Ok(vals.into_iter().collect())
     }
 
     fn index_stats(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Result<IndexStats, LogsError> {
-        Ok(self.stats_over(tenant, matchers, start, end))
+        self.stats_over(tenant, matchers, start, end)
     }
 
     /// Decompression is most of a scan's cost, so with enough blocks a second thread reads and

@@ -9,12 +9,13 @@
 
 use super::LogsError;
 use super::block::{self, BlockRef, Bloom, Codec, ColumnScratch, EntriesBuf};
+use super::index::{self, IndexFile};
 use super::read::{BlockSource, Selection};
 use crate::model::{Labels, MatchOp, Matcher};
 use crate::storage::label_key::LabelKey;
 use crate::storage::wal::{RecordPos, SyncPolicy, Wal, WalOptions, WalStats};
 use parking_lot::{Condvar, Mutex};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +51,11 @@ pub struct LogsOptions {
     /// is active until its open chunk is closed (`chunk_idle_period` after its last entry), as in
     /// Loki, whose limit counts the streams its ingesters hold and drop once flushed and idle.
     pub max_streams_per_tenant: usize,
+    /// Idle streams (nothing hot, quiet for `chunk_idle_period`) are moved out of memory into an
+    /// index file (see `index`) when this many have gathered...
+    pub spill_streams: usize,
+    /// ...or when this long passed since the last spill and any have.
+    pub spill_interval: Duration,
 }
 
 impl LogsOptions {
@@ -69,6 +75,8 @@ impl LogsOptions {
             fsync_interval: Some(Duration::from_secs(1)),
             wal_checkpoint_size: 128 << 20,
             max_streams_per_tenant: 5000,
+            spill_streams: 4096,
+            spill_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -87,6 +95,8 @@ pub struct LogsStats {
     pub chunks_closed: AtomicU64,
     /// Heads written as a block because their stream went quiet (`head_idle_period`).
     pub quiet_heads_flushed: AtomicU64,
+    /// Idle streams moved from memory into index files.
+    pub streams_spilled: AtomicU64,
     pub wal_checkpoints: AtomicU64,
     pub retention_segments_deleted: AtomicU64,
     pub replayed_entries: AtomicU64,
@@ -116,12 +126,16 @@ pub struct PushStream<'a> {
     pub entries: &'a [PushEntry<'a>],
 }
 
-/// What an append did. Streams refused for the per-tenant stream limit are listed by index.
+/// What an append did. Streams refused for the per-tenant stream limit are listed by index, and
+/// so are streams named by an id ([`StreamKey::Known`]) that is no longer in memory (spilled to
+/// an index file or expired since [`LogStore::resolve`] gave it): nothing of those was stored,
+/// and the caller pushes them again by label set.
 #[derive(Debug, Default)]
 pub struct AppendResult {
     pub entries: u64,
     pub bytes: u64,
     pub refused_streams: Vec<usize>,
+    pub gone_streams: Vec<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -321,9 +335,15 @@ struct Inner {
     /// `None` only while the WAL itself is being replayed.
     wal: Option<Wal>,
     data: Wal,
-    /// Indexed by stream id; boxed so that a slot costs 8 bytes, not a whole `Stream`:
-    /// ids are never reused, and the vector doubles as streams come and go.
-    streams: Vec<Option<Box<Stream>>>,
+    /// By id: only the streams in memory (spilled ones are in `index`), so a map, not a vector
+    /// indexed by id, which kept 8 B per stream ever seen.
+    streams: HashMap<u32, Box<Stream>>,
+    /// The id the next new stream gets: ids are not reused while any data of theirs is left.
+    next_id: u32,
+    /// Index files of spilled streams, in sequence order.
+    index: Vec<IndexFile>,
+    next_index_seq: u32,
+    last_spill: Instant,
     tenants: HashMap<Arc<str>, Tenant>,
     /// tenant bytes, 0xff, client spelling of the labels -> stream id.
     aliases: HashMap<Vec<u8>, u32>,
@@ -345,6 +365,7 @@ struct Inner {
 pub struct LogStore {
     opts: LogsOptions,
     data_dir: PathBuf,
+    index_dir: PathBuf,
     inner: Mutex<Inner>,
     stats: Arc<LogsStats>,
     wal_stats: Arc<WalStats>,
@@ -370,7 +391,7 @@ fn alias_key(out: &mut Vec<u8>, tenant: &str, alias: &[u8]) {
 
 impl Inner {
     fn stream(&mut self, id: u32) -> Option<&mut Stream> {
-        self.streams.get_mut(id as usize).and_then(|s| s.as_deref_mut())
+        self.streams.get_mut(&id).map(|s| &mut **s)
     }
 
     /// Adds a stream to the registry and index (no-op when the id is known).
@@ -378,10 +399,7 @@ impl Inner {
         if self.stream(id).is_some() {
             return id;
         }
-        let i = id as usize;
-        if self.streams.len() <= i {
-            self.streams.resize_with(i + 1, || None);
-        }
+        self.next_id = self.next_id.max(id.saturating_add(1));
         let tenant: Arc<str> = match self.tenants.get_key_value(tenant) {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(tenant),
@@ -399,22 +417,25 @@ impl Inner {
                 ids.insert(at, id);
             }
         }
-        self.streams[i] = Some(Box::new(Stream {
+        self.streams.insert(
             id,
-            tenant,
-            key: LabelKey::new(&labels),
-            next_seq: 0,
-            hot: None,
-            closed: Vec::new(),
-            in_data: false,
-            last_append: Instant::now(),
-        }));
+            Box::new(Stream {
+                id,
+                tenant,
+                key: LabelKey::new(&labels),
+                next_seq: 0,
+                hot: None,
+                closed: Vec::new(),
+                in_data: false,
+                last_append: Instant::now(),
+            }),
+        );
         stats.streams.fetch_add(1, Ordering::Relaxed);
         id
     }
 
     fn unregister(&mut self, id: u32, stats: &LogsStats) {
-        let Some(s) = self.streams.get_mut(id as usize).and_then(Option::take) else {
+        let Some(s) = self.streams.remove(&id) else {
             return;
         };
         if let Some(t) = self.tenants.get_mut(&s.tenant) {
@@ -453,7 +474,7 @@ impl Inner {
             alt,
             ..
         } = self;
-        let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_deref_mut()) else {
+        let Some(s) = streams.get_mut(&id).map(|s| &mut **s) else {
             return Ok(());
         };
         let Some(hot) = s.hot.as_deref_mut().filter(|h| !h.head.is_empty()) else {
@@ -519,7 +540,7 @@ impl Inner {
     /// Writes the chunk record that closes the stream's open chunk.
     fn close_chunk(&mut self, id: u32, stats: &LogsStats) -> Result<(), LogsError> {
         let Inner { streams, data, rec, .. } = self;
-        let Some(s) = streams.get_mut(id as usize).and_then(|s| s.as_mut()) else {
+        let Some(s) = streams.get_mut(&id) else {
             return Ok(());
         };
         let Some(hot) = s.hot.as_deref_mut().filter(|h| !h.open.blocks.is_empty()) else {
@@ -627,6 +648,15 @@ impl LogStore {
             SyncPolicy::Always
         };
         let data_dir = dir.join("data");
+        // Pass 0: the index files. Their streams stay out of memory; the data log's stream records
+        // of theirs are skipped below.
+        let index_dir = dir.join("index");
+        let mut spilled_ids = HashSet::new();
+        let mut index_files = Vec::new();
+        for (f, streams) in index::load_all(&index_dir)? {
+            spilled_ids.extend(streams.iter().map(|s| s.id));
+            index_files.push(f);
+        }
         // Pass 1: the data log. Registrations are collected, then applied (the Wal is not open yet).
         let mut streams_seen: Vec<(u32, String, Labels)> = Vec::new();
         // Per stream: its open chunk and closed chunks, built record by record (a closed chunk's
@@ -671,7 +701,11 @@ impl LogStore {
         let mut inner = Inner {
             wal: None,
             data,
-            streams: Vec::new(),
+            streams: HashMap::new(),
+            next_id: spilled_ids.iter().max().map_or(0, |m| m.saturating_add(1)),
+            next_index_seq: index_files.last().map_or(0, |f| f.seq.saturating_add(1)),
+            index: index_files,
+            last_spill: Instant::now(),
             tenants: HashMap::new(),
             aliases: HashMap::new(),
             // Every segment from the first one replay found is still there.
@@ -687,6 +721,9 @@ impl LogStore {
             dirty: false,
         };
         for (id, tenant, labels) in streams_seen {
+            if spilled_ids.contains(&id) {
+                continue;
+            }
             inner.register(id, &tenant, labels, &stats);
             if let Some(s) = inner.stream(id) {
                 s.in_data = true;
@@ -717,7 +754,11 @@ impl LogStore {
                     match ty {
                         block::REC_STREAM => {
                             let (id, tenant, labels) = block::decode_stream(&mut r)?;
-                            inner_ref.register(id, &tenant, labels, stats_ref);
+                            // A spilled stream was idle with everything in closed chunks: the
+                            // WAL holds nothing of it that its chunks lack.
+                            if !spilled_ids.contains(&id) {
+                                inner_ref.register(id, &tenant, labels, stats_ref);
+                            }
                         }
                         block::REC_ENTRIES => {
                             let (id, first_seq, raw) = block::decode_entries_record(&mut r)?;
@@ -758,16 +799,11 @@ impl LogStore {
         inner.wal = Some(wal);
         // Streams whose data all expired while the process was down stay registered only if they
         // hold something.
-        let empty: Vec<u32> = inner
-            .streams
-            .iter()
-            .flatten()
-            .filter(|s| !s.has_data())
-            .map(|s| s.id)
-            .collect();
+        let empty: Vec<u32> = inner.streams.values().filter(|s| !s.has_data()).map(|s| s.id).collect();
         for id in empty {
             inner.unregister(id, &stats);
         }
+        drop_dead_index_files(&mut inner, &index_dir)?;
         stats.replayed_entries.store(replayed, Ordering::Relaxed);
         stats
             .replay_micros
@@ -782,6 +818,7 @@ impl LogStore {
         let store = Arc::new(LogStore {
             opts,
             data_dir,
+            index_dir,
             inner: Mutex::new(inner),
             stats,
             wal_stats,
@@ -842,7 +879,7 @@ impl LogStore {
         let inner = &mut *guard;
         // 1. Ids: known, found by label set, or new (reserved now, registered after the WAL write).
         let mut ids: Vec<Option<(u32, bool)>> = Vec::with_capacity(streams.len());
-        let mut next_id = inner.streams.len() as u32;
+        let mut next_id = inner.next_id;
         let mut new_in_tenant = 0usize;
         let mut new_labels: HashMap<&Labels, u32> = HashMap::new();
         let mut tenant_streams = inner.tenants.get(tenant).map_or(0, |t| t.streams);
@@ -853,7 +890,10 @@ impl LogStore {
         for (i, ps) in streams.iter().enumerate() {
             let id = match &ps.key {
                 StreamKey::Known(id) if inner.stream(*id).is_some() => Some((*id, false)),
-                StreamKey::Known(_) => None,
+                StreamKey::Known(_) => {
+                    res.gone_streams.push(i);
+                    None
+                }
                 StreamKey::New { labels, .. } => {
                     if let Some(id) = find_by_labels(inner, tenant, labels) {
                         Some((id, false))
@@ -976,7 +1016,7 @@ impl LogStore {
     /// nothing (so the next start replays nothing). Also what a clean shutdown does.
     pub fn flush(&self) -> Result<(), LogsError> {
         let mut inner = self.inner.lock();
-        let ids: Vec<u32> = inner.streams.iter().flatten().map(|s| s.id).collect();
+        let ids: Vec<u32> = inner.streams.values().map(|s| s.id).collect();
         for id in ids {
             inner.flush_head(id, &self.opts, &self.stats)?;
             inner.close_chunk(id, &self.stats)?;
@@ -992,17 +1032,13 @@ impl LogStore {
             return Err(LogsError::Closed);
         };
         let upto = wal.cut_segment()?;
-        let recs = streams
-            .iter()
-            .flatten()
-            .filter(|s| !s.hot().head.is_empty())
-            .flat_map(|s| {
-                let mut a = Vec::new();
-                block::encode_stream(&mut a, s.id, &s.tenant, s.key.pairs());
-                let mut b = Vec::new();
-                block::encode_entries(&mut b, s.id, s.hot().head_first_seq, &s.hot().head, 0);
-                [a, b]
-            });
+        let recs = streams.values().filter(|s| !s.hot().head.is_empty()).flat_map(|s| {
+            let mut a = Vec::new();
+            block::encode_stream(&mut a, s.id, &s.tenant, s.key.pairs());
+            let mut b = Vec::new();
+            block::encode_entries(&mut b, s.id, s.hot().head_first_seq, &s.hot().head, 0);
+            [a, b]
+        });
         match wal.checkpoint(upto, recs) {
             Ok(()) => {}
             Err(crate::storage::wal::WalError::InvalidCheckpoint { reason, .. }) => {
@@ -1089,8 +1125,7 @@ impl LogStore {
         let mut inner = self.inner.lock();
         let due: Vec<(u32, bool)> = inner
             .streams
-            .iter()
-            .flatten()
+            .values()
             .filter_map(|s| {
                 let idle = s.last_append.elapsed() >= self.opts.chunk_idle_period;
                 let h = s.hot();
@@ -1106,7 +1141,7 @@ impl LogStore {
             // the default 40 KiB block) after a flush, and a node whose pods come and go leaves
             // such streams behind at its churn rate (the soak bench measured RSS rising ~25 MiB/h
             // with one pod replaced a minute before this).
-            if idle && let Some(s) = inner.streams.get_mut(id as usize).and_then(|s| s.as_mut()) {
+            if idle && let Some(s) = inner.streams.get_mut(&id) {
                 s.cool();
                 // It stays registered until retention: its closed list loses its growth slack
                 // (a one-chunk stream held 4 slots, 288 B for 72), see `forget_idle_aliases`.
@@ -1117,6 +1152,7 @@ impl LogStore {
         if !due.is_empty() {
             self.checkpoint_wal(&mut inner)?;
         }
+        self.spill_idle(&mut inner)?;
         if quiet_flushed > 0 {
             self.stats
                 .quiet_heads_flushed
@@ -1135,8 +1171,7 @@ impl LogStore {
     fn release_quiet_heads(&self, inner: &mut Inner, due: &[(u32, bool)]) -> Result<u64, LogsError> {
         let quiet: Vec<(u32, bool)> = inner
             .streams
-            .iter()
-            .flatten()
+            .values()
             .filter(|s| !s.hot().quiet && s.last_append.elapsed() >= self.opts.head_idle_period)
             .filter(|s| !due.iter().any(|d| d.0 == s.id))
             .map(|s| (s.id, s.hot().head.lines.len() >= self.opts.block_size / 8))
@@ -1147,7 +1182,7 @@ impl LogStore {
                 inner.flush_head(id, &self.opts, &self.stats)?;
                 flushed += 1;
             }
-            if let Some(s) = inner.streams.get_mut(id as usize).and_then(|s| s.as_mut())
+            if let Some(s) = inner.streams.get_mut(&id)
                 && let Some(h) = s.hot.as_deref_mut()
             {
                 if h.head.is_empty() {
@@ -1161,6 +1196,55 @@ impl LogStore {
             }
         }
         Ok(flushed)
+    }
+
+    /// Moves idle streams out of memory into a new index file (see `index`'s docs for why), when
+    /// `spill_streams` of them gathered or `spill_interval` passed since the last spill. Idle:
+    /// nothing in a head or open chunk, nothing appended for `chunk_idle_period`, and no chunk that predates
+    /// block lists (those keep their blocks in memory). A spilled stream that receives entries
+    /// again comes back as a new stream with a new id: readers merge the two by label set.
+    fn spill_idle(&self, inner: &mut Inner) -> Result<(), LogsError> {
+        let mut ids: Vec<u32> = inner
+            .streams
+            .values()
+            .filter(|s| {
+                !s.hot().holds_entries()
+                    && !s.closed.is_empty()
+                    && s.closed.iter().all(|c| c.legacy_blocks.is_empty())
+                    && s.last_append.elapsed() >= self.opts.chunk_idle_period
+            })
+            .map(|s| s.id)
+            .collect();
+        if ids.is_empty()
+            || (ids.len() < self.opts.spill_streams && inner.last_spill.elapsed() < self.opts.spill_interval)
+        {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        // The file points at chunk records: they must be on disk before it is.
+        inner.data.sync()?;
+        let seq = inner.next_index_seq;
+        let mut buf = Vec::new();
+        let streams = ids
+            .iter()
+            .filter_map(|id| inner.streams.get(id))
+            .map(|s| (s.id, &*s.tenant, s.key.pairs(), &s.closed[..]));
+        let file = index::encode(&mut buf, seq, streams);
+        index::write(&self.index_dir, seq, &buf)?;
+        inner.next_index_seq = seq.saturating_add(1);
+        inner.index.push(file);
+        inner.last_spill = Instant::now();
+        for &id in &ids {
+            inner.unregister(id, &self.stats);
+        }
+        inner.aliases.retain(|_, id| ids.binary_search(id).is_err());
+        // The tenant map, postings and slots shrink with the streams gone.
+        inner.streams.shrink_to_fit();
+        self.stats
+            .streams_spilled
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        tracing::debug!(seq, streams = ids.len(), "Idle log streams spilled to an index file.");
+        Ok(())
     }
 
     fn apply_retention(&self, inner: &mut Inner, now: i64) -> Result<(), LogsError> {
@@ -1186,7 +1270,7 @@ impl LogStore {
         let Some(upto) = upto else { return Ok(()) };
         // Drop the blocks in those segments from the index, and streams left with nothing.
         let mut gone = Vec::new();
-        for s in inner.streams.iter_mut().flatten() {
+        for s in inner.streams.values_mut() {
             if let Some(h) = s.hot.as_deref_mut() {
                 h.open.blocks.retain(|b| b.pos.segment > upto);
                 if h.open.blocks.is_empty() {
@@ -1215,7 +1299,7 @@ impl LogStore {
         }
         inner.aliases.clear();
         let Inner { data, streams, .. } = inner;
-        let recs = streams.iter().flatten().filter(|s| s.in_data).map(|s| {
+        let recs = streams.values().filter(|s| s.in_data).map(|s| {
             let mut a = Vec::new();
             block::encode_stream(&mut a, s.id, &s.tenant, s.key.pairs());
             a
@@ -1224,6 +1308,7 @@ impl LogStore {
         let n = inner.segments.range(..=upto).count() as u64;
         inner.segments.retain(|s, _| *s > upto);
         inner.live_from = inner.live_from.max(upto + 1);
+        drop_dead_index_files(inner, &self.index_dir)?;
         self.stats.retention_segments_deleted.fetch_add(n, Ordering::Relaxed);
         tracing::info!(upto, segments = n, "Log retention deleted data segments.");
         Ok(())
@@ -1257,11 +1342,81 @@ impl LogStore {
         match cands {
             Some(ids) => ids
                 .iter()
-                .filter_map(|id| inner.streams.get(*id as usize).and_then(|s| s.as_deref()))
+                .filter_map(|id| inner.streams.get(id).map(|s| &**s))
                 .filter(keep)
                 .collect(),
-            None => inner.streams.iter().flatten().map(|s| &**s).filter(keep).collect(),
+            None => {
+                let mut v: Vec<&Stream> = inner.streams.values().map(|s| &**s).filter(keep).collect();
+                v.sort_unstable_by_key(|s| s.id);
+                v
+            }
         }
+    }
+
+    /// Streams of the index files overlapping `[start, end]` that match, read without the lock.
+    fn read_spilled(
+        &self,
+        files: &[IndexFile],
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Stream>, LogsError> {
+        let mut out = Vec::new();
+        for f in files.iter().filter(|f| f.min_t <= end && f.max_t >= start) {
+            let Some(streams) = index::read(&self.index_dir, f.seq)? else {
+                continue;
+            };
+            for s in streams {
+                if s.tenant != tenant || !matchers.iter().all(|m| m.matches(s.labels.get_or_empty(&m.name))) {
+                    continue;
+                }
+                out.push(Stream {
+                    id: s.id,
+                    tenant: Arc::from(s.tenant),
+                    key: LabelKey::new(&s.labels),
+                    next_seq: 0,
+                    hot: None,
+                    closed: s.chunks,
+                    in_data: true,
+                    last_append: Instant::now(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lock, and the spilled streams of `tenant` that match with data in `[start, end]`. The
+    /// files are read before the lock is taken (they never change), except any written meanwhile.
+    fn lock_with_spilled(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<(parking_lot::MutexGuard<'_, Inner>, Vec<Stream>), LogsError> {
+        let (files, seen) = {
+            let inner = self.inner.lock();
+            let files: Vec<IndexFile> = inner
+                .index
+                .iter()
+                .filter(|f| f.min_t <= end && f.max_t >= start)
+                .copied()
+                .collect();
+            (files, inner.next_index_seq)
+        };
+        let mut spilled = self.read_spilled(&files, tenant, matchers, start, end)?;
+        let inner = self.inner.lock();
+        if inner.next_index_seq != seen {
+            let newer: Vec<IndexFile> = inner.index.iter().filter(|f| f.seq >= seen).copied().collect();
+            spilled.extend(self.read_spilled(&newer, tenant, matchers, start, end)?);
+        }
+        let live_from = inner.live_from;
+        for s in &mut spilled {
+            s.closed.retain(|c| c.last_segment >= live_from);
+        }
+        spilled.retain(|s| s.time_range().is_some_and(|(a, b)| a <= end && b >= start));
+        Ok((inner, spilled))
     }
 
     pub(crate) fn with_matching<R>(
@@ -1271,21 +1426,30 @@ impl LogStore {
         start: i64,
         end: i64,
         f: impl FnOnce(&[&Stream]) -> R,
-    ) -> R {
-        let inner = self.inner.lock();
-        let v = Self::matching(&inner, tenant, matchers, start, end);
-        f(&v)
+    ) -> Result<R, LogsError> {
+        let (inner, spilled) = self.lock_with_spilled(tenant, matchers, start, end)?;
+        let mut v = Self::matching(&inner, tenant, matchers, start, end);
+        v.extend(spilled.iter());
+        Ok(f(&v))
     }
 
     /// Label names of `tenant`'s streams (all of them, regardless of time), for `/labels` without a
-    /// query: read from the index without visiting streams.
-    pub(crate) fn tenant_label_names(&self, tenant: &str) -> Vec<String> {
-        let inner = self.inner.lock();
-        inner
+    /// query: read from the postings of the streams in memory, and from the spilled ones.
+    pub(crate) fn tenant_label_names(&self, tenant: &str) -> Result<Vec<String>, LogsError> {
+        let (inner, spilled) = self.lock_with_spilled(tenant, &[], i64::MIN, i64::MAX)?;
+        let mut names: std::collections::BTreeSet<String> = inner
             .tenants
             .get(tenant)
             .map(|t| t.postings.keys().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for s in &spilled {
+            for (n, _) in s.key.pairs() {
+                if !names.contains(n) {
+                    names.insert(n.to_string());
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
     }
 
     /// Snapshot for a select: block sources and head entries of the matching streams. Closed
@@ -1317,8 +1481,10 @@ impl LogStore {
         // Label sets are built after the lock is released (one clone of each key under it).
         let mut keys = Vec::new();
         let live_from = {
-            let inner = self.inner.lock();
-            for (si, s) in Self::matching(&inner, tenant, matchers, start, end).iter().enumerate() {
+            let (inner, spilled) = self.lock_with_spilled(tenant, matchers, start, end)?;
+            let mut matched = Self::matching(&inner, tenant, matchers, start, end);
+            matched.extend(spilled.iter());
+            for (si, s) in matched.iter().enumerate() {
                 keys.push(s.key.clone());
                 for c in s.closed.iter().filter(|c| overlaps(c.min_t, c.max_t)) {
                     items.push(Item::Chunk {
@@ -1390,11 +1556,23 @@ impl LogStore {
 
     /// Index statistics over matching streams: chunks overlapping the range count whole (like
     /// Loki); the open chunk and head block count as one chunk.
-    pub(crate) fn stats_over(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> super::IndexStats {
-        let inner = self.inner.lock();
+    pub(crate) fn stats_over(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<super::IndexStats, LogsError> {
+        let (inner, spilled) = self.lock_with_spilled(tenant, matchers, start, end)?;
         let mut st = super::IndexStats::default();
-        for s in Self::matching(&inner, tenant, matchers, start, end) {
-            st.streams += 1;
+        let mut matched = Self::matching(&inner, tenant, matchers, start, end);
+        matched.extend(spilled.iter());
+        // A stream that came back after it was spilled has two ids: it counts once, as in Loki.
+        let mut keys = HashSet::with_capacity(matched.len());
+        for s in matched {
+            if keys.insert(s.key.as_bytes()) {
+                st.streams += 1;
+            }
             for c in &s.closed {
                 if c.min_t <= end && c.max_t >= start {
                     st.chunks += 1;
@@ -1417,8 +1595,24 @@ impl LogStore {
                 st.bytes += h.head.lines.len() as u64;
             }
         }
-        st
+        Ok(st)
     }
+}
+
+/// Deletes the index files all of whose chunks lie in data segments retention removed.
+fn drop_dead_index_files(inner: &mut Inner, dir: &std::path::Path) -> Result<(), LogsError> {
+    let live_from = inner.live_from;
+    let dead: Vec<u32> = inner
+        .index
+        .iter()
+        .filter(|f| f.last_segment < live_from)
+        .map(|f| f.seq)
+        .collect();
+    for seq in dead {
+        index::remove(dir, seq)?;
+        inner.index.retain(|f| f.seq != seq);
+    }
+    Ok(())
 }
 
 /// Drops the client spellings of streams that just went idle (`due` entries marked idle): a
@@ -1439,8 +1633,7 @@ fn forget_idle_aliases(inner: &mut Inner, due: &[(u32, bool)]) {
 fn active_streams(inner: &Inner, tenant: &str) -> usize {
     inner
         .streams
-        .iter()
-        .flatten()
+        .values()
         .filter(|s| &*s.tenant == tenant && s.hot().holds_entries())
         .count()
 }
@@ -1449,13 +1642,9 @@ fn find_by_labels(inner: &Inner, tenant: &str, labels: &Labels) -> Option<u32> {
     let t = inner.tenants.get(tenant)?;
     let first = labels.iter().next()?;
     let ids = t.postings.get(&first.name)?.get(&first.value)?;
-    ids.iter().copied().find(|id| {
-        inner
-            .streams
-            .get(*id as usize)
-            .and_then(|s| s.as_ref())
-            .is_some_and(|s| s.key.eq_labels(labels))
-    })
+    ids.iter()
+        .copied()
+        .find(|id| inner.streams.get(id).is_some_and(|s| s.key.eq_labels(labels)))
 }
 
 /// The sequence number the entries of `ps` start at: the stream's next number plus the entries of
@@ -1467,11 +1656,7 @@ fn seq_after(
     ids: &[Option<(u32, bool)>],
     ps: &PushStream<'_>,
 ) -> u64 {
-    let base = inner
-        .streams
-        .get(id as usize)
-        .and_then(|s| s.as_ref())
-        .map_or(0, |s| s.next_seq);
+    let base = inner.streams.get(&id).map_or(0, |s| s.next_seq);
     let mut before = 0u64;
     for (other, oid) in streams.iter().zip(ids) {
         if std::ptr::eq(other, ps) {
@@ -1518,10 +1703,15 @@ mod tests {
     /// A store whose chunks close at the first `maintain` (chunk idle period 0), with a stream
     /// limit.
     fn idle_store(max_streams: usize) -> (tempfile::TempDir, Arc<LogStore>) {
+        idle_store_spilling(max_streams, LogsOptions::new("").spill_streams)
+    }
+
+    fn idle_store_spilling(max_streams: usize, spill_streams: usize) -> (tempfile::TempDir, Arc<LogStore>) {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = LogsOptions::new(dir.path());
         opts.max_streams_per_tenant = max_streams;
         opts.chunk_idle_period = Duration::ZERO;
+        opts.spill_streams = spill_streams;
         let store = LogStore::open(opts).unwrap();
         (dir, store)
     }
@@ -1565,6 +1755,77 @@ mod tests {
 
     /// A stream that goes idle keeps no client spelling and no slack in its closed-chunk list,
     /// and is still found, by its labels, when it comes back.
+    /// Idle streams leave memory for an index file once `spill_streams` gathered, or once
+    /// `spill_interval` passed: nothing of them is left in the registry, postings or aliases; one
+    /// that comes back is a new stream.
+    #[test]
+    fn idle_streams_leave_memory_for_an_index_file() {
+        // (streams in memory, postings entries, aliases, index files, spilled) after a maintain
+        let state = |store: &LogStore| {
+            store.maintain(2_000).unwrap();
+            let inner = store.inner.lock();
+            let postings: usize = inner
+                .tenants
+                .values()
+                .flat_map(|t| t.postings.values())
+                .map(|v| v.len())
+                .sum();
+            (
+                inner.streams.len(),
+                postings,
+                inner.aliases.len(),
+                inner.index.len(),
+                store.stats.streams_spilled.load(Ordering::Relaxed),
+            )
+        };
+        let (_dir, store) = idle_store(5000);
+        for job in ["a", "b"] {
+            push_job(&store, job);
+        }
+        assert_eq!(
+            state(&store),
+            (2, 2, 0, 0, 0),
+            "2 idle streams: fewer than spill_streams, within the interval"
+        );
+        push_job(&store, "b");
+        let alias = job_alias("b");
+        let mut ids = Vec::new();
+        store.resolve("t", &[alias.as_bytes()], &mut ids);
+        assert_eq!(ids, [Some(1)]);
+        store.inner.lock().last_spill -= store.opts.spill_interval;
+        assert_eq!(state(&store), (0, 0, 0, 1, 2), "the interval passed");
+        // A push by the id resolved before the spill stores nothing and says so.
+        let e = [PushEntry {
+            ts: 3_000,
+            line: b"late",
+            meta: &[],
+        }];
+        let res = store
+            .append(
+                "t",
+                &[PushStream {
+                    key: StreamKey::Known(1),
+                    entries: &e,
+                }],
+            )
+            .unwrap();
+        assert_eq!((res.entries, res.gone_streams), (0, vec![0]));
+        push_job(&store, "a");
+        assert_eq!(
+            store.inner.lock().streams.keys().copied().collect::<Vec<_>>(),
+            [2],
+            "a new id"
+        );
+        assert_eq!(state(&store), (1, 1, 0, 1, 2), "idle again, the interval restarted");
+        let (_dir, store) = idle_store_spilling(5000, 3);
+        for job in ["a", "b"] {
+            push_job(&store, job);
+        }
+        assert_eq!(state(&store), (2, 2, 0, 0, 0));
+        push_job(&store, "c");
+        assert_eq!(state(&store), (0, 0, 0, 1, 3), "spill_streams gathered");
+    }
+
     #[test]
     fn idle_streams_keep_only_what_queries_need() {
         let (_dir, store) = idle_store(5000);
@@ -1582,7 +1843,7 @@ mod tests {
         // (closed chunks, the list's capacity, holds a head or open chunk)
         let closed = |id: u32| {
             let inner = store.inner.lock();
-            let s = inner.streams[id as usize].as_ref();
+            let s = inner.streams.get(&id);
             s.map(|s| (s.closed.len(), s.closed.capacity(), s.hot.is_some()))
         };
         (0..3).for_each(push);
@@ -1603,11 +1864,13 @@ mod tests {
             "the same stream, found by its labels"
         );
         assert_eq!(store.stats.streams_created.load(Ordering::Relaxed), 3);
-        let entries = store.with_matching("t", &[], 0, i64::MAX, |v| {
-            v.iter()
-                .map(|s| (s.id, s.closed.iter().map(|c| c.entries).sum::<u64>()))
-                .collect::<Vec<_>>()
-        });
+        let entries = store
+            .with_matching("t", &[], 0, i64::MAX, |v| {
+                v.iter()
+                    .map(|s| (s.id, s.closed.iter().map(|c| c.entries).sum::<u64>()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
         assert_eq!(
             entries,
             [(0, 1), (1, 1), (2, 1)],
@@ -1648,7 +1911,7 @@ mod tests {
         store.append("t", &streams).unwrap();
         store.maintain(2_000).unwrap();
         let inner = store.inner.lock();
-        let s = inner.streams.iter().flatten().next().unwrap();
+        let s = inner.streams.values().next().unwrap();
         let h = &s.hot().head;
         let cap = h.lines.capacity() + h.ts.capacity() * 8 + h.line_lens.capacity() * 4 + h.meta.capacity();
         let got = (h.len(), s.hot().open.blocks.len(), s.closed.len());
@@ -1736,12 +1999,7 @@ mod tests {
         assert_eq!(lines_of(&store, "old"), expect);
         let held = |store: &LogStore, job: &str| {
             let inner = store.inner.lock();
-            let s = inner
-                .streams
-                .iter()
-                .flatten()
-                .find(|s| s.key.get("job") == Some(job))
-                .unwrap();
+            let s = inner.streams.values().find(|s| s.key.get("job") == Some(job)).unwrap();
             s.closed.iter().map(|c| c.legacy_blocks.len()).collect::<Vec<_>>()
         };
         assert_eq!(held(&store, "old"), vec![3]);
@@ -1767,8 +2025,7 @@ mod tests {
             let mut inner = store.inner.lock();
             let id = inner
                 .streams
-                .iter()
-                .flatten()
+                .values()
                 .find(|s| s.key.get("job") == Some("new"))
                 .unwrap()
                 .id;
