@@ -691,7 +691,32 @@ impl LokiIngester {
             })
             .collect();
         drop(levels);
-        let res = self.store.append(tenant, &push)?;
+        let mut res = self.store.append(tenant, &push)?;
+        if !res.gone_streams.is_empty() {
+            // Streams resolved above that left memory before the append (spilled to an index file
+            // by the store's maintenance, or expired): pushed again by their labels, which parsed
+            // when each stream was created.
+            let gone = std::mem::take(&mut res.gone_streams);
+            let mut again = Vec::with_capacity(gone.len());
+            let mut at = Vec::with_capacity(gone.len());
+            for i in gone {
+                let s = &b.streams[slots[i]];
+                if let Ok(labels) = self.stream_labels(s.labels) {
+                    again.push(PushStream {
+                        key: StreamKey::New {
+                            alias: s.labels,
+                            labels,
+                        },
+                        entries: push[i].entries,
+                    });
+                    at.push(i);
+                }
+            }
+            let r = self.store.append(tenant, &again)?;
+            res.entries += r.entries;
+            res.bytes += r.bytes;
+            res.refused_streams.extend(r.refused_streams.iter().map(|j| at[*j]));
+        }
         out.entries_written += res.entries;
         for i in &res.refused_streams {
             let ps = &push[*i];
