@@ -7,7 +7,8 @@
 //! references, container statuses with `containerd://` IDs, a static mirror pod).
 //!
 //! What the test checks, through the binary's public surfaces only (`/loki/api/v1/query_range`,
-//! `/metrics`): pod-log files under a temp `/var/log/pods` get their pod's labels; a deleted pod's
+//! `/metrics`): pod-log files under a temp `/var/log/pods` get their pod's labels, also a pod's first
+//! lines written before the watch delivered the pod; a deleted pod's
 //! files still get them within `deleted_pod_grace`, not after; the API down means path labels and
 //! the error counter, and it recovers by itself; events are stored as `{job="kubernetes-events"}`
 //! streams, once, across a 410 re-list and a process restart.
@@ -580,6 +581,11 @@ fn query(s: &Server, logql: &str) -> Vec<(BTreeMap<String, String>, Vec<String>)
 /// which come from the path and are checked once) with `want`.
 fn check_labels(s: &Server, pods: &Path, dir: &str, container: &str, msg: &str, want: &[(&str, &str)]) {
     write_line(pods, dir, container, msg);
+    wait_labels(s, dir, container, msg, want);
+}
+
+/// As [`check_labels`], for a line already written.
+fn wait_labels(s: &Server, dir: &str, container: &str, msg: &str, want: &[(&str, &str)]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let found = loop {
         let got = query(s, &format!("{{node=\"node-a\"}} |= \"{msg}\""));
@@ -824,6 +830,26 @@ fn kube_metadata_and_events_end_to_end() {
         "other node line",
         &[("job", "default/app")],
     );
+    // A new pod's log directory can appear before the watch delivers the pod: its first line waits
+    // for the pod's labels (the tailer's pod_wait, 5 s) instead of taking the path's.
+    write_line(&pods, "default_late-0_u-late0", "app", "late pod first line");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        query(&s, "{node=\"node-a\"} |= \"late pod first line\"").is_empty(),
+        "read before its pod was known"
+    );
+    api.change(
+        "pods",
+        "ADDED",
+        pod("default", "late-0", "u-late0", "node-a", json!({"app": "late"})),
+    );
+    wait_labels(
+        &s,
+        "default_late-0_u-late0",
+        "app",
+        "late pod first line",
+        &[("job", "default/late"), ("app", "late")],
+    );
 
     // Events as streams.
     let pulled_l: &[(&str, &str)] = &[
@@ -932,7 +958,7 @@ fn kube_metadata_and_events_end_to_end() {
         &[("job", "default/db"), ("app", "db")],
     );
     // Discovery drops the deleted pod at once (the grace is for late log lines only).
-    check_targets(&s, &["cache-0", "kube-apiserver-node-a", "web-0", "web-1"]);
+    check_targets(&s, &["cache-0", "kube-apiserver-node-a", "late-0", "web-0", "web-1"]);
 
     // Name reuse: web-0 deleted and created again with a new UID and other labels. Files of the new
     // pod get the new labels, files of the old one (within the grace) the old ones.

@@ -185,7 +185,7 @@ fn client(opts: &KubeOptions) -> Result<kube::Client, KubeError> {
 /// the tokio runtime. Returns at once: the cache fills in the background.
 pub fn start(opts: KubeOptions, sink: Arc<dyn LogSink>, stats: Arc<KubeStats>) -> Result<KubeHandle, KubeError> {
     let client = client(&opts)?;
-    let cache = Arc::new(PodCache::new(opts.deleted_pod_grace));
+    let cache = Arc::new(PodCache::new(opts.deleted_pod_grace).watched_by(Arc::clone(&stats)));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let node = &opts.node_name;

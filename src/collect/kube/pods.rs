@@ -44,6 +44,8 @@ pub struct PodCache {
     generation: AtomicU64,
     listed: AtomicBool,
     grace: Duration,
+    /// The watchers' state: while the pods watch is synced, an unknown pod is `pending`.
+    stats: Option<Arc<super::KubeStats>>,
 }
 
 impl PodCache {
@@ -53,7 +55,14 @@ impl PodCache {
             generation: AtomicU64::new(0),
             listed: AtomicBool::new(false),
             grace,
+            stats: None,
         }
+    }
+
+    /// Reads the pods watch's health from `stats` (see [`LabelProvider::pending`]).
+    pub fn watched_by(mut self, stats: Arc<super::KubeStats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// The first pod list has been applied.
@@ -246,6 +255,17 @@ impl LabelProvider for PodCache {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    /// While the pods watch is synced, a pod it has not delivered is about to be: kubelet makes
+    /// the log directory once the pod is bound to this node, the watch tells of the binding.
+    /// With the watch down, nothing is pending (the tailer goes on with the path's labels).
+    fn pending(&self, pod: &PodRef<'_>) -> bool {
+        let synced = self
+            .stats
+            .as_ref()
+            .is_some_and(|s| s.synced[super::Resource::Pods as usize].load(Ordering::Relaxed) == 1);
+        synced && self.lookup(pod.namespace, pod.name, pod.uid).is_none()
+    }
 }
 
 /// A pod stripped to what labelling and discovery use; `None` without a name or UID.
@@ -373,6 +393,33 @@ mod tests {
             let got = cache.lookup("ns", name, uid).map(|p| p.labels["app"].clone());
             assert_eq!(got.as_deref(), want, "lookup {name} {uid}");
         }
+    }
+
+    /// An unknown pod is pending only while the pods watch is synced.
+    #[test]
+    fn unknown_pods_are_pending_while_the_watch_is_synced() {
+        let stats = Arc::new(super::super::KubeStats::default());
+        let cache = PodCache::new(Duration::from_secs(300)).watched_by(Arc::clone(&stats));
+        cache.apply(pod("ns", "web-0", "u0", "web"));
+        let pending = |name: &str, uid: &str| {
+            cache.pending(&PodRef {
+                namespace: "ns",
+                name,
+                uid,
+            })
+        };
+        assert_eq!(
+            [pending("web-0", "u0"), pending("web-1", "u1")],
+            [false, false],
+            "not synced"
+        );
+        stats.synced[super::super::Resource::Pods as usize].store(1, Ordering::Relaxed);
+        assert_eq!([pending("web-0", "u0"), pending("web-1", "u1")], [false, true]);
+        assert!(!PodCache::new(Duration::from_secs(1)).pending(&PodRef {
+            namespace: "ns",
+            name: "web-1",
+            uid: "u1"
+        }));
     }
 
     #[test]

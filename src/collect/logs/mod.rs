@@ -63,6 +63,10 @@ pub struct TailerOptions {
     pub partial_timeout: Duration,
     /// Bytes of lines gathered before a push.
     pub batch_bytes: usize,
+    /// A new container directory of a pod the label provider expects to learn of
+    /// ([`LabelProvider::pending`]) is read only once it has, or after this long: its first lines
+    /// get the pod's labels (`job` from `app`, the selected labels), not the path's alone.
+    pub pod_wait: Duration,
 }
 
 impl TailerOptions {
@@ -76,6 +80,7 @@ impl TailerOptions {
             max_line_size: 256 * 1024,
             partial_timeout: Duration::from_secs(5),
             batch_bytes: 1 << 20,
+            pod_wait: Duration::from_secs(5),
         }
     }
 }
@@ -175,6 +180,12 @@ pub trait LabelProvider: Send + Sync {
     /// a file found while the API was unreachable does not keep path labels for ever.
     fn generation(&self) -> u64 {
         0
+    }
+
+    /// The pod is unknown now but should be known soon: the provider's source is up and will
+    /// tell of it (a new pod's log directory can appear before the watch delivers the pod).
+    fn pending(&self, _pod: &PodRef<'_>) -> bool {
+        false
     }
 }
 

@@ -231,6 +231,9 @@ pub struct Tailer {
     watched: HashMap<PathBuf, WatchDescriptor>,
     /// The label provider's generation the directories' labels were derived at.
     labels_generation: u64,
+    /// New container directories waiting for their pod's labels (`TailerOptions::pod_wait`), and
+    /// since when.
+    waiting: BTreeMap<PathBuf, Instant>,
     /// Test hook: stop dead between a push and its checkpoint, like a kill -9 there.
     #[cfg(test)]
     pub(crate) crash_after_push: bool,
@@ -481,6 +484,7 @@ impl Tailer {
             watches: HashMap::new(),
             watched: HashMap::new(),
             labels_generation: 0,
+            waiting: BTreeMap::new(),
             #[cfg(test)]
             crash_after_push: false,
         }
@@ -570,16 +574,9 @@ impl Tailer {
     }
 
     fn container_labels(&self, pod_dir: &str, container: &str) -> [Arc<str>; 2] {
-        let mut parts = pod_dir.splitn(3, '_');
-        let (ns, pod, uid) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), Some(c)) => (a, b, c),
-            _ => ("", pod_dir, ""),
-        };
-        let pod_labels = self.labels.pod_labels(&PodRef {
-            namespace: ns,
-            name: pod,
-            uid,
-        });
+        let r = pod_ref(pod_dir);
+        let (ns, pod) = (r.namespace, r.name);
+        let pod_labels = self.labels.pod_labels(&r);
         let mut base = vec![
             ("namespace".to_string(), ns.to_string()),
             ("pod".to_string(), pod.to_string()),
@@ -663,13 +660,24 @@ impl Tailer {
         }
     }
 
+    /// A new container directory whose pod the label provider expects to learn of waits (up to
+    /// `pod_wait` from when it was first seen): read now, its first lines would carry the path's
+    /// labels only and land in another stream than the rest (another `job` when the pod has an
+    /// `app` label). Promtail and Alloy avoid this by tailing only pods discovery has delivered.
+    fn awaits_pod(&mut self, dir: &Path) -> bool {
+        let since = *self.waiting.entry(dir.to_path_buf()).or_insert(self.io.now);
+        if self.io.now.saturating_duration_since(since) < self.io.opts.pod_wait
+            && self.labels.pending(&pod_ref(&dir_pod(dir)))
+        {
+            return true;
+        }
+        self.waiting.remove(dir);
+        false
+    }
+
     /// A container directory's labels, from its path and the label provider.
     fn dir_labels(&self, dir: &Path) -> [Arc<str>; 2] {
-        let pod = dir
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let pod = dir_pod(dir);
         let ctr = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -693,6 +701,10 @@ impl Tailer {
     fn scan_container(&mut self, dir: &Path) {
         if !self.dirs.contains_key(dir) {
             if std::fs::metadata(dir).is_err() {
+                self.waiting.remove(dir);
+                return;
+            }
+            if self.awaits_pod(dir) {
                 return;
             }
             let labels = self.dir_labels(dir);
@@ -962,13 +974,25 @@ impl Tailer {
         }
     }
 
-    /// When the next partial line times out.
+    /// When the next partial line times out, or a waiting directory is looked at again: every
+    /// 100 ms (the provider's answer can change at any time), at the latest at its `pod_wait`.
     fn next_deadline(&self) -> Option<Instant> {
-        self.files
+        let partial = self
+            .files
             .values()
             .flat_map(|f| f.pending.iter().flatten())
             .map(|p| p.last + self.io.opts.partial_timeout)
+            .min();
+        let waiting = self
+            .waiting
+            .values()
+            .map(|since| *since + self.io.opts.pod_wait)
             .min()
+            .map(|d| d.min(Instant::now() + Duration::from_millis(100)));
+        match (partial, waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Pushes the batch, then checkpoints. On a sink error the batch stays for the next try.
@@ -1105,6 +1129,8 @@ impl Tailer {
         if full_rescan {
             self.scan_all();
         }
+        // Waiting directories are looked at on every step (a lookup each; there are few).
+        self.relist.extend(self.waiting.keys().cloned());
         while let Some(dir) = self.relist.pop_first() {
             self.scan_container(&dir);
         }
@@ -1272,6 +1298,27 @@ impl Tailer {
     }
 }
 
+/// The pod directory name of a container directory (`<namespace>_<pod>_<uid>`).
+fn dir_pod(dir: &Path) -> String {
+    dir.parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A pod directory name as a [`PodRef`]; a name without two `_` is taken as the pod's.
+fn pod_ref(pod_dir: &str) -> PodRef<'_> {
+    let mut parts = pod_dir.splitn(3, '_');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(namespace), Some(name), Some(uid)) => PodRef { namespace, name, uid },
+        _ => PodRef {
+            namespace: "",
+            name: pod_dir,
+            uid: "",
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1330,6 +1377,91 @@ mod tests {
             let n = want_errors.iter().find(|(w, _)| *w == r).map_or(0, |(_, n)| *n);
             assert_eq!(stats.errors[r as usize].load(Ordering::Relaxed), n, "{}", r.as_str());
         }
+    }
+
+    /// The `app` label of pods by name, and whether an unknown pod is `pending`.
+    #[derive(Default)]
+    struct Pods {
+        known: Mutex<Vec<(String, String)>>,
+        watching: bool,
+        generation: std::sync::atomic::AtomicU64,
+    }
+
+    impl LabelProvider for Pods {
+        fn pod_labels(&self, pod: &PodRef<'_>) -> Vec<(String, String)> {
+            let known = self.known.lock();
+            let app = known.iter().find(|(n, _)| n == pod.name);
+            app.map(|(_, a)| vec![("app".to_string(), a.clone())])
+                .unwrap_or_default()
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(Ordering::Relaxed)
+        }
+        fn pending(&self, pod: &PodRef<'_>) -> bool {
+            self.watching && !self.known.lock().iter().any(|(n, _)| n == pod.name)
+        }
+    }
+
+    /// Label texts of the lines a sink got, in order.
+    #[derive(Default)]
+    struct Labelled(Mutex<Vec<String>>);
+
+    impl LogSink for Labelled {
+        fn push(&self, streams: &[SinkStream<'_>]) -> Result<(), String> {
+            let mut v = self.0.lock();
+            for s in streams {
+                v.extend(s.entries.iter().map(|_| s.labels.to_string()));
+            }
+            Ok(())
+        }
+    }
+
+    /// A new pod's directory whose pod the provider is waiting for is read once the pod is known
+    /// (its first line gets the pod's `app` as `job`), or after `pod_wait` with the path's labels;
+    /// a provider that waits for nothing (no watch) has it read at once.
+    #[test]
+    fn new_pods_wait_for_their_labels() {
+        // (watching, pod known after this many ms or never) -> job of each line, and steps
+        // (at 0, 50, 100, ... ms) before the first line was read.
+        let check = |watching: bool, known_at: Option<u64>, want_job: &str, want_steps: usize| {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("pods");
+            let mut opts = TailerOptions::new(&root, tmp.path().join("positions"));
+            opts.pod_wait = Duration::from_millis(400);
+            let sink = Arc::new(Labelled::default());
+            let pods = Arc::new(Pods {
+                watching,
+                ..Pods::default()
+            });
+            let mut t = Tailer::new(opts, sink.clone(), pods.clone(), Arc::new(TailerStats::default()));
+            let t0 = Instant::now();
+            t.step(t0, true).unwrap();
+            let f = root.join("ns_web-1_uid/c/0.log");
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, cri("stdout", "F", b"first")).unwrap();
+            let mut steps = 0;
+            for ms in (0..1000).step_by(50) {
+                if known_at == Some(ms) {
+                    pods.known.lock().push(("web-1".into(), "web".into()));
+                    pods.generation.fetch_add(1, Ordering::Relaxed);
+                }
+                // A full rescan finds the directory (inotify is not running in this test).
+                t.step(t0 + Duration::from_millis(ms), true).unwrap();
+                if !sink.0.lock().is_empty() {
+                    break;
+                }
+                steps += 1;
+            }
+            let got = sink.0.lock().clone();
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(got[0].contains(&format!("job=\"{want_job}\"")), "{got:?}");
+            assert_eq!(steps, want_steps, "{watching} {known_at:?}");
+            assert!(t.waiting.is_empty());
+        };
+        check(true, Some(150), "ns/web", 3);
+        check(true, None, "ns/c", 8);
+        check(false, None, "ns/c", 0);
+        check(false, Some(150), "ns/c", 0);
     }
 
     fn cri(stream: &str, tag: &str, msg: &[u8]) -> Vec<u8> {
