@@ -576,45 +576,74 @@ async fn scrape_https_and_auth() {
     .await;
 }
 
+/// Waits until the single target's `lastError` is `want` (a prefix when it ends in `*`).
+async fn wait_last_error(scraper: &Scraper, want: &str) {
+    let state = scraper.state();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = state.lock().active[0].lock().last_error.clone();
+        let ok = match want.strip_suffix('*') {
+            Some(prefix) => err.starts_with(prefix),
+            None => err == want,
+        };
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "lastError {err:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One https job scraping `port` every 100 ms, with `auth_and_tls` (YAML lines of the job).
+fn start_https_job(dir: &std::path::Path, port: u16, auth_and_tls: &str) -> Scraper {
+    let db = MetricsDb::open(MetricsOptions::new(dir)).unwrap();
+    let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), Limits::default()));
+    let yaml = format!(
+        "- job_name: t\n  scrape_interval: 100ms\n  scheme: https\n{auth_and_tls}  static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    );
+    Scraper::start(serde_yaml::from_str(&yaml).unwrap(), None, ingester).unwrap()
+}
+
 /// A rotated token file is picked up without a restart: 403 with the old token, up with the new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_token_file() {
     let dir = tempfile::tempdir().unwrap();
-    let db = MetricsDb::open(MetricsOptions::new(dir.path())).unwrap();
-    let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), Limits::default()));
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "old").unwrap();
     let srv = serve_async(Some(false), Some("new")).await;
-    let yaml = format!(
-        "- job_name: t\n  scrape_interval: 100ms\n  scheme: https\n  bearer_token_file: {}\n  tls_config: {{ca_file: {}}}\n  static_configs: [{{targets: ['127.0.0.1:{}']}}]\n",
+    let tls = format!(
+        "  bearer_token_file: {}\n  tls_config: {{ca_file: {}}}\n",
         token_file.display(),
-        fixture("ca.crt"),
-        srv.port
+        fixture("ca.crt")
     );
-    let scraper = Scraper::start(serde_yaml::from_str(&yaml).unwrap(), None, ingester).unwrap();
-    let state = scraper.state();
-    let wait = |want: &'static str| {
-        let state = Arc::clone(&state);
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let err = state.lock().active[0].lock().last_error.clone();
-                if err == want {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "lastError {err:?}, want {want:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    wait("server returned HTTP status 403 Forbidden").await;
+    let scraper = start_https_job(dir.path(), srv.port, &tls);
+    wait_last_error(&scraper, "server returned HTTP status 403 Forbidden").await;
     // The server rotates first (old token refused), then the file catches up.
     std::fs::write(&token_file, "new").unwrap();
-    wait("").await;
-    assert_eq!(state.lock().active[0].lock().health, "up");
+    wait_last_error(&scraper, "").await;
+    assert_eq!(scraper.state().lock().active[0].lock().health, "up");
     *srv.token.as_ref().unwrap().lock().unwrap() = "newer".into();
-    wait("server returned HTTP status 403 Forbidden").await;
+    wait_last_error(&scraper, "server returned HTTP status 403 Forbidden").await;
     std::fs::write(&token_file, "newer\n").unwrap();
-    wait("").await;
+    wait_last_error(&scraper, "").await;
+    scraper.shutdown().await;
+}
+
+/// A rotated CA file is used without a restart (as Prometheus, which compares the TLS files on
+/// every request): the server's certificate fails against the old CA file and verifies once the
+/// file holds its CA. The same holds for cert_file and key_file (one mechanism).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    // A certificate, but not the server's issuer.
+    std::fs::copy(fixture("client.crt"), &ca_file).unwrap();
+    let srv = serve_async(Some(false), None).await;
+    let tls = format!("  tls_config: {{ca_file: {}}}\n", ca_file.display());
+    let scraper = start_https_job(dir.path(), srv.port, &tls);
+    wait_last_error(&scraper, "tls: invalid peer certificate*").await;
+    std::fs::copy(fixture("ca.crt"), &ca_file).unwrap();
+    wait_last_error(&scraper, "").await;
+    assert_eq!(scraper.state().lock().active[0].lock().health, "up");
     scraper.shutdown().await;
 }

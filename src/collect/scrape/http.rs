@@ -89,8 +89,9 @@ pub struct Client {
     tls_config: TlsConfig,
     /// Built at start for https jobs and jobs with a `tls_config` (so a bad file is a config
     /// error), else on the first https scrape (a relabeled `__scheme__`): loading the system
-    /// roots costs memory a plain-http job does not need.
-    tls: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, ScrapeError>>,
+    /// roots costs memory a plain-http job does not need. Built again when one of the CA, cert
+    /// and key files changed (see [`TlsFiles`]).
+    tls: parking_lot::Mutex<Option<(TlsFiles, Result<tokio_rustls::TlsConnector, ScrapeError>)>>,
     auth: Auth,
 }
 
@@ -177,7 +178,7 @@ impl Client {
         let c = Client {
             job: job.to_string(),
             tls_config: tls.cloned().unwrap_or_default(),
-            tls: std::sync::OnceLock::new(),
+            tls: parking_lot::Mutex::new(None),
             auth,
         };
         if https || tls.is_some() {
@@ -186,11 +187,20 @@ impl Client {
         Ok(c)
     }
 
-    fn connector(&self) -> Result<&tokio_rustls::TlsConnector, ScrapeError> {
-        self.tls
-            .get_or_init(|| connector(&self.job, &self.tls_config))
-            .as_ref()
-            .map_err(Clone::clone)
+    /// The TLS connector, built again when the CA, cert or key file changed since it was: as
+    /// Prometheus, whose TLS round tripper compares the files' hashes on every request, so that
+    /// a rotated certificate (a Kubernetes secret's new version) is used without a restart.
+    fn connector(&self) -> Result<tokio_rustls::TlsConnector, ScrapeError> {
+        let files = TlsFiles::of(&self.tls_config);
+        let mut g = self.tls.lock();
+        if let Some((seen, c)) = g.as_ref()
+            && *seen == files
+        {
+            return c.clone();
+        }
+        let c = connector(&self.job, &self.tls_config);
+        *g = Some((files, c.clone()));
+        c
     }
 
     /// The `Authorization` header value for this scrape, if any.
@@ -290,6 +300,23 @@ fn host_of(address: &str) -> &str {
         return r.split(']').next().unwrap_or(r);
     }
     address.rsplit_once(':').map_or(address, |(h, _)| h)
+}
+
+/// The identity of a `tls_config`'s files: (device, inode, length, modification time) of each
+/// of `ca_file`, `cert_file`, `key_file` that is set (`None` when it cannot be read). A stat per
+/// file and scrape; a secret volume's update swaps a symlink, so the inode changes.
+#[derive(Debug, PartialEq, Eq)]
+struct TlsFiles([Option<(u64, u64, u64, std::time::SystemTime)>; 3]);
+
+impl TlsFiles {
+    fn of(t: &TlsConfig) -> TlsFiles {
+        use std::os::unix::fs::MetadataExt;
+        let stat = |f: &Option<String>| {
+            let m = std::fs::metadata(f.as_deref()?).ok()?;
+            Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+        };
+        TlsFiles([stat(&t.ca_file), stat(&t.cert_file), stat(&t.key_file)])
+    }
 }
 
 fn connector(job: &str, t: &TlsConfig) -> Result<tokio_rustls::TlsConnector, ScrapeError> {
