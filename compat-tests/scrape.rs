@@ -186,19 +186,11 @@ async fn scrape_test_target() {
     );
     let ts = series(&db, "ts_series");
     assert_eq!(ts[0].1, vec![(ts_ms, 4.0)], "explicit timestamps are honoured");
-    let added = series(&db, "scrape_series_added");
-    let added_live: Vec<f64> = added
-        .iter()
-        .find(|(l, _)| l.contains("live"))
-        .unwrap()
-        .1
-        .iter()
-        .map(|x| x.1)
-        .collect();
+    let added_live: Vec<f64> = live_values(&db, "scrape_series_added").iter().map(|x| x.1).collect();
     assert_eq!(
         &added_live[..2],
-        &[2.0, 0.0],
-        "a_total and b are new once (ts_series has a timestamp)"
+        &[3.0, 0.0],
+        "a_total, b and ts_series are new once (Prometheus counts series with timestamps too)"
     );
     let meta = db.metadata();
     assert!(
@@ -236,8 +228,56 @@ async fn scrape_test_target() {
         "up",
         &[(&format!("{{{live}}}"), "1"), (&format!("{{{refused}}}"), "0")],
     );
+    // Prometheus's scrape cache outlives a failed scrape: a_total, seen in the last good scrape,
+    // is not added again at the first scrape after the failure.
+    let up = live_values(&db, "up");
+    let back = up
+        .windows(2)
+        .find(|w| w[0].1 == 0.0 && w[1].1 == 1.0)
+        .expect("down, then up")[1]
+        .0;
+    let added_back = live_values(&db, "scrape_series_added")
+        .into_iter()
+        .find(|x| x.0 == back);
+    assert_eq!(added_back.map(|x| x.1), Some(0.0));
     scraper.shutdown().await;
     check(&db, "a_total", &[(&format!("{{{live}, x=\"1\"}}"), "stale")]);
+}
+
+/// The live target's samples of synthetic series `name`.
+fn live_values(db: &MetricsDb, name: &str) -> Vec<(i64, f64)> {
+    series(db, name)
+        .into_iter()
+        .find(|(l, _)| l.contains("live"))
+        .map(|x| x.1)
+        .unwrap_or_default()
+}
+
+/// `track_timestamps_staleness: true`: a series with an explicit timestamp that disappears gets
+/// a staleness marker (without it, it keeps its last sample: the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_timestamps_staleness() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = MetricsDb::open(MetricsOptions::new(dir.path())).unwrap();
+    let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), Limits::default()));
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 60_000;
+    let body: Body = Arc::new(Mutex::new(Some((v1(ts_ms), "text/plain; version=0.0.4"))));
+    let port = serve(Arc::clone(&body));
+    let yaml = format!(
+        "- job_name: t\n  scrape_interval: 100ms\n  track_timestamps_staleness: true\n  static_configs: [{{targets: ['127.0.0.1:{port}'], labels: {{role: live}}}}]\n"
+    );
+    let scraper = Scraper::start(serde_yaml::from_str(&yaml).unwrap(), None, Arc::clone(&ingester)).unwrap();
+    let live = format!("instance=\"127.0.0.1:{port}\", job=\"t\", role=\"live\"");
+    wait_scrapes(&db, 2);
+    check(&db, "ts_series", &[(&format!("{{{live}}}"), "4")]);
+    *body.lock().unwrap() = Some((V2.to_string(), "application/openmetrics-text; version=1.0.0"));
+    wait_more_scrapes(&db, 2);
+    check(&db, "ts_series", &[(&format!("{{{live}}}"), "stale")]);
+    scraper.shutdown().await;
 }
 
 /// How the async test server answers: TLS or not, client certificates required or not, and the

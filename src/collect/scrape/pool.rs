@@ -66,6 +66,10 @@ pub struct ScrapeConfig {
     pub honor_labels: bool,
     #[serde(default = "default_true")]
     pub honor_timestamps: bool,
+    /// Series with explicit timestamps get staleness markers too (Prometheus 2.48+; off by
+    /// default, as there).
+    #[serde(default)]
+    pub track_timestamps_staleness: bool,
     #[serde(default)]
     pub sample_limit: usize,
     #[serde(default)]
@@ -638,6 +642,10 @@ struct Loop {
     synthetic: Vec<Series>,
     /// Scrape number, from 1.
     iter: u64,
+    /// The last scrape whose body was processed: Prometheus's scrape cache forgets the series
+    /// such a scrape did not see, so a series not in it is "added" (`scrape_series_added`) when
+    /// it appears, while a failed scrape in between forgets nothing.
+    last_ok: u64,
     /// This scrape's samples (`tracked`: no explicit timestamp), kept for their capacity.
     batch: Vec<(SeriesRef, i64, f64, bool)>,
     /// Scratch label map for cache misses.
@@ -675,6 +683,7 @@ impl Loop {
             free: Vec::new(),
             synthetic,
             iter: 0,
+            last_ok: 0,
             batch: Vec::new(),
             scratch: LabelMap::new(),
         }
@@ -808,6 +817,8 @@ impl Loop {
     /// as before) allocates nothing per sample here.
     fn process(&mut self, p: &Parsed<'_>, t: i64) -> Result<Counts, ScrapeError> {
         let honor_ts = self.job.cfg.honor_timestamps;
+        let track_ts = self.job.cfg.track_timestamps_staleness;
+        let mut added = 0u64;
         for s in &p.samples {
             let slot = match self.index.get(s.series) {
                 Some(slot) => *slot,
@@ -835,16 +846,22 @@ impl Loop {
             let Some(e) = self.entries.get_mut(slot as usize) else {
                 continue;
             };
+            let prev = e.used;
             e.used = self.iter;
             if e.series.is_none() {
                 continue;
+            }
+            // New to the cache as Prometheus keeps it, explicit timestamp or not (seen in no
+            // scrape yet, or not in the last processed one); once per scrape.
+            if prev != self.iter && prev < self.last_ok.max(1) {
+                added += 1;
             }
             let ts = match s.timestamp_ms {
                 Some(ts) if honor_ts => ts,
                 _ => t,
             };
             // Series with explicit timestamps get no staleness markers (Prometheus's default).
-            let tracked = s.timestamp_ms.is_none() || !honor_ts;
+            let tracked = s.timestamp_ms.is_none() || !honor_ts || track_ts;
             self.batch.push((SeriesRef::Cached(slot), ts, s.value, tracked));
         }
         let post = self.batch.len() as u64;
@@ -852,17 +869,14 @@ impl Loop {
             return Err(ScrapeError::SampleLimit);
         }
         // Only now, with the scrape accepted, does it count as "seen" for staleness.
-        let mut added = 0u64;
         for (r, _, _, tracked) in &self.batch {
             if let (SeriesRef::Cached(slot), true) = (r, tracked)
                 && let Some(e) = self.entries.get_mut(*slot as usize)
             {
-                if e.seen + 1 < self.iter || e.seen == 0 {
-                    added += 1;
-                }
                 e.seen = self.iter;
             }
         }
+        self.last_ok = self.iter;
         self.stale_previous(t);
         Ok(Counts(p.samples.len() as u64, post, added))
     }
