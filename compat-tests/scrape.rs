@@ -118,10 +118,17 @@ fn v1(ts: i64) -> String {
 }
 const V2: &str = "# TYPE a_total counter\n# HELP a_total Things done.\na_total{x=\"1\"} 5\n# EOF\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scrape_test_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = MetricsDb::open(MetricsOptions::new(dir.path())).unwrap();
+/// A store and ingester in `dir`, and the test target serving `v1` (its `ts_series` a minute old).
+struct TestTarget {
+    db: Arc<MetricsDb>,
+    ingester: Arc<MetricsIngester>,
+    ts_ms: i64,
+    body: Body,
+    port: u16,
+}
+
+fn test_target(dir: &std::path::Path) -> TestTarget {
+    let db = MetricsDb::open(MetricsOptions::new(dir)).unwrap();
     let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), Limits::default()));
     let ts_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -130,6 +137,25 @@ async fn scrape_test_target() {
         - 60_000;
     let body: Body = Arc::new(Mutex::new(Some((v1(ts_ms), "text/plain; version=0.0.4"))));
     let port = serve(Arc::clone(&body));
+    TestTarget {
+        db,
+        ingester,
+        ts_ms,
+        body,
+        port,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_test_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let TestTarget {
+        db,
+        ingester,
+        ts_ms,
+        body,
+        port,
+    } = test_target(dir.path());
     let yaml = format!(
         "- job_name: t
   scrape_interval: 100ms
@@ -258,15 +284,13 @@ fn live_values(db: &MetricsDb, name: &str) -> Vec<(i64, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_timestamps_staleness() {
     let dir = tempfile::tempdir().unwrap();
-    let db = MetricsDb::open(MetricsOptions::new(dir.path())).unwrap();
-    let ingester = Arc::new(MetricsIngester::new(Arc::clone(&db), Limits::default()));
-    let ts_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - 60_000;
-    let body: Body = Arc::new(Mutex::new(Some((v1(ts_ms), "text/plain; version=0.0.4"))));
-    let port = serve(Arc::clone(&body));
+    let TestTarget {
+        db,
+        ingester,
+        ts_ms: _,
+        body,
+        port,
+    } = test_target(dir.path());
     let yaml = format!(
         "- job_name: t\n  scrape_interval: 100ms\n  track_timestamps_staleness: true\n  static_configs: [{{targets: ['127.0.0.1:{port}'], labels: {{role: live}}}}]\n"
     );

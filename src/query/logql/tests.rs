@@ -520,6 +520,24 @@ fn flat(streams: Vec<eval::OutStream>) -> Vec<(pipeline::Pairs, i64, String)> {
         .collect()
 }
 
+/// A metric query's vectors at 60 steps 10 s apart from `start`, each sorted by labels.
+fn metric_steps(src: &dyn LogSource, e: &ast::MetricExpr, start: i64) -> Vec<Vec<(pipeline::Pairs, f64)>> {
+    let ctx = eval::Ctx {
+        src,
+        steps: (0..60).map(|i| start + i * 10 * S).collect(),
+    };
+    match eval::eval_metric(&ctx, e).unwrap() {
+        eval::StepVal::Vector(v) => v
+            .into_iter()
+            .map(|mut x| {
+                x.sort_by(|a, b| a.0.cmp(&b.0));
+                x
+            })
+            .collect(),
+        eval::StepVal::Scalar(_) => panic!("scalar"),
+    }
+}
+
 /// A log query and a metric query over a real store (small blocks, many of them, heads left in
 /// memory, timestamps shared across streams) give through `StoreSource`'s block reads exactly
 /// what the merging iterator gives.
@@ -547,24 +565,7 @@ fn check_store_source(src: &StoreSource<'_>, q: &str, start: i64, end: i64) {
             }
         }
         ast::Expr::Metric(e) => {
-            let steps: Vec<i64> = (0..60).map(|i| start + i * 10 * S).collect();
-            let run = |s: &dyn LogSource| {
-                let ctx = eval::Ctx {
-                    src: s,
-                    steps: steps.clone(),
-                };
-                match eval::eval_metric(&ctx, &e).unwrap() {
-                    eval::StepVal::Vector(v) => v
-                        .into_iter()
-                        .map(|mut x| {
-                            x.sort_by(|a, b| a.0.cmp(&b.0));
-                            x
-                        })
-                        .collect::<Vec<_>>(),
-                    eval::StepVal::Scalar(_) => panic!("scalar"),
-                }
-            };
-            assert_eq!(run(src), run(&merged), "{q}");
+            assert_eq!(metric_steps(src, &e, start), metric_steps(&merged, &e, start), "{q}");
         }
     }
 }
@@ -731,24 +732,7 @@ fn spilled_streams_answer_like_held_ones() {
                 }
             }
             ast::Expr::Metric(e) => {
-                let steps: Vec<i64> = (0..60).map(|i| start + i * 10 * S).collect();
-                let run = |s: &StoreSource<'_>| {
-                    let ctx = eval::Ctx {
-                        src: s,
-                        steps: steps.clone(),
-                    };
-                    match eval::eval_metric(&ctx, &e).unwrap() {
-                        eval::StepVal::Vector(v) => v
-                            .into_iter()
-                            .map(|mut x| {
-                                x.sort_by(|a, b| a.0.cmp(&b.0));
-                                x
-                            })
-                            .collect::<Vec<_>>(),
-                        eval::StepVal::Scalar(_) => panic!("scalar"),
-                    }
-                };
-                assert_eq!(run(&b), run(&a), "{q}");
+                assert_eq!(metric_steps(&b, &e, start), metric_steps(&a, &e, start), "{q}");
             }
         }
     }

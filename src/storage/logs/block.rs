@@ -312,6 +312,13 @@ pub fn encode_stream<'a>(
 pub fn decode_stream(r: &mut Reader<'_>) -> Result<(u32, String, Labels), LogsError> {
     let id = u32::try_from(r.uvarint()?).map_err(|_| LogsError::BadRecord("stream id"))?;
     let tenant = r.str()?.to_string();
+    let labels = decode_labels(r)?;
+    Ok((id, tenant, labels))
+}
+
+/// A label count, then each label's name and value (`put_bytes`), in label order: the label set
+/// of a stream record and of an index file's stream.
+pub fn decode_labels(r: &mut Reader<'_>) -> Result<Labels, LogsError> {
     let n = r.uvarint()?;
     let mut v = Vec::with_capacity(n.min(64) as usize);
     for _ in 0..n {
@@ -319,8 +326,7 @@ pub fn decode_stream(r: &mut Reader<'_>) -> Result<(u32, String, Labels), LogsEr
         let value = r.str()?;
         v.push(Label::new(name, value));
     }
-    let labels = Labels::from_sorted(v).map_err(|_| LogsError::BadRecord("stream labels"))?;
-    Ok((id, tenant, labels))
+    Labels::from_sorted(v).map_err(|_| LogsError::BadRecord("stream labels"))
 }
 
 /// Header of a block record.

@@ -37,9 +37,9 @@
 //! Pinned by `compat-tests/fixtures/logs_index_v1.bin`.
 
 use super::LogsError;
-use super::block::{Reader, put_bytes, put_uvarint, put_varint};
+use super::block::{Reader, decode_labels, put_bytes, put_uvarint, put_varint};
 use super::store::ChunkMeta;
-use crate::model::{Label, Labels};
+use crate::model::Labels;
 use crate::storage::wal::RecordPos;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -187,14 +187,7 @@ pub(crate) fn decode(seq: u32, buf: &[u8]) -> Result<(IndexFile, Vec<SpilledStre
     for _ in 0..n {
         let id = u32_of(r.uvarint()?, "index file: stream id")?;
         let tenant = r.str()?.to_string();
-        let nl = r.uvarint()?;
-        let mut v = Vec::with_capacity(nl.min(64) as usize);
-        for _ in 0..nl {
-            let name = r.str()?;
-            let value = r.str()?;
-            v.push(Label::new(name, value));
-        }
-        let labels = Labels::from_sorted(v).map_err(|_| LogsError::BadRecord("index file: labels"))?;
+        let labels = decode_labels(&mut r)?;
         let nc = r.uvarint()?;
         let mut chunks = Vec::with_capacity(nc.min(1 << 16) as usize);
         for _ in 0..nc {
